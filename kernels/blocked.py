@@ -1,0 +1,255 @@
+"""Blocked exact k-NN on CPU BLAS (numpy) or torch: tiled fp32 GEMM, then a certified re-rank.
+
+For a block of private rows X_b the fp32 pass computes ``D = ||y||^2 - 2 X_b Y^T`` (the squared
+distance minus the per-row constant ||x||^2, which does not change a row's ranking), takes each
+row's k-th smallest value (a min for k = 1, a top-k or a cheap upper bound otherwise), keeps every
+synthetic index within the certified threshold of ``kernels.certify``; the candidates are then
+ranked by the exact float64 distance, so results equal ``reference_search`` bit for bit.
+
+Memory is bounded by ``max_block_bytes`` whatever n is: a block holds as many private rows as
+its fp32 distances, selection temporaries, candidate mask and min(k, m) candidates per row allow
+(at least one row). Rows with more candidates (near-ties within the certified window) add
+``RERANK_BYTES_PER_CANDIDATE`` each; only massive ties make that noticeable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from kernels.base import check_search_inputs
+from kernels.certify import (
+    RERANK_BYTES_PER_CANDIDATE,
+    certified_threshold,
+    certify_candidates,
+    distance_error_bound,
+    rerank,
+    sq_norms64,
+)
+from kernels.reference import DEFAULT_MAX_BLOCK_BYTES
+
+_Candidates = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]
+
+
+class _CandidateKernel(Protocol):
+    """The library-specific half of a blocked search, built once per synthetic set."""
+
+    bytes_per_pair: int
+    """Working bytes per (private row, synthetic row) cell of a block."""
+
+    def candidates(
+        self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
+    ) -> _Candidates:
+        """Returns (rows, cols, fp32 values) of every pair of ``block`` within its threshold."""
+        ...
+
+
+def blocked_search(
+    private: NDArray[np.float32],
+    synthetic: NDArray[np.float32],
+    k: int,
+    kernel: _CandidateKernel,
+    max_block_bytes: int,
+) -> NDArray[np.int64]:
+    """Runs ``kernel`` over blocks of private rows and re-ranks each block's candidates.
+
+    Args:
+        private: (n, d) float32.
+        synthetic: (m, d) float32, the rows ``kernel`` was built on.
+        k: neighbours per row.
+        kernel: the fp32 candidate generator.
+        max_block_bytes: working-memory bound of one block.
+
+    Returns:
+        (n, k) int64 indices sorted by (exact distance, index), padded with -1 when m < k.
+    """
+    n, dim = private.shape
+    n_synthetic = synthetic.shape[0]
+    out = np.full((n, k), -1, dtype=np.int64)
+    if n == 0 or n_synthetic == 0:
+        return out
+    kept = min(k, n_synthetic)
+    max_synthetic_sq_norm = float(sq_norms64(synthetic, max_block_bytes).max())
+    # Per private row: its pairs, its (usually min(k, m)) candidates, and a float32 copy plus
+    # float64 norm temporaries of the row.
+    row_bytes = n_synthetic * kernel.bytes_per_pair + kept * RERANK_BYTES_PER_CANDIDATE + dim * 24
+    block_rows = max(1, min(n, max_block_bytes // row_bytes))
+    for start in range(0, n, block_rows):
+        block = private[start : start + block_rows]
+        tol = distance_error_bound(sq_norms64(block, max_block_bytes), max_synthetic_sq_norm, dim)
+        if n_synthetic <= k:
+            # Every synthetic row is a neighbour and only the exact order is left to find; equal
+            # placeholder values settle no order, so the re-rank computes it exactly.
+            candidates = (
+                np.repeat(np.arange(block.shape[0], dtype=np.int64), n_synthetic),
+                np.tile(np.arange(n_synthetic, dtype=np.int64), block.shape[0]),
+                np.zeros(block.shape[0] * n_synthetic, dtype=np.float32),
+            )
+        else:
+            candidates = kernel.candidates(block, tol, kept)
+        out[start : start + block.shape[0]] = rerank(
+            block, synthetic, candidates, tol, k, max_block_bytes
+        )
+    return out
+
+
+# Group minima take 1/_GROUPS of a row; 16 makes them cheap next to the GEMM while their k-th
+# smallest stays close to the row's (most rows then need no candidate beyond the certified set).
+_GROUPS = 16
+
+
+def _group_min_kth(dist: NDArray[np.float32], kept: int) -> NDArray[np.float32]:
+    """An upper bound on each row's kept-th smallest value, at a fraction of a partition's cost.
+
+    The columns are split into disjoint groups (column c, c + w, c + 2w, ...) and reduced to
+    their minima; the kept smallest group minima are kept distinct entries of the row, so their
+    largest bounds the row's kept-th smallest value from above.
+    """
+    n_synthetic = dist.shape[1]
+    groups = max(1, min(_GROUPS, n_synthetic // kept))
+    width = -(-n_synthetic // groups)
+    minima = dist[:, :width].copy()
+    for start in range(width, n_synthetic, width):
+        segment = dist[:, start : start + width]
+        np.minimum(minima[:, : segment.shape[1]], segment, out=minima[:, : segment.shape[1]])
+    return np.partition(minima, kept - 1, axis=1)[:, kept - 1]
+
+
+class _NumpyKernel:
+    # fp32 distances, the candidate mask, and group minima (plus their partition copy) that
+    # take 1/_GROUPS of a row each.
+    bytes_per_pair = 4 + 1 + 1
+
+    def __init__(self, synthetic: NDArray[np.float32]) -> None:
+        self.synthetic = synthetic
+        self.sq_norms = np.einsum("ij,ij->i", synthetic, synthetic)
+        self._buffer = np.empty((0, synthetic.shape[0]), dtype=np.float32)
+
+    def candidates(
+        self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
+    ) -> _Candidates:
+        n_synthetic = self.synthetic.shape[0]
+        if self._buffer.shape[0] < block.shape[0]:
+            self._buffer = np.empty((block.shape[0], n_synthetic), dtype=np.float32)
+        dist = self._buffer[: block.shape[0]]
+        # Scaling by -2 is exact, so the GEMM and the norm add are the only roundings.
+        np.matmul(block * np.float32(-2.0), self.synthetic.T, out=dist)
+        dist += self.sq_norms
+        if kept == 1:
+            threshold = certified_threshold(dist.min(axis=1), tol)
+            return _flat_pairs(dist, np.flatnonzero(dist <= threshold[:, None]))
+        # A full partition costs as much as the GEMM; instead shortlist below a cheap upper
+        # bound of the k-th value (a superset of the certified set) and certify that.
+        upper = certified_threshold(_group_min_kth(dist, kept), tol)
+        rows, cols, values = _flat_pairs(dist, np.flatnonzero(dist <= upper[:, None]))
+        rows, cols, values, _ = certify_candidates(rows, cols, values, block.shape[0], kept, tol)
+        return rows, cols, values
+
+
+def _flat_pairs(dist: NDArray[np.float32], flat: NDArray[np.intp]) -> _Candidates:
+    """(rows, cols, values) of the flat positions ``flat`` of the C-contiguous ``dist``."""
+    rows, cols = np.divmod(flat.astype(np.int64), dist.shape[1])
+    return rows, cols, dist.reshape(-1)[flat]
+
+
+class NumpyBlockedBackend:
+    """Exact k-NN by blocked numpy (BLAS) fp32 GEMM plus a certified float64 re-rank.
+
+    Args:
+        max_block_bytes: working-memory bound of one block of private rows (~128 MB default).
+    """
+
+    name = "numpy-blocked"
+
+    def __init__(self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
+        self.max_block_bytes = max_block_bytes
+
+    def search(
+        self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
+    ) -> NDArray[np.int64]:
+        check_search_inputs(private, synthetic, k)
+        kernel = _NumpyKernel(synthetic)
+        return blocked_search(private, synthetic, k, kernel, self.max_block_bytes)
+
+
+def _check_ieee_fp32_matmul(torch: Any, device_type: str) -> None:
+    """Refuses reduced-precision fp32 matmul (TF32, bf16): the error bound assumes IEEE fp32."""
+    if device_type == "cuda":
+        setting = torch.backends.cuda.matmul.fp32_precision
+    else:
+        setting = torch.backends.mkldnn.matmul.fp32_precision
+    if setting == "none":
+        setting = torch.backends.fp32_precision
+    if setting not in ("none", "ieee"):
+        raise RuntimeError(
+            f"torch fp32 matmul precision on {device_type} is {setting!r}; the torch-blocked "
+            "backend needs IEEE fp32 ('ieee') for its exactness certificate"
+        )
+
+
+def _as_tensor(torch: Any, array: NDArray[np.float32], device: Any) -> Any:
+    # torch.from_numpy shares memory but warns on read-only arrays (frozen Samples); copy those.
+    tensor = torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
+    return tensor.to(device)
+
+
+class _TorchKernel:
+    # fp32 distances and the boolean candidate mask; top-k keeps only (rows, k) outputs.
+    bytes_per_pair = 4 + 1
+
+    def __init__(self, torch: Any, synthetic: NDArray[np.float32], device: str) -> None:
+        self.torch = torch
+        self.device = torch.device(device)
+        self.synthetic = _as_tensor(torch, synthetic, self.device)
+        self.sq_norms = (self.synthetic * self.synthetic).sum(dim=1)
+        self._buffer = torch.empty((0, synthetic.shape[0]), dtype=torch.float32, device=self.device)
+
+    def candidates(
+        self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
+    ) -> _Candidates:
+        torch = self.torch
+        if self._buffer.shape[0] < block.shape[0]:
+            self._buffer = torch.empty(
+                (block.shape[0], self.synthetic.shape[0]), dtype=torch.float32, device=self.device
+            )
+        dist = self._buffer[: block.shape[0]]
+        x = _as_tensor(torch, block, self.device)
+        # alpha = -2 is exact, so the GEMM accumulation is the only rounding besides the add.
+        torch.addmm(self.sq_norms, x, self.synthetic.T, alpha=-2.0, out=dist)
+        if kept == 1:
+            kth = dist.min(dim=1).values
+        else:
+            kth = torch.topk(dist, kept, dim=1, largest=False, sorted=False).values.max(dim=1)[0]
+        threshold = certified_threshold(kth.cpu().numpy(), tol)
+        mask = dist <= torch.from_numpy(threshold).to(self.device)[:, None]
+        flat = mask.reshape(-1).nonzero().reshape(-1)
+        rows, cols = np.divmod(flat.cpu().numpy(), dist.shape[1])
+        return rows, cols, dist.reshape(-1)[flat].cpu().numpy()
+
+
+class TorchBlockedBackend:
+    """Exact k-NN by blocked torch fp32 GEMM (CPU or GPU) plus a certified float64 re-rank.
+
+    Args:
+        max_block_bytes: working-memory bound of one block of private rows (~128 MB default).
+        device: torch device for the GEMM ("cpu", "cuda", ...); the re-rank runs on CPU.
+    """
+
+    name = "torch-blocked"
+
+    def __init__(self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES, device: str = "cpu") -> None:
+        import torch
+
+        self._torch = torch
+        self.max_block_bytes = max_block_bytes
+        self.device = device
+
+    def search(
+        self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
+    ) -> NDArray[np.int64]:
+        check_search_inputs(private, synthetic, k)
+        _check_ieee_fp32_matmul(self._torch, self._torch.device(self.device).type)
+        kernel = _TorchKernel(self._torch, synthetic, self.device)
+        return blocked_search(private, synthetic, k, kernel, self.max_block_bytes)

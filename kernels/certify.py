@@ -1,0 +1,224 @@
+"""Certified re-rank shared by every fast path (numpy, torch, FAISS): fp32 shortlist, exact answer.
+
+A fast path computes fp32 distances ``D[i, j]`` that differ from the exact ones. This module
+bounds that difference rigorously, turns the bound into a per-row candidate threshold, and
+re-ranks the candidates with ``kernels.reference.exact_sq_dist``, so the result equals
+``reference_search`` bit for bit.
+
+Error bound. Write s = ||x_i||^2, t = ||y_j||^2, T = max_j t, e = ||x_i - y_j||^2 (real numbers)
+and f = ``exact_sq_dist`` of the pair. Every fp32 form a backend uses is a sum, in some order,
+of terms that are exact multiples (1, -1, -2) of products of inputs:
+
+(a) shifted GEMM ``t - 2 x.y`` (numpy and torch blocks; equals e - s, and s is constant per row):
+    terms y_k^2 and -2 x_k y_k; sum of absolute terms t + 2|x|.|y| <= s + 2t.
+(b) full GEMM ``s + t - 2 x.y`` (FAISS with BLAS): sum of absolute terms <= 2(s + t).
+(c) direct ``sum (x_k - y_k)^2`` (FAISS for small batches): terms (x_k - y_k)^2, sum e <= 2(s + t).
+
+(using 2|x|.|y| <= 2||x|| ||y|| <= s + t). In each form a term passes through at most 2d + 2
+roundings (its product or difference, at most d - 1 additions inside a norm or dot product, at
+most d additions combining partial sums however a BLAS blocks or folds them, and the final
+combination), so by the standard bound on floating-point sums (Higham, Accuracy and Stability of
+Numerical Algorithms, 2nd ed., Lemma 3.1 and Sec. 3.1), for a per-row constant c_i (s or 0)
+
+    |D[i, j] - (e - c_i)| <= gamma32_{2d+2} * 2 (s + T),      gamma_r = r u / (1 - r u),
+
+with u = 2^-24. Scaling by -2 is exact, a fused multiply-add only removes roundings, and this
+holds for any summation order or blocking, so it does not rest on one BLAS's internals. The
+float64 reference itself differs from e by at most gamma64_{d+2} * e <= gamma64_{d+2} * 2 (s + T)
+(u = 2^-53). Subnormal underflow, or a kernel that flushes subnormals to zero, changes each of
+the at most 4d + 4 products and sums by less than 2^-126 * 2 (1 + ||x_i|| + max_j ||y_j||), so
+adds at most (8d + 8) 2^-126 (1 + ||x_i|| + max_j ||y_j||). The bound ``tol_i`` is the sum of
+these three terms times a safety factor of 2, which absorbs the float64 rounding of s, T and of
+tol_i itself (relative errors of order d 2^-53) with a wide margin. Altogether
+``|D[i, j] - (f - c_i)| <= tol_i``.
+
+Why the candidates contain the true top k. Let v_i be the k-th smallest fp32 ``D[i, :]``. At
+least k indices j have D[i, j] <= v_i, hence f - c_i <= v_i + tol_i for them, so the k-th
+smallest exact distance is at most v_i + tol_i + c_i. Any j in the exact top k (ties by index
+included) has f <= that, hence D[i, j] <= f - c_i + tol_i <= v_i + 2 tol_i. So
+``{j : D[i, j] <= v_i + 2 tol_i}`` holds the exact top k, and ranking it by (f, j) gives the
+reference answer. The threshold is rounded up to fp32, so comparing fp32 values against it is
+exact. Distances are usually spread far wider than 2 tol_i (about 1e-3 for unit vectors in 512
+dimensions), so most rows have exactly k candidates and the re-rank costs little.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from kernels.reference import DEFAULT_MAX_BLOCK_BYTES, exact_sq_dist_pairs
+
+RERANK_BYTES_PER_CANDIDATE = 96
+"""Working bytes per candidate pair in ``certify_candidates`` and ``rerank`` (index arrays,
+values, sort keys and permutations); exact distances are chunked by ``max_block_bytes``."""
+
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+_FP32_TINY = 2.0**-126
+_SAFETY = 2.0
+# Keeps every fp32 intermediate (at most 2(s + T) in size, plus slack) far from overflow.
+_MAX_SQ_NORM = 2.0**120
+
+
+def _gamma(r: int, unit_roundoff: float) -> float:
+    if r * unit_roundoff >= 1.0:
+        raise ValueError(f"dimension too large for an fp32 error bound ({r} roundings)")
+    return r * unit_roundoff / (1.0 - r * unit_roundoff)
+
+
+def sq_norms64(
+    rows: NDArray[np.float32], max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
+) -> NDArray[np.float64]:
+    """Squared L2 norms of float32 rows, evaluated in float64 in chunks of bounded memory.
+
+    Args:
+        rows: (c, d) float32.
+        max_block_bytes: bound on the float64 copy of one chunk.
+
+    Returns:
+        (c,) float64.
+    """
+    chunk = max(1, max_block_bytes // (rows.shape[1] * 16))
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for start in range(0, rows.shape[0], chunk):
+        block = rows[start : start + chunk].astype(np.float64)
+        out[start : start + chunk] = (block * block).sum(axis=1)
+    return out
+
+
+def distance_error_bound(
+    private_sq_norms: NDArray[np.float64], max_synthetic_sq_norm: float, dim: int
+) -> NDArray[np.float64]:
+    """Per-row bound tol_i on |fp32 distance - (exact distance - c_i)| (see the module docstring).
+
+    Args:
+        private_sq_norms: (b,) float64 ||x_i||^2 of the private rows.
+        max_synthetic_sq_norm: max_j ||y_j||^2 over the synthetic rows.
+        dim: the embedding dimension d.
+
+    Returns:
+        (b,) float64 tol_i.
+
+    Raises:
+        ValueError: norms so large that fp32 distances could overflow, or an absurd d.
+    """
+    if private_sq_norms.size and float(private_sq_norms.max()) > _MAX_SQ_NORM:
+        raise ValueError("private embeddings are too large for fp32 distances; rescale them")
+    if max_synthetic_sq_norm > _MAX_SQ_NORM:
+        raise ValueError("synthetic embeddings are too large for fp32 distances; rescale them")
+    scale = 2.0 * (private_sq_norms + max_synthetic_sq_norm)
+    rounding = (_gamma(2 * dim + 2, _U32) + _gamma(dim + 2, _U64)) * scale
+    underflow = (
+        (8 * dim + 8)
+        * _FP32_TINY
+        * (1.0 + np.sqrt(private_sq_norms) + np.sqrt(max_synthetic_sq_norm))
+    )
+    return _SAFETY * (rounding + underflow)
+
+
+def certified_threshold(
+    kth_distance: NDArray[np.float32], tol: NDArray[np.float64]
+) -> NDArray[np.float32]:
+    """The smallest float32 >= v_i + 2 tol_i, so ``D <= threshold`` is an exact fp32 test.
+
+    Args:
+        kth_distance: (b,) float32 v_i, the k-th smallest fp32 distance of each row.
+        tol: (b,) float64 error bounds from ``distance_error_bound``.
+
+    Returns:
+        (b,) float32 thresholds.
+    """
+    wanted = kth_distance.astype(np.float64) + 2.0 * tol
+    threshold = wanted.astype(np.float32)
+    low = threshold.astype(np.float64) < wanted
+    threshold[low] = np.nextafter(threshold[low], np.float32(np.inf))
+    return threshold
+
+
+def certify_candidates(
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    values: NDArray[np.float32],
+    n_rows: int,
+    kept: int,
+    tol: NDArray[np.float64],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32], NDArray[np.float32]]:
+    """Narrows a superset of candidate pairs to the certified set ``D <= v_i + 2 tol_i``.
+
+    Args:
+        rows: (c,) int64 pair rows in [0, n_rows).
+        cols: (c,) int64 pair synthetic indices.
+        values: (c,) float32 fp32 distances of the pairs. For each row they must include its
+            ``kept`` smallest fp32 distances over all synthetic rows, so v_i is among them.
+        n_rows: rows in the block.
+        kept: min(k, m).
+        tol: (n_rows,) float64 error bounds.
+
+    Returns:
+        ``(rows, cols, values, threshold)``: the pairs with ``values <= threshold[rows]`` and the
+        (n_rows,) float32 certified thresholds. The pairs are the whole certified set of a row
+        only if the input held every pair of that row within its threshold; callers check that.
+    """
+    order = np.lexsort((values, rows))
+    starts = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_rows))[:-1]))
+    threshold = certified_threshold(values[order][starts + kept - 1], tol)
+    within = values <= threshold[rows]
+    return rows[within], cols[within], values[within], threshold
+
+
+def rerank(
+    private: NDArray[np.float32],
+    synthetic: NDArray[np.float32],
+    candidates: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]],
+    tol: NDArray[np.float64],
+    k: int,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+) -> NDArray[np.int64]:
+    """Picks each row's top k candidates by (exact distance, index).
+
+    Exact distances are computed only where the fp32 values cannot settle the order: a row
+    whose candidates number exactly min(k, m) and whose sorted fp32 values are more than
+    2 tol_i apart is already in exact order (D_a + 2 tol_i < D_b implies f_a < f_b), so it is
+    ranked by its fp32 values; every other row is ranked by ``exact_sq_dist``.
+
+    Args:
+        private: (b, d) float32 private rows; candidate row indices refer to these.
+        synthetic: (m, d) float32 synthetic rows.
+        candidates: ``(rows, cols, values)``, (c,) each: pair rows, synthetic indices (no pair
+            repeated) and fp32 distances. Every row must have at least min(k, m) candidates
+            that contain its exact top k.
+        tol: (b,) float64 error bounds of the values (``distance_error_bound``).
+        k: neighbours per row.
+        max_block_bytes: bound on the float64 temporaries of one chunk of exact distances.
+
+    Returns:
+        (b, k) int64 indices, padded with -1 when m < k.
+    """
+    n_rows, n_synthetic = private.shape[0], synthetic.shape[0]
+    kept = min(k, n_synthetic)
+    rows, cols, values = candidates
+    counts = np.bincount(rows, minlength=n_rows)
+    if n_rows and counts.min() < kept:
+        raise RuntimeError("internal error: a certified candidate set has fewer than k entries")
+    order = np.lexsort((cols, values, rows))
+    rows, cols = rows[order], cols[order]
+    key = values[order].astype(np.float64)
+    # Float64 rounding of these sums is absorbed by the safety factor in tol.
+    same_row = rows[1:] == rows[:-1]
+    unsettled_gap = same_row & (key[1:] <= key[:-1] + 2.0 * tol[rows[1:]])
+    unsettled = counts != kept
+    unsettled[rows[1:][unsettled_gap]] = True
+    contested = unsettled[rows]
+    key[contested] = exact_sq_dist_pairs(
+        private, synthetic, rows[contested], cols[contested], max_block_bytes
+    )
+    # Keys are compared only within a row, so fp32-settled and exact rows can share the sort.
+    order = np.lexsort((cols, key, rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    rank = np.arange(rows.size) - starts[rows]
+    chosen = rank < kept
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    out[rows[chosen], rank[chosen]] = cols[chosen]
+    return out

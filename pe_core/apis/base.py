@@ -1,0 +1,44 @@
+"""The variation-API protocol and its registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from pe_core.registry import Registry
+from pe_core.samples import Modality, Samples
+
+
+@runtime_checkable
+class VariationApi(Protocol):
+    """A generator PE can ask for samples (Alg. 1 of arXiv:2305.15560).
+
+    An API is built for one public label set (``label_names``). ``degree`` is a strength in
+    [0, 1]: 0 keeps a sample as it is, 1 is the strongest variation the API offers; each API
+    maps it to its own scale (parameter jitter, SDEdit strength, share of rewritten text).
+    """
+
+    modality: ClassVar[Modality]
+    label_names: tuple[str, ...]
+
+    def random(self, label: int, n: int, rng: np.random.Generator) -> Samples:
+        """Returns n fresh samples of ``label``, with new ids."""
+        ...
+
+    def variation(self, samples: Samples, degree: float, rng: np.random.Generator) -> Samples:
+        """Returns one variation of each sample (same order and labels, new ids)."""
+        ...
+
+
+API_REGISTRY: Registry[VariationApi] = Registry("variation API")
+
+
+def register_api(name: str, factory: Callable[..., VariationApi]) -> None:
+    API_REGISTRY.register(name, factory)
+
+
+def create_api(name: str, **config: Any) -> VariationApi:
+    """Builds a registered API; ``config`` must include ``label_names``."""
+    return API_REGISTRY.create(name, **config)

@@ -1,0 +1,105 @@
+"""The one pydantic model that describes a PE job.
+
+The CLI's YAML config and flags, and the service's REST job body, are views of ``PeJob``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_DELTA = 1e-6
+"""Fixed default delta. Never derived from the private record count: under add/remove
+neighbours that count is itself private."""
+
+
+class PeJob(BaseModel):
+    """Parameters of one Private Evolution run (Alg. 1 of arXiv:2305.15560).
+
+    Attributes are documented in the README's configuration reference.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api: str = Field("drawtext", description="Variation API: drawtext | grammar | ...")
+    api_config: dict[str, Any] = Field(default_factory=dict, description="API parameters")
+    embedding: str = Field("raw-pixels", description="Embedder: raw-pixels | inception | minilm")
+    embedding_config: dict[str, Any] = Field(default_factory=dict)
+    metric: Literal["l2", "cosine"] = "l2"
+    epsilon: float = Field(1.0, gt=0, description="Target epsilon (inf only with no_privacy)")
+    delta: float = Field(DEFAULT_DELTA, gt=0, lt=1)
+    no_privacy: bool = Field(False, description="Baseline without noise: NOT PRIVATE")
+    insecure_test_noise: bool = Field(
+        False, description="Seeded noise for tests and reproducible experiments: NOT PRIVATE"
+    )
+    iterations: int = Field(4, ge=1, le=1000, description="T, the number of noisy releases")
+    num_samples: int = Field(2000, ge=1, le=10_000_000, description="Synthetic samples in all")
+    lookahead: int = Field(0, ge=0, le=64, description="Variations averaged per embedding")
+    threshold: float | None = Field(
+        None, ge=0, description="H in votes; None: 2 sigma (0 without noise)"
+    )
+    k: int = Field(1, ge=1, le=64, description="Nearest neighbours each record votes for")
+    selection: Literal["sample", "rank"] = "sample"
+    keep_selected: bool = False
+    folds: int = Field(1, ge=1, le=64, description="Variations made of each selected sample")
+    degrees: list[float] | None = Field(
+        None, description="Variation degree per iteration, each in [0, 1]"
+    )
+    degree_start: float = Field(1.0, ge=0, le=1)
+    degree_end: float = Field(0.2, ge=0, le=1)
+    labels: list[str] | None = Field(None, description="The public label set (declared)")
+    label_fractions: dict[str, float] | Literal["uniform", "dp"] = Field(
+        "uniform", description="Public class proportions, 'uniform', or 'dp' (estimated, charged)"
+    )
+    nn_backend: str = "auto"
+    seed: int | None = Field(None, ge=0, description="Seed for generation and selection")
+
+    @field_validator("degrees")
+    @classmethod
+    def _degrees_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not 0 <= d <= 1 for d in value):
+            raise ValueError("every degree must lie in [0, 1]")
+        return value
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions_valid(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if not value or any(not math.isfinite(f) or f < 0 for f in value.values()):
+                raise ValueError("label fractions must be finite and non-negative")
+            if sum(value.values()) <= 0:
+                raise ValueError("label fractions must not all be zero")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PeJob:
+        if math.isinf(self.epsilon) and not self.no_privacy:
+            raise ValueError("epsilon = inf means no privacy: pass no_privacy (--no-privacy)")
+        if self.degrees is not None and len(self.degrees) != self.iterations:
+            raise ValueError(
+                f"degrees has {len(self.degrees)} entries but iterations is {self.iterations}"
+            )
+        if self.no_privacy and self.label_fractions == "dp":
+            raise ValueError("label_fractions 'dp' needs noise; give fractions or 'uniform'")
+        return self
+
+    @property
+    def releases_per_iteration(self) -> int:
+        """k: one record changes k distinct vote counts by 1 (see ``pe_core.histogram``)."""
+        return self.k
+
+    @property
+    def total_releases(self) -> int:
+        """Sensitivity-1 discrete Gaussian releases the plan makes (k*T, +1 for DP fractions)."""
+        return self.k * self.iterations + (1 if self.label_fractions == "dp" else 0)
+
+    def degree_schedule(self) -> list[float]:
+        """Degree of iteration t = 1..T: given, or linear from degree_start to degree_end."""
+        if self.degrees is not None:
+            return list(self.degrees)
+        if self.iterations == 1:
+            return [self.degree_start]
+        step = (self.degree_end - self.degree_start) / (self.iterations - 1)
+        return [self.degree_start + step * t for t in range(self.iterations)]

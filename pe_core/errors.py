@@ -1,0 +1,29 @@
+"""Errors that the CLI and the service turn into clear user-facing messages."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class PrivevoError(Exception):
+    """Base class: the message says what is wrong and how to fix it."""
+
+
+class DataError(PrivevoError):
+    """A dataset file is missing, corrupt or has the wrong schema. The message names the file."""
+
+
+class MissingDependencyError(PrivevoError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def import_optional(module: str, extra: str) -> ModuleType:
+    """Imports an optional dependency or raises one uniform message naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module!r} is needed for this feature but is not installed: "
+            f"pip install 'privevo[{extra}]'"
+        ) from exc

@@ -1,0 +1,337 @@
+"""The Private Evolution loop with per-iteration checkpoints and a privacy ledger.
+
+Alg. 1 of arXiv:2305.15560, per label partition: embed the population (optionally with
+lookahead), let private records vote for their nearest samples, release the vote counts with
+discrete Gaussian noise (ledger entry first), select by the noisy counts, and make variations.
+T is the number of noisy histogram releases. A resumed run restarts after its last checkpoint;
+an iteration whose release is already in the ledger reuses that release, never drawing fresh
+noise. Per-iteration randomness comes from ``np.random.default_rng([seed, t])`` so a resumed
+run repeats the choices an uninterrupted one would make.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+import kernels
+from pe_core.apis.base import VariationApi
+from pe_core.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from pe_core.config import PeJob
+from pe_core.embedders.base import CachedEmbedder, Embedder
+from pe_core.errors import PrivevoError
+from pe_core.histogram import lookahead_embeddings, prepare_embeddings, vote_counts
+from pe_core.population import next_population, select, selection_size, threshold_counts
+from pe_core.privacy import (
+    Calibration,
+    DpEvent,
+    JsonlLedger,
+    LedgerEntry,
+    NoiseSampler,
+    ReleaseStore,
+    calibrate_sigma,
+    epsilon_for,
+)
+from pe_core.samples import Samples
+
+NoiseFactory = Callable[[str], NoiseSampler]
+"""Maps a release key (e.g. ``iteration-3/histogram``) to the sampler that draws it."""
+
+LABEL_COUNTS_KEY = "label-counts"
+
+
+def histogram_key(iteration: int) -> str:
+    return f"iteration-{iteration}/histogram"
+
+
+@dataclass(frozen=True)
+class IterationReport:
+    """What a callback sees after an iteration: only DP outputs and DP diagnostics.
+
+    Attributes:
+        iteration: t (0 is the initial population, before any release).
+        population: the synthetic population after iteration t.
+        degree: the variation degree used at t (None for t = 0).
+        diagnostics: DP diagnostics computed from the noisy counts only.
+        epsilon_spent: epsilon of the releases made so far (at the job's delta).
+    """
+
+    iteration: int
+    population: Samples
+    degree: float | None
+    diagnostics: Mapping[str, Any]
+    epsilon_spent: float
+
+
+class RunCallbacks(Protocol):
+    def on_phase(self, iteration: int, phase: str) -> None: ...
+
+    def on_iteration(self, report: IterationReport) -> None: ...
+
+
+class _NoCallbacks:
+    def on_phase(self, iteration: int, phase: str) -> None:
+        pass
+
+    def on_iteration(self, report: IterationReport) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of a run: the final population and what the privacy report needs."""
+
+    population: Samples
+    sigma: float
+    calibration: Calibration | None
+    threshold: float
+    ledger: list[LedgerEntry]
+    label_targets: dict[str, int]
+    label_fraction_source: str
+    nn_backend: str | None
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def allocate(total: int, fractions: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Splits ``total`` by ``fractions`` with largest-remainder rounding (sums to ``total``)."""
+    share = total * fractions / fractions.sum()
+    counts = np.floor(share).astype(np.int64)
+    order = np.lexsort((np.arange(len(share)), -(share - counts)))
+    counts[order[: total - int(counts.sum())]] += 1
+    return counts
+
+
+class PrivateEvolution:
+    """Runs PE for one job.
+
+    Args:
+        job: the job's parameters.
+        api: the variation API (built for the job's public label set).
+        embedder: maps samples to vectors; wrapped in a cache keyed by sample id.
+        noise: the sampler per release key; production passes OS-entropy discrete Gaussian.
+        state_dir: private working directory for checkpoints, ledger and releases.
+        seed: seed of generation and selection randomness (not of the noise).
+    """
+
+    def __init__(
+        self,
+        job: PeJob,
+        *,
+        api: VariationApi,
+        embedder: Embedder,
+        noise: NoiseFactory,
+        state_dir: Path,
+        seed: int,
+    ) -> None:
+        self.job = job
+        self.api = api
+        self.embedder = CachedEmbedder(embedder)
+        self.backend: kernels.ResolvedBackend | None = None
+        self.noise = noise
+        self.seed = seed
+        self.checkpoints = CheckpointStore(state_dir / "checkpoints")
+        self.ledger = JsonlLedger(state_dir / "ledger.jsonl")
+        self.releases = ReleaseStore(self.ledger, state_dir / "releases")
+        self.calibration = (
+            None
+            if job.no_privacy
+            else calibrate_sigma(job.epsilon, job.delta, releases=job.total_releases)
+        )
+        self.sigma = 0.0 if self.calibration is None else self.calibration.sigma
+        self.threshold = 2.0 * self.sigma if job.threshold is None else job.threshold
+        self.degrees = job.degree_schedule()
+
+    def epsilon_spent(self) -> float:
+        if self.job.no_privacy:
+            return math.inf
+        events = [entry.event for entry in self.ledger.entries()]
+        return epsilon_for(events, self.job.delta) if events else 0.0
+
+    def _release(self, key: str, iteration: int, counts: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Noisy counts for ``key``: recorded in the ledger before use, reused on resume."""
+        if self.job.no_privacy:
+            return counts
+        event = DpEvent(
+            "discrete_gaussian",
+            sigma=self.sigma,
+            sensitivity=1,
+            count=self.job.k if key != LABEL_COUNTS_KEY else 1,
+            description=key,
+        )
+        noisy = self.releases.release(
+            key, iteration, event, lambda: counts + self.noise(key).sample(self.sigma, len(counts))
+        )
+        if noisy.shape != counts.shape:
+            raise CheckpointError(
+                f"the ledger's release {key!r} has {len(noisy)} counts but this run has "
+                f"{len(counts)}: the state directory belongs to a different run"
+            )
+        return noisy
+
+    def _label_targets(self, private: Samples) -> tuple[NDArray[np.int64], str]:
+        names = private.label_names
+        fractions = self.job.label_fractions
+        if fractions == "uniform":
+            weights = np.ones(len(names))
+        elif fractions == "dp":
+            # One record is in one label: the label-count vector has sensitivity 1.
+            clean = np.bincount(private.labels, minlength=len(names)).astype(np.int64)
+            noisy = self._release(LABEL_COUNTS_KEY, 0, clean)
+            weights = np.maximum(noisy, 0).astype(np.float64)
+            if weights.sum() == 0:
+                weights = np.ones(len(names))
+        else:
+            unknown = sorted(set(fractions) - set(names))
+            missing = sorted(set(names) - set(fractions))
+            if unknown or missing:
+                raise PrivevoError(
+                    f"label_fractions must name every label exactly: unknown {unknown}, "
+                    f"missing {missing}; labels are {list(names)}"
+                )
+            weights = np.array([fractions[name] for name in names], dtype=np.float64)
+        source = fractions if isinstance(fractions, str) else "user"
+        return allocate(self.job.num_samples, weights), source
+
+    def _initial(self, targets: NDArray[np.int64], callbacks: RunCallbacks) -> Samples:
+        callbacks.on_phase(0, "generate")
+        rng = np.random.default_rng([self.seed, 0])
+        parts = [self.api.random(label, int(n), rng) for label, n in enumerate(targets)]
+        return Samples.concat(parts)
+
+    def _iterate(
+        self,
+        t: int,
+        population: Samples,
+        private_by_label: list[NDArray[np.float32]],
+        targets: NDArray[np.int64],
+        callbacks: RunCallbacks,
+    ) -> tuple[Samples, dict[str, Any]]:
+        job = self.job
+        rng = np.random.default_rng([self.seed, t])
+        degree = self.degrees[t - 1]
+        callbacks.on_phase(t, "embed")
+        embed = self.embedder.inner.embed if job.lookahead else self.embedder.embed
+        synthetic = prepare_embeddings(
+            lookahead_embeddings(
+                self.api, embed, population, lookahead=job.lookahead, degree=degree, rng=rng
+            ),
+            job.metric,
+        )
+        callbacks.on_phase(t, "vote")
+        if self.backend is None:
+            # Chosen once per job, when the sizes are known; the name goes into the report.
+            self.backend = kernels.resolve_backend(
+                job.nn_backend,
+                n_private=sum(len(p) for p in private_by_label),
+                n_synthetic=len(synthetic),
+                dim=synthetic.shape[1],
+            )
+        counts = vote_counts(
+            private_by_label, synthetic, population.labels, k=job.k, backend=self.backend.backend
+        )
+        callbacks.on_phase(t, "noise")
+        noisy = self._release(histogram_key(t), t, counts)
+        del counts
+        callbacks.on_phase(t, "select")
+        scores = threshold_counts(noisy, self.threshold)
+        parts, fallbacks = [], []
+        for label, n_target in enumerate(targets.tolist()):
+            members = np.flatnonzero(population.labels == label)
+            n_select = selection_size(n_target, folds=job.folds, keep_selected=job.keep_selected)
+            chosen = select(scores[members], n_select, job.selection, rng)
+            if chosen.fallback:
+                fallbacks.append(population.label_names[label])
+            callbacks.on_phase(t, "vary")
+            parts.append(
+                next_population(
+                    self.api,
+                    population.take(members[chosen.indices]),
+                    n_target,
+                    folds=job.folds,
+                    keep_selected=job.keep_selected,
+                    degree=degree,
+                    rng=rng,
+                )
+            )
+        diagnostics = {
+            "iteration": t,
+            "degree": degree,
+            "noisy_vote_mass": int(noisy.sum()),
+            "share_above_threshold": float(np.mean(scores > 0)) if len(scores) else 0.0,
+            "uniform_fallback_labels": fallbacks,
+        }
+        return Samples.concat(parts), diagnostics
+
+    def run(
+        self, private: Samples, *, callbacks: RunCallbacks | None = None, resume: bool = False
+    ) -> RunResult:
+        """Runs (or resumes) the job on ``private`` and returns the final population.
+
+        Raises:
+            CheckpointError: state exists without ``resume``, or belongs to another job.
+        """
+        callbacks = callbacks or _NoCallbacks()
+        job_record = self.job.model_dump(mode="json")
+        latest = self.checkpoints.latest()
+        if latest is not None and not resume:
+            raise CheckpointError(
+                f"{self.checkpoints.directory} already holds a run: resume it or use a new output"
+            )
+        if latest is not None and (
+            latest.meta.get("job") != job_record or latest.meta.get("seed") != self.seed
+        ):
+            raise CheckpointError(
+                "the checkpoint was made by a different job configuration or seed; "
+                "rerun with the original settings or use a new output directory"
+            )
+        targets, fraction_source = self._label_targets(private)
+        diagnostics: list[dict[str, Any]] = [] if latest is None else latest.meta["diagnostics"]
+        if latest is None:
+            population = self._initial(targets, callbacks)
+            self._checkpoint(0, population, job_record, diagnostics)
+            start = 1
+            callbacks.on_iteration(IterationReport(0, population, None, {}, self.epsilon_spent()))
+        else:
+            population, start = latest.population, latest.iteration + 1
+
+        callbacks.on_phase(start, "embed-private")
+        private_vectors = prepare_embeddings(self.embedder.inner.embed(private), self.job.metric)
+        private_by_label = [
+            private_vectors[private.labels == label] for label in range(len(private.label_names))
+        ]
+        for t in range(start, self.job.iterations + 1):
+            population, diag = self._iterate(t, population, private_by_label, targets, callbacks)
+            diagnostics = [*diagnostics, diag]
+            self.embedder.forget(set(population.ids.tolist()))
+            callbacks.on_phase(t, "checkpoint")
+            self._checkpoint(t, population, job_record, diagnostics)
+            callbacks.on_iteration(
+                IterationReport(t, population, diag["degree"], diag, self.epsilon_spent())
+            )
+        return RunResult(
+            population=population,
+            sigma=self.sigma,
+            calibration=self.calibration,
+            threshold=self.threshold,
+            ledger=self.ledger.entries(),
+            label_targets=dict(zip(private.label_names, targets.tolist(), strict=True)),
+            label_fraction_source=fraction_source,
+            nn_backend=None if self.backend is None else self.backend.name,
+            diagnostics=diagnostics,
+        )
+
+    def _checkpoint(
+        self,
+        t: int,
+        population: Samples,
+        job_record: dict[str, Any],
+        diagnostics: list[dict[str, Any]],
+    ) -> None:
+        meta = {"job": job_record, "seed": self.seed, "diagnostics": diagnostics}
+        self.checkpoints.save(Checkpoint(t, population, meta))

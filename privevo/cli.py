@@ -1,0 +1,206 @@
+"""The ``privevo`` command line: run PE locally, calibrate noise."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from pe_core.errors import PrivevoError
+from privevo.local import RunSpec, run_local
+
+app = typer.Typer(
+    help="privevo: differentially private synthetic data with Private Evolution.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+privacy_app = typer.Typer(help="Privacy accounting tools.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def _parse_fractions(value: str) -> str | dict[str, float]:
+    if value in ("uniform", "dp"):
+        return value
+    fractions: dict[str, float] = {}
+    for item in value.split(","):
+        name, sep, number = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            fractions[name.strip()] = float(number)
+        except ValueError:
+            raise fail(
+                f"--label-fractions {value!r}: use 'uniform', 'dp' or 'cat=0.7,dog=0.3'"
+            ) from None
+    return fractions
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML file with any of these options")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Private data: image folder/zip, npz, jsonl/csv/parquet")
+    ] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="Held-out real data for NOT-DP evaluation in OUT/eval")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory [default: privevo-out]")
+    ] = None,
+    api: Annotated[str | None, typer.Option(help="Variation API: drawtext | grammar")] = None,
+    embedding: Annotated[
+        str | None, typer.Option(help="Embedder: raw-pixels | inception | minilm")
+    ] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Target epsilon [default: 1]")] = None,
+    delta: Annotated[float | None, typer.Option(help="Target delta [default: 1e-6]")] = None,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", "-T", help="Noisy releases T [default: 4]")
+    ] = None,
+    num_samples: Annotated[
+        int | None, typer.Option(help="Synthetic samples in all [default: 2000]")
+    ] = None,
+    lookahead: Annotated[int | None, typer.Option(help="Lookahead L [default: 0]")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Vote threshold H [default: 2 sigma]")
+    ] = None,
+    k: Annotated[int | None, typer.Option(help="Neighbours per record [default: 1]")] = None,
+    selection: Annotated[str | None, typer.Option(help="sample | rank [default: sample]")] = None,
+    folds: Annotated[int | None, typer.Option(help="Variations per selected sample")] = None,
+    keep_selected: Annotated[
+        bool | None, typer.Option("--keep-selected/--no-keep-selected")
+    ] = None,
+    metric: Annotated[str | None, typer.Option(help="l2 | cosine [default: l2]")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Public label set, comma-separated [default: from data]")
+    ] = None,
+    label_fractions: Annotated[
+        str | None,
+        typer.Option(help="'uniform' (default), 'dp' (estimated, charged) or 'a=0.6,b=0.4'"),
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column [default: text]")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column [default: label]")] = None,
+    nn_backend: Annotated[
+        str | None, typer.Option(help="auto | numpy-blocked | torch-blocked | faiss")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of generation and selection")] = None,
+    insecure_test_noise: Annotated[
+        bool, typer.Option(help="Seeded noise for tests: the result is NOT PRIVATE")
+    ] = False,
+    no_privacy: Annotated[
+        bool, typer.Option(help="No noise at all (a baseline): the result is NOT PRIVATE")
+    ] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+) -> None:
+    """Run Private Evolution on a private dataset and write a DP synthetic one to --out."""
+    settings: dict[str, Any] = {}
+    if config is not None:
+        try:
+            loaded = yaml.safe_load(config.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise fail(f"cannot read config {config}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise fail(f"config {config} must be a YAML mapping of options")
+        settings.update(loaded)
+    flags: dict[str, Any] = {
+        "data": data,
+        "eval_data": eval_data,
+        "out": out,
+        "api": api,
+        "embedding": embedding,
+        "epsilon": epsilon,
+        "delta": delta,
+        "iterations": iterations,
+        "num_samples": num_samples,
+        "lookahead": lookahead,
+        "threshold": threshold,
+        "k": k,
+        "selection": selection,
+        "folds": folds,
+        "keep_selected": keep_selected,
+        "metric": metric,
+        "labels": None if labels is None else [s.strip() for s in labels.split(",") if s.strip()],
+        "label_fractions": None if label_fractions is None else _parse_fractions(label_fractions),
+        "text_column": text_column,
+        "label_column": label_column,
+        "nn_backend": nn_backend,
+        "seed": seed,
+    }
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    if insecure_test_noise:
+        settings["insecure_test_noise"] = True
+    if no_privacy:
+        settings["no_privacy"] = True
+        settings["epsilon"] = math.inf
+    try:
+        spec = RunSpec.model_validate(settings)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+        raise fail("invalid run settings:\n" + "\n".join(lines)) from None
+    try:
+        summary = run_local(spec, resume=resume, progress=not quiet)
+    except PrivevoError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(summary)
+
+
+@privacy_app.command()
+def calibrate(
+    epsilon: Annotated[float, typer.Option(help="Target epsilon")],
+    iterations: Annotated[int, typer.Option("--iterations", "-T", help="Noisy releases T")],
+    delta: Annotated[float, typer.Option(help="Target delta")] = 1e-6,
+    k: Annotated[int, typer.Option(help="Neighbours per record (k releases per iteration)")] = 1,
+    dp_label_fractions: Annotated[
+        bool, typer.Option(help="Add one release for DP label fractions")
+    ] = False,
+) -> None:
+    """Print the noise sigma that meets (epsilon, delta) for T iterations, as JSON."""
+    from pe_core.privacy import calibrate_sigma
+
+    releases = k * iterations + int(dp_label_fractions)
+    try:
+        result = calibrate_sigma(epsilon, delta, releases=releases)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    record: dict[str, Any] = {
+        "sigma": result.sigma,
+        "epsilon": result.epsilon,
+        "epsilon_target": epsilon,
+        "delta": delta,
+        "iterations": iterations,
+        "k": k,
+        "releases": releases,
+        "mechanism": result.mechanism,
+        "accountant": result.accountant,
+    }
+    typer.echo(json.dumps(record, indent=2))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from pe_core import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app(prog_name="privevo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

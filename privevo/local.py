@@ -1,0 +1,214 @@
+"""Runs one PE job on this machine: the CLI's engine room (no server, no GPU needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ConfigDict
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pe_core.apis import create_api
+from pe_core.checkpoint import CheckpointError, CheckpointStore
+from pe_core.config import PeJob
+from pe_core.datasets import dataset_fingerprint, load_dataset
+from pe_core.embedders import create_embedder
+from pe_core.errors import DataError, PrivevoError
+from pe_core.metrics import evaluate, refuse_overlap
+from pe_core.outputs import CallbackList, Evaluator, OutputLayout, SampleWriter, write_result
+from pe_core.privacy import (
+    DiscreteGaussianSampler,
+    InsecureSeededSampler,
+    NoiseSampler,
+)
+from pe_core.report import privacy_report
+from pe_core.runner import IterationReport, NoiseFactory, PrivateEvolution, RunCallbacks
+from pe_core.samples import Samples
+
+# Public data each generator saw; its own training data is outside the run's guarantee.
+GENERATOR_PUBLIC_DATA = {
+    "drawtext": "none: a simulator that renders local fonts",
+    "grammar": "none: a simulator that expands the user's grammar",
+}
+
+
+class RunSpec(PeJob):
+    """A local run: the engine's job model plus where the data and outputs live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path
+    eval_data: Path | None = None
+    out: Path = Path("privevo-out")
+    text_column: str = "text"
+    label_column: str = "label"
+
+    def job(self) -> PeJob:
+        return PeJob.model_validate(self.model_dump(include=set(PeJob.model_fields)))
+
+
+def noise_factory(job: PeJob, seed: int) -> tuple[NoiseFactory, NoiseSampler | None]:
+    """The production OS-entropy sampler, or with --insecure-test-noise a seeded one per key."""
+    if job.insecure_test_noise and not job.no_privacy:
+
+        def seeded(key: str) -> NoiseSampler:
+            digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+            return InsecureSeededSampler(int.from_bytes(digest[:8], "big"))
+
+        return seeded, seeded("report")
+    sampler = DiscreteGaussianSampler()
+    return (lambda key: sampler), (None if job.no_privacy else sampler)
+
+
+class ProgressBar:
+    """A rich progress bar: iteration t of T, phase, epsilon spent."""
+
+    def __init__(self, total: int, epsilon_target: float) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]PE[/bold] {task.description}"),
+            BarColumn(),
+            TextColumn("iteration {task.completed}/{task.total}"),
+            TextColumn("{task.fields[phase]:<13}"),
+            TextColumn("eps {task.fields[eps]}"),
+            TimeElapsedColumn(),
+        )
+        self.task = self.progress.add_task("", total=total, phase="start", eps="0")
+        self.epsilon_target = epsilon_target
+
+    def __enter__(self) -> ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_phase(self, iteration: int, phase: str) -> None:
+        self.progress.update(self.task, phase=phase)
+
+    def on_iteration(self, report: IterationReport) -> None:
+        eps = (
+            "none (NOT PRIVATE)"
+            if not np.isfinite(report.epsilon_spent)
+            else (f"{report.epsilon_spent:.3g}/{self.epsilon_target:.3g}")
+        )
+        self.progress.update(self.task, completed=report.iteration, eps=eps)
+
+
+def _load(spec: RunSpec, path: Path, labels: list[str] | None) -> Samples:
+    modality = "text" if spec.api == "grammar" else "image"
+    return load_dataset(
+        path,
+        modality=modality,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        labels=labels,
+    )
+
+
+def _check_out_dir(layout: OutputLayout, resume: bool) -> None:
+    if resume:
+        if not layout.state.exists():
+            raise PrivevoError(f"--resume: {layout.root} holds no run to resume")
+        return
+    if layout.root.exists() and any(layout.root.iterdir()):
+        raise PrivevoError(
+            f"output directory {layout.root} is not empty: pass --resume to continue that run "
+            "or choose another --out"
+        )
+
+
+def _resolve_seed(spec: RunSpec, layout: OutputLayout, resume: bool) -> int:
+    if resume:
+        latest = CheckpointStore(layout.state / "checkpoints").latest()
+        if latest is None:
+            raise CheckpointError(f"--resume: {layout.state} has no complete checkpoint")
+        recorded = int(latest.meta["seed"])
+        if spec.seed is not None and spec.seed != recorded:
+            raise PrivevoError(f"--seed {spec.seed} differs from the run's seed {recorded}")
+        return recorded
+    return spec.seed if spec.seed is not None else secrets.randbits(62)
+
+
+def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> str:
+    """Runs the job described by ``spec`` and returns a short summary for the terminal."""
+    job = spec.job()
+    layout = OutputLayout(spec.out)
+    _check_out_dir(layout, resume)
+    private = _load(spec, spec.data, spec.labels)
+    label_source = (
+        "declared with --labels" if spec.labels else "the dataset's folder or column values"
+    )
+    evaluation = None
+    if spec.eval_data is not None:
+        if dataset_fingerprint(spec.eval_data) == dataset_fingerprint(spec.data):
+            raise DataError(
+                f"--eval-data {spec.eval_data} is the private data itself: "
+                "evaluate on held-out data"
+            )
+        evaluation = _load(spec, spec.eval_data, list(private.label_names))
+        refuse_overlap(private, evaluation)
+    seed = _resolve_seed(spec, layout, resume)
+    api = create_api(job.api, label_names=private.label_names, **job.api_config)
+    embedder = create_embedder(job.embedding, **job.embedding_config)
+    noise, sampler = noise_factory(job, seed)
+    layout.state.mkdir(parents=True, exist_ok=True)
+    engine = PrivateEvolution(
+        job,
+        api=api,
+        embedder=embedder,
+        noise=noise,
+        state_dir=layout.state,
+        seed=seed,
+    )
+    callbacks: list[RunCallbacks] = [SampleWriter(layout)]
+    evaluator = None
+    if evaluation is not None:
+        evaluator = Evaluator(
+            layout, lambda population: evaluate(population, evaluation, embedder.embed)
+        )
+        callbacks.append(evaluator)
+    started = time.monotonic()
+    if progress:
+        with ProgressBar(job.iterations, job.epsilon) as bar:
+            result = engine.run(private, callbacks=CallbackList([bar, *callbacks]), resume=resume)
+    else:
+        result = engine.run(private, callbacks=CallbackList(callbacks), resume=resume)
+    report = privacy_report(
+        job,
+        result,
+        sampler=sampler,
+        label_source=label_source,
+        generator_public_data=GENERATOR_PUBLIC_DATA.get(job.api, "see the API's documentation"),
+    )
+    report["run"] = {"seed": seed, "nn_backend": result.nn_backend}
+    write_result(layout, result.population, report)
+    return _summary(layout, report, evaluator, time.monotonic() - started)
+
+
+def _summary(
+    layout: OutputLayout, report: dict[str, Any], evaluator: Evaluator | None, seconds: float
+) -> str:
+    eps = report["epsilon"]
+    lines = [
+        f"done in {seconds:.0f} s: {report['status']}"
+        + (
+            f" (epsilon {eps:.4g}, delta {report['delta']:g}, sigma {report['sigma']:.4g})"
+            if eps is not None
+            else ""
+        ),
+        *[f"WARNING: {w}" for w in report["warnings"]],
+        f"synthetic data:  {layout.synthetic}/",
+        f"privacy report:  {layout.privacy_report}",
+        f"sample grids:    {layout.samples}/",
+    ]
+    if evaluator is not None and evaluator.rows:
+        first, last = evaluator.rows[0], evaluator.rows[-1]
+        lines.append(
+            f"evaluation (NOT DP): {layout.eval}/  accuracy {first['accuracy']:.3f} at iteration 0"
+            f" -> {last['accuracy']:.3f} at iteration {last['iteration']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels.base import (
+    BACKEND_REGISTRY,
+    NearestNeighbourBackend,
+    create_backend,
+    dedupe_rows,
+    vote_histogram,
+)
+from kernels.reference import reference_search
+from pe_core.registry import UnknownNameError
+
+
+def test_import_registers_every_backend() -> None:
+    assert set(BACKEND_REGISTRY.names()) >= {"reference", "numpy-blocked", "torch-blocked", "faiss"}
+    assert kernels.BACKEND_REGISTRY is BACKEND_REGISTRY
+
+
+def test_unknown_backend_lists_valid_names() -> None:
+    with pytest.raises(UnknownNameError, match="numpy-blocked"):
+        create_backend("annoy")
+
+
+@pytest.mark.parametrize("name", ["reference", "numpy-blocked", "torch-blocked"])
+def test_created_backends_follow_the_protocol(name: str) -> None:
+    backend = create_backend(name)
+    assert isinstance(backend, NearestNeighbourBackend)
+    assert backend.name == name
+
+
+def test_faiss_is_created_only_with_faiss_installed() -> None:
+    pytest.importorskip("faiss")
+    assert create_backend("faiss").name == "faiss"
+
+
+@pytest.mark.parametrize(("n", "m", "k"), [(50, 20, 1), (50, 20, 3), (7, 2, 5), (1, 1, 2)])
+def test_vote_histogram_counts_each_record_min_k_m_times(n: int, m: int, k: int) -> None:
+    rng = np.random.default_rng(n + m + k)
+    private = rng.standard_normal((n, 6)).astype(np.float32)
+    synthetic = rng.standard_normal((m, 6)).astype(np.float32)
+    votes = vote_histogram(create_backend("numpy-blocked"), private, synthetic, k)
+    assert votes.shape == (m,) and votes.dtype == np.int64
+    assert votes.sum() == n * min(k, m)
+    neighbours = reference_search(private, synthetic, k)
+    np.testing.assert_array_equal(votes, np.bincount(neighbours[neighbours >= 0], minlength=m))
+
+
+def test_vote_histogram_of_no_records_is_zero() -> None:
+    votes = vote_histogram(
+        create_backend("numpy-blocked"),
+        np.zeros((0, 4), np.float32),
+        np.ones((3, 4), np.float32),
+        2,
+    )
+    np.testing.assert_array_equal(votes, [0, 0, 0])
+    assert votes.dtype == np.int64
+
+
+def test_vote_histogram_refuses_an_empty_partition() -> None:
+    with pytest.raises(ValueError, match="synthetic partition is empty"):
+        vote_histogram(
+            create_backend("numpy-blocked"),
+            np.ones((3, 4), np.float32),
+            np.zeros((0, 4), np.float32),
+            1,
+        )
+
+
+def test_dedupe_keeps_first_occurrences_in_order() -> None:
+    rows = np.array([[1, 2], [3, 4], [1, 2], [0, 0], [3, 4], [-0.0, 0], [5, 5]], dtype=np.float32)
+    unique, first, inverse = dedupe_rows(rows)
+    np.testing.assert_array_equal(first, [0, 1, 3, 6])
+    np.testing.assert_array_equal(unique, rows[[0, 1, 3, 6]])
+    np.testing.assert_array_equal(inverse, [0, 1, 0, 2, 1, 2, 3])
+    np.testing.assert_array_equal(unique[inverse], rows)
+    assert first.dtype == inverse.dtype == np.int64
+
+
+def test_dedupe_round_trips_random_resamples() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((30, 5)).astype(np.float32)
+    rows = base[rng.integers(0, 30, size=200)]
+    unique, first, inverse = dedupe_rows(rows)
+    assert len(np.unique(unique, axis=0)) == len(unique)
+    assert np.all(np.diff(first) > 0)
+    np.testing.assert_array_equal(rows[first], unique)
+    np.testing.assert_array_equal(unique[inverse], rows)
+    # Every row's first occurrence is the one kept.
+    for i, u in enumerate(inverse):
+        assert first[u] == np.flatnonzero((rows == rows[i]).all(axis=1))[0]
+
+
+def test_dedupe_of_nothing() -> None:
+    unique, first, inverse = dedupe_rows(np.zeros((0, 3), np.float32))
+    assert unique.shape == (0, 3) and first.size == inverse.size == 0
+
+
+def test_dedupe_refuses_nan() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        dedupe_rows(np.array([[np.nan]], dtype=np.float32))

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import dispatch
+from kernels.dispatch import (
+    FAISS_MAX_DIM,
+    ResolvedBackend,
+    available_backends,
+    choose_backend,
+    resolve_backend,
+)
+from pe_core.registry import UnknownNameError
+
+ALL = ("reference", "numpy-blocked", "torch-blocked", "faiss")
+NO_FAISS = ("reference", "numpy-blocked", "torch-blocked")
+
+
+def test_cpu_picks_faiss_below_the_crossover_dimension() -> None:
+    assert choose_backend(100_000, 10_000, 512, available=ALL) == "faiss"
+    assert choose_backend(100_000, 10_000, FAISS_MAX_DIM - 1, available=ALL) == "faiss"
+
+
+def test_cpu_picks_numpy_blocked_at_high_dimension() -> None:
+    assert choose_backend(10_000, 10_000, 2048, available=ALL) == "numpy-blocked"
+    assert choose_backend(10_000, 10_000, FAISS_MAX_DIM, available=ALL) == "numpy-blocked"
+
+
+def test_cpu_without_faiss_picks_numpy_blocked() -> None:
+    assert choose_backend(100_000, 10_000, 512, available=NO_FAISS) == "numpy-blocked"
+
+
+def test_gpu_picks_torch_blocked() -> None:
+    assert choose_backend(100_000, 10_000, 512, device="cuda", available=ALL) == "torch-blocked"
+    with pytest.raises(ValueError, match="cuda"):
+        choose_backend(10, 10, 4, device="cuda", available=("numpy-blocked", "faiss"))
+
+
+def test_no_cpu_backend_is_an_error() -> None:
+    with pytest.raises(ValueError, match="numpy-blocked"):
+        choose_backend(10, 10, 4, available=("torch-blocked",))
+
+
+def test_negative_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        choose_backend(-1, 10, 4, available=ALL)
+
+
+def test_available_backends_follow_the_optional_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert {"reference", "numpy-blocked", "torch-blocked"} <= available_backends()
+    monkeypatch.setattr(dispatch.importlib.util, "find_spec", lambda name: None)
+    assert "faiss" not in available_backends()
+    assert choose_backend(1000, 1000, 64) == "numpy-blocked"
+
+
+def test_resolve_auto_returns_the_chosen_name_with_the_backend() -> None:
+    resolved = resolve_backend("auto", 1000, 100, 4096)
+    assert isinstance(resolved, ResolvedBackend)
+    assert resolved.name == "numpy-blocked" == resolved.backend.name
+    private = np.zeros((2, 4096), np.float32)
+    assert resolved.backend.search(private, np.ones((3, 4096), np.float32), 1).shape == (2, 1)
+
+
+def test_resolve_a_named_backend() -> None:
+    resolved = resolve_backend("torch-blocked", 10, 10, 8)
+    assert resolved.name == resolved.backend.name == "torch-blocked"
+
+
+def test_resolve_unknown_name_lists_valid_ones() -> None:
+    with pytest.raises(UnknownNameError, match="numpy-blocked"):
+        resolve_backend("hnsw", 10, 10, 8)
+
+
+def test_resolve_cpu_only_backend_on_a_device_is_refused() -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_backend("numpy-blocked", 10, 10, 8, device="cuda")
+
+
+def test_resolve_auto_on_a_device_configures_torch() -> None:
+    resolved = resolve_backend("auto", 10, 10, 8, device="cuda:1")
+    assert resolved.name == "torch-blocked"
+    assert resolved.backend.device == "cuda:1"  # type: ignore[attr-defined]

@@ -1,0 +1,56 @@
+"""pe_core stays a pure library: no web, queue, environment, network, clock or global RNG."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PE_CORE = Path(__file__).resolve().parents[2] / "pe_core"
+FORBIDDEN_MODULES = {
+    "fastapi",
+    "celery",
+    "redis",
+    "sqlalchemy",
+    "boto3",
+    "requests",
+    "httpx",
+    "socket",
+    "urllib",
+    "service",
+    "workers",
+    "privevo",
+    "time",
+    "datetime",
+}
+FORBIDDEN_TEXT = {
+    "environment access": re.compile(r"\bos\.(environ|getenv|putenv)\b"),
+    "global numpy RNG": re.compile(
+        r"np\.random\.(?!default_rng\b|Generator\b|SeedSequence\b|PCG64\b)\w+\("
+    ),
+    "global stdlib RNG": re.compile(r"(?<![\w.])random\.(random|choice|gauss|shuffle|seed)\("),
+}
+
+
+def _sources():
+    return sorted(PE_CORE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(PE_CORE)))
+def test_module_is_pure(path):
+    text = path.read_text()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] not in FORBIDDEN_MODULES, f"{path}: imports {name}"
+    for what, pattern in FORBIDDEN_TEXT.items():
+        assert not pattern.search(text), f"{path}: {what}"
+
+
+def test_scan_sees_the_package():
+    assert len(_sources()) > 10

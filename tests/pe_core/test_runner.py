@@ -1,0 +1,153 @@
+"""The PE loop: resume, exactly-once releases, DP-only checkpoints, and that it learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pe_core.apis import create_api
+from pe_core.checkpoint import CheckpointError
+from pe_core.config import PeJob
+from pe_core.embedders import create_embedder
+from pe_core.metrics import downstream_accuracy
+from pe_core.privacy import InsecureSeededSampler
+from pe_core.runner import PrivateEvolution, allocate, histogram_key
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt:
+    """Raises at a phase of an iteration, like a killed process would stop there."""
+
+    def __init__(self, iteration: int, phase: str) -> None:
+        self.at = (iteration, phase)
+
+    def on_phase(self, iteration: int, phase: str) -> None:
+        if (iteration, phase) == self.at:
+            raise Crash
+
+    def on_iteration(self, report) -> None:
+        pass
+
+
+class CountingNoise:
+    """Seeded test noise per release key that counts how often noise is drawn."""
+
+    def __init__(self) -> None:
+        self.draws: list[str] = []
+
+    def __call__(self, key: str):
+        outer = self
+
+        class Sampler(InsecureSeededSampler):
+            def sample(self, sigma, size):
+                outer.draws.append(key)
+                return super().sample(sigma, size)
+
+        return Sampler(abs(hash(key)) % 2**31)
+
+
+JOB = PeJob(
+    epsilon=5.0,
+    iterations=3,
+    num_samples=100,
+    lookahead=2,
+    insecure_test_noise=True,
+    label_fractions="uniform",
+    nn_backend="numpy-blocked",
+)
+
+
+def _engine(tmp_path, private, job=JOB, noise=None):
+    noise = noise or CountingNoise()
+    return PrivateEvolution(
+        job,
+        api=create_api(job.api, label_names=private.label_names),
+        embedder=create_embedder("raw-pixels"),
+        noise=noise,
+        state_dir=tmp_path,
+        seed=7,
+    ), noise
+
+
+def test_allocate_sums_and_rounds_largest_remainder():
+    np.testing.assert_array_equal(allocate(10, np.array([1.0, 1.0, 1.0])), [4, 3, 3])
+    np.testing.assert_array_equal(allocate(5, np.array([0.0, 2.0, 3.0])), [0, 2, 3])
+
+
+def test_resume_after_crash_equals_uninterrupted_and_reuses_release(tmp_path, private_digits):
+    whole, _noise_a = _engine(tmp_path / "a", private_digits)
+    expected = whole.run(private_digits)
+
+    crashed, noise_b = _engine(tmp_path / "b", private_digits)
+    # Crash after iteration 2's release was recorded, before it was used.
+    with pytest.raises(Crash):
+        crashed.run(private_digits, callbacks=CrashAt(2, "select"))
+    assert noise_b.draws == [histogram_key(1), histogram_key(2)]
+    resumed, noise_c = _engine(tmp_path / "b", private_digits)
+    got = resumed.run(private_digits, resume=True)
+    # Iteration 2's recorded release was reused: only iteration 3 drew noise.
+    assert noise_c.draws == [histogram_key(3)]
+    np.testing.assert_array_equal(got.population.images, expected.population.images)
+    np.testing.assert_array_equal(got.population.ids, expected.population.ids)
+    assert [e.key for e in got.ledger] == [histogram_key(t) for t in (1, 2, 3)]
+    assert [e.release_sha256 for e in got.ledger] == [e.release_sha256 for e in expected.ledger]
+
+
+def test_existing_state_needs_resume_and_same_job(tmp_path, private_digits):
+    engine, _ = _engine(tmp_path, private_digits, job=JOB.model_copy(update={"iterations": 1}))
+    engine.run(private_digits)
+    again, _ = _engine(tmp_path, private_digits, job=JOB.model_copy(update={"iterations": 1}))
+    with pytest.raises(CheckpointError, match="resume"):
+        again.run(private_digits)
+    other, _ = _engine(tmp_path, private_digits, job=JOB.model_copy(update={"iterations": 2}))
+    with pytest.raises(CheckpointError, match="different job"):
+        other.run(private_digits, resume=True)
+
+
+def test_no_privacy_writes_no_release(tmp_path, private_digits):
+    job = JOB.model_copy(update={"no_privacy": True, "epsilon": float("inf"), "iterations": 1})
+    engine, noise = _engine(tmp_path, private_digits, job=job)
+    result = engine.run(private_digits)
+    assert result.sigma == 0 and result.ledger == [] and noise.draws == []
+    assert not (tmp_path / "releases").exists() or not any((tmp_path / "releases").iterdir())
+
+
+def test_dp_label_fractions_are_released_and_charged(tmp_path, private_digits):
+    job = JOB.model_copy(update={"label_fractions": "dp", "iterations": 1})
+    engine, _noise = _engine(tmp_path, private_digits, job=job)
+    result = engine.run(private_digits)
+    assert [e.key for e in result.ledger] == ["label-counts", histogram_key(1)]
+    assert sum(result.label_targets.values()) == job.num_samples
+    assert result.calibration is not None and result.calibration.releases == 2
+
+
+def test_pe_beats_its_initial_population(tmp_path, private_digits, heldout_digits):
+    """End to end on real handwritten digits: selection by noisy votes must help."""
+    job = PeJob(
+        epsilon=10.0,
+        iterations=4,
+        num_samples=400,
+        lookahead=4,
+        threshold=1.0,
+        insecure_test_noise=True,
+    )
+    engine, _ = _engine(tmp_path, private_digits, job=job)
+    populations = {}
+
+    class Keep:
+        def on_phase(self, iteration, phase):
+            pass
+
+        def on_iteration(self, report):
+            populations[report.iteration] = report.population
+
+    engine.run(private_digits, callbacks=Keep())
+    embed = create_embedder("raw-pixels").embed
+    test_x, test_y = embed(heldout_digits), heldout_digits.labels
+    acc = {
+        t: downstream_accuracy(embed(p), p.labels, test_x, test_y) for t, p in populations.items()
+    }
+    assert acc[4] > acc[0] + 0.1, acc
