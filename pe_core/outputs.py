@@ -98,6 +98,7 @@ class SampleWriter:
                 self.layout.samples / "dp_diagnostics.png",
                 title="DP diagnostics (from noisy counts)",
                 ylabel="share of synthetic samples",
+                first_x=1,
             )
 
 

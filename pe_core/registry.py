@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from pe_core.errors import PrivevoError
 
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(PrivevoError, ValueError):
     """Raised for a name that no plug-in registered; the message lists the valid names."""
+
+
+class PluginConfigError(PrivevoError, TypeError):
+    """Raised for parameters a plug-in does not take; the message lists those it does."""
 
 
 class Registry(Generic[T]):
@@ -39,4 +46,13 @@ class Registry(Generic[T]):
             raise UnknownNameError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def create(self, name: str, **config: Any) -> T:
-        return self.factory(name)(**config)
+        factory = self.factory(name)
+        signature = inspect.signature(factory)
+        try:
+            signature.bind(**config)
+        except TypeError as exc:
+            accepted = ", ".join(signature.parameters) or "none"
+            raise PluginConfigError(
+                f"{self.kind} {name!r}: {exc}; it accepts: {accepted}"
+            ) from None
+        return factory(**config)

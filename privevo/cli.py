@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from pe_core.errors import PrivevoError
-from privevo.local import RunSpec, run_local
+from privevo.local import RunSpec, recorded_settings, run_local
 
 app = typer.Typer(
     help="privevo: differentially private synthetic data with Private Evolution.",
@@ -103,11 +103,20 @@ def run(
     no_privacy: Annotated[
         bool, typer.Option(help="No noise at all (a baseline): the result is NOT PRIVATE")
     ] = False,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out with its recorded settings")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
 ) -> None:
     """Run Private Evolution on a private dataset and write a DP synthetic one to --out."""
     settings: dict[str, Any] = {}
+    if resume:
+        if out is None:
+            raise fail("--resume needs --out, the directory of the run to continue")
+        try:
+            settings.update(recorded_settings(out))
+        except PrivevoError as exc:
+            raise fail(str(exc)) from None
     if config is not None:
         try:
             loaded = yaml.safe_load(config.read_text())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,19 @@ from pydantic import ConfigDict
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pe_core.apis import create_api
-from pe_core.checkpoint import CheckpointError, CheckpointStore
 from pe_core.config import PeJob
 from pe_core.datasets import dataset_fingerprint, load_dataset
-from pe_core.embedders import create_embedder
+from pe_core.embedders import CachedEmbedder, create_embedder
 from pe_core.errors import DataError, PrivevoError
 from pe_core.metrics import evaluate, refuse_overlap
-from pe_core.outputs import CallbackList, Evaluator, OutputLayout, SampleWriter, write_result
+from pe_core.outputs import (
+    CallbackList,
+    Evaluator,
+    OutputLayout,
+    SampleWriter,
+    write_json,
+    write_result,
+)
 from pe_core.privacy import (
     DiscreteGaussianSampler,
     InsecureSeededSampler,
@@ -28,6 +36,8 @@ from pe_core.privacy import (
 from pe_core.report import privacy_report
 from pe_core.runner import IterationReport, NoiseFactory, PrivateEvolution, RunCallbacks
 from pe_core.samples import Samples
+
+RUN_RECORD = "run.json"
 
 # Public data each generator saw; its own training data is outside the run's guarantee.
 GENERATOR_PUBLIC_DATA = {
@@ -121,16 +131,15 @@ def _check_out_dir(layout: OutputLayout, resume: bool) -> None:
         )
 
 
-def _resolve_seed(spec: RunSpec, layout: OutputLayout, resume: bool) -> int:
-    if resume:
-        latest = CheckpointStore(layout.state / "checkpoints").latest()
-        if latest is None:
-            raise CheckpointError(f"--resume: {layout.state} has no complete checkpoint")
-        recorded = int(latest.meta["seed"])
-        if spec.seed is not None and spec.seed != recorded:
-            raise PrivevoError(f"--seed {spec.seed} differs from the run's seed {recorded}")
-        return recorded
-    return spec.seed if spec.seed is not None else secrets.randbits(62)
+def recorded_settings(out: Path) -> dict[str, Any]:
+    """The settings a run in ``out`` was started with (``--resume`` starts from them)."""
+    path = OutputLayout(out).state / RUN_RECORD
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise PrivevoError(f"--resume: {out} holds no run to resume") from None
+    except (OSError, ValueError) as exc:
+        raise PrivevoError(f"--resume: cannot read {path}: {exc}") from None
 
 
 def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> str:
@@ -151,25 +160,30 @@ def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> 
             )
         evaluation = _load(spec, spec.eval_data, list(private.label_names))
         refuse_overlap(private, evaluation)
-    seed = _resolve_seed(spec, layout, resume)
+    # The seed is drawn once and recorded, so a resumed run repeats the same choices.
+    seed = spec.seed if spec.seed is not None else secrets.randbits(62)
+    spec = spec.model_copy(update={"seed": seed})
+    job = spec.job()
     api = create_api(job.api, label_names=private.label_names, **job.api_config)
     embedder = create_embedder(job.embedding, **job.embedding_config)
     noise, sampler = noise_factory(job, seed)
-    layout.state.mkdir(parents=True, exist_ok=True)
-    engine = PrivateEvolution(
-        job,
-        api=api,
-        embedder=embedder,
-        noise=noise,
-        state_dir=layout.state,
-        seed=seed,
-    )
+    fresh = not layout.root.exists()
+    try:
+        engine = PrivateEvolution(
+            job, api=api, embedder=embedder, noise=noise, state_dir=layout.state, seed=seed
+        )
+        if not resume:
+            write_json(layout.state / RUN_RECORD, spec.model_dump(mode="json"))
+    except BaseException:
+        if fresh:  # a setup error leaves nothing behind
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
     callbacks: list[RunCallbacks] = [SampleWriter(layout)]
     evaluator = None
     if evaluation is not None:
-        evaluator = Evaluator(
-            layout, lambda population: evaluate(population, evaluation, embedder.embed)
-        )
+        # Its own cache: the held-out records are embedded once, not once per iteration.
+        features = CachedEmbedder(embedder).embed
+        evaluator = Evaluator(layout, lambda population: evaluate(population, evaluation, features))
         callbacks.append(evaluator)
     started = time.monotonic()
     if progress:

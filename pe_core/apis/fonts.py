@@ -9,10 +9,13 @@ from pathlib import Path
 
 from fontTools.agl import toUnicode
 from fontTools.ttLib import TTFont, TTLibError
+from PIL import Image, ImageDraw, ImageFont
 
 from pe_core.errors import PrivevoError
 
-DEBIAN_DEJAVU_DIR = Path("/usr/share/fonts/truetype/dejavu")
+SYSTEM_FONT_DIR = Path("/usr/share/fonts")
+FONT_SUFFIXES = ("*.ttf", "*.otf")
+_PROBE_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,13 @@ class FontInfo:
 
 
 def default_font_dirs() -> tuple[Path, ...]:
-    """The Debian DejaVu folder and the fonts matplotlib ships (``mpl-data/fonts/ttf``)."""
-    dirs = [DEBIAN_DEJAVU_DIR]
+    """The system's font tree (Debian: ``fonts-*`` packages) and the fonts matplotlib ships.
+
+    More fonts, above all handwriting ones (Debian's ``fonts-dkg-handwriting``,
+    ``fonts-bwht``, ...), give the simulator more styles to evolve from (Sim-PE draws from
+    thousands of fonts); the pool is recorded with every run because it depends on the machine.
+    """
+    dirs = [SYSTEM_FONT_DIR]
     # find_spec locates matplotlib without paying for its import.
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.submodule_search_locations:
@@ -54,6 +62,20 @@ def _covers(font: TTFont, chars: Iterable[str]) -> bool:
     return True
 
 
+def _draws_ink(path: Path, chars: Iterable[str]) -> bool:
+    """Whether every character renders visible pixels (some fonts map digits to empty glyphs)."""
+    try:
+        face = ImageFont.truetype(str(path), _PROBE_SIZE)
+    except OSError:
+        return False
+    for char in chars:
+        canvas = Image.new("L", (2 * _PROBE_SIZE, 2 * _PROBE_SIZE))
+        ImageDraw.Draw(canvas).text((_PROBE_SIZE // 2, _PROBE_SIZE // 2), char, fill=255, font=face)
+        if canvas.getbbox() is None:
+            return False
+    return True
+
+
 def _full_name(font: TTFont, path: Path) -> str:
     name = font["name"].getDebugName(4) if "name" in font else None
     return name or path.stem
@@ -66,7 +88,8 @@ def discover_fonts(
 ) -> tuple[FontInfo, ...]:
     """Lists the fonts that can draw every character of ``texts``.
 
-    Candidates are ``font_paths`` if given, else the ``*.ttf`` files in ``font_dirs`` (default:
+    Candidates are ``font_paths`` if given, else the ``.ttf``/``.otf`` files anywhere under
+    ``font_dirs`` (default:
     :func:`default_font_dirs`). They are sorted by path and fonts whose full name was already
     seen are dropped (DejaVu ships both with Debian and with matplotlib), so the pool, and with
     it the meaning of a font index, is deterministic for a given set of installed files.
@@ -91,7 +114,15 @@ def discover_fonts(
                 raise PrivevoError(f"font file {str(path)!r} does not exist")
     else:
         dirs = [Path(d) for d in (font_dirs if font_dirs is not None else default_font_dirs())]
-        candidates = sorted({p.resolve() for d in dirs if d.is_dir() for p in d.glob("*.ttf")})
+        candidates = sorted(
+            {
+                p.resolve()
+                for d in dirs
+                if d.is_dir()
+                for pattern in FONT_SUFFIXES
+                for p in d.rglob(pattern)
+            }
+        )
     pool: list[FontInfo] = []
     seen: set[str] = set()
     for path in candidates:
@@ -103,7 +134,7 @@ def discover_fonts(
             continue
         with font:
             name = _full_name(font, path)
-            if name in seen or not _covers(font, chars):
+            if name in seen or not _covers(font, chars) or not _draws_ink(path, chars):
                 continue
         seen.add(name)
         pool.append(FontInfo(path=str(path), name=name))

@@ -3,6 +3,7 @@
 from pe_core.privacy.accounting import (
     ACCOUNTANT,
     MAX_CALIBRATED_SIGMA,
+    BudgetError,
     Calibration,
     DpEvent,
     calibrate_sigma,
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_CALIBRATED_SIGMA",
     "MAX_SIGMA",
     "NOISE_REGISTRY",
+    "BudgetError",
     "Calibration",
     "CorruptLedgerError",
     "DiscreteGaussianSampler",

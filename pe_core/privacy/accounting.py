@@ -43,7 +43,14 @@ import numpy as np
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from scipy import optimize, special
 
+from pe_core.errors import PrivevoError
+
 Mechanism = Literal["discrete_gaussian"]
+
+
+class BudgetError(PrivevoError, ValueError):
+    """An impossible privacy budget (epsilon, delta or release count); the message says why."""
+
 
 ACCOUNTANT = f"dp_accounting PLD {importlib.metadata.version('dp-accounting')}"
 
@@ -182,17 +189,17 @@ def calibrate_sigma(epsilon: float, delta: float, releases: int) -> Calibration:
             :data:`MAX_CALIBRATED_SIGMA` would be needed.
     """
     if not _is_real(epsilon) or not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0 (inf for no privacy), got {epsilon!r}")
+        raise BudgetError(f"epsilon must be > 0 (inf for no privacy), got {epsilon!r}")
     _check_delta(delta)
     if not _is_int(releases) or releases < 1:
-        raise ValueError(f"releases must be an integer >= 1, got {releases!r}")
+        raise BudgetError(f"releases must be an integer >= 1, got {releases!r}")
     epsilon, delta, releases = float(epsilon), float(delta), int(releases)
     if epsilon == math.inf:
         return Calibration(sigma=0.0, epsilon=math.inf, delta=delta, releases=releases)
 
     def private_enough(sigma: float) -> bool:
         if sigma > MAX_CALIBRATED_SIGMA:
-            raise ValueError(
+            raise BudgetError(
                 f"epsilon={epsilon:g} with delta={delta:g} over {releases} releases needs "
                 f"sigma > {MAX_CALIBRATED_SIGMA:g}; raise epsilon or delta"
             )
@@ -227,7 +234,7 @@ def _is_int(value: object) -> bool:
 
 def _check_delta(delta: float) -> None:
     if not _is_real(delta) or not 0 < delta < 1:
-        raise ValueError(
+        raise BudgetError(
             f"delta must lie strictly between 0 and 1, got {delta!r} (delta = 0 is impossible "
             "for Gaussian noise; delta = 1 promises nothing)"
         )

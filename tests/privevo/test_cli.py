@@ -1,0 +1,228 @@
+"""The `privevo` CLI as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from kernels.reference import ReferenceBackend
+from pe_core.checkpoint import CheckpointStore
+from pe_core.embedders import create_embedder
+from pe_core.histogram import prepare_embeddings, vote_counts
+from pe_core.samples import Samples
+from tests.conftest import digits_28
+
+SECRET = "zz-secret-record"
+
+
+def privevo(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "privevo.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"privevo {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def write_folder(samples: Samples, root: Path) -> Path:
+    for i, (image, label) in enumerate(zip(samples.images, samples.labels, strict=True)):
+        folder = root / samples.label_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[:, :, 0]).save(folder / f"{SECRET}-{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """One small DP run with evaluation data, shared by the checks below."""
+    root = tmp_path_factory.mktemp("cli")
+    private = write_folder(digits_28(12), root / "private")
+    heldout = write_folder(digits_28(12, offset=100), root / "heldout")
+    out = root / "out"
+    done = privevo(
+        "run", "--data", str(private), "--eval-data", str(heldout), "--out", str(out),
+        "--epsilon", "4", "--iterations", "2", "--num-samples", "60", "--seed", "3",
+        "--insecure-test-noise", "--nn-backend", "numpy-blocked", "--quiet",
+    )  # fmt: skip
+    return {"private": private, "out": out, "stdout": done.stdout}
+
+
+def test_calibrate_prints_json():
+    args = ("privacy", "calibrate", "--epsilon", "1", "--delta", "9.137e-5", "--iterations", "4")
+    record = json.loads(privevo(*args).stdout)
+    assert record["mechanism"] == "discrete_gaussian"
+    assert record["epsilon"] <= 1.0
+    assert record["sigma"] == pytest.approx(6.416, rel=0.01)  # PE-NOTES golden value
+    assert record["releases"] == 4
+
+
+def test_calibrate_refuses_impossible_budget():
+    result = privevo("privacy", "calibrate", "--epsilon", "-1", "--iterations", "4", check=False)
+    assert result.returncode == 2
+    assert "epsilon" in result.stderr
+
+
+def test_output_layout(image_run):
+    out = image_run["out"]
+    assert "NOT PRIVATE" in image_run["stdout"]
+    with (out / "synthetic" / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60
+    assert set(rows[0]) == {"file", "label"}
+    assert all((out / "synthetic" / row["file"]).is_file() for row in rows)
+    assert {row["label"] for row in rows} == {str(c) for c in range(10)}
+    assert pq.read_table(out / "synthetic" / "synthetic.parquet").num_rows == 60
+    for t in range(3):
+        with Image.open(out / "samples" / f"iter_{t:02d}.png") as grid:
+            assert grid.width > 280 and grid.height > 280
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["private"] is False and report["status"] == "NOT PRIVATE"
+    assert report["epsilon"] <= 4.0
+    assert report["delta"] == 1e-6
+    assert [e["key"] for e in report["events"]] == [
+        "iteration-1/histogram",
+        "iteration-2/histogram",
+    ]
+    assert report["labels"]["treated_as_public"] is True
+    assert report["neighbouring_relation"] == "add/remove one record"
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["dp"] is False
+    assert [row["iteration"] for row in metrics["per_iteration"]] == [0, 1, 2]
+
+
+def _arrays_in(path: Path):
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            yield from (npz[key] for key in npz.files)
+    elif path.suffix == ".json":
+        yield from _lists(json.loads(path.read_text()))
+    elif path.suffix == ".jsonl":
+        for line in path.read_text().splitlines():
+            yield from _lists(json.loads(line))
+    elif path.suffix == ".parquet":
+        table = pq.read_table(path)
+        yield from (np.asarray(column.to_pylist(), dtype=object) for column in table.columns)
+
+
+def _lists(value):
+    if isinstance(value, list):
+        yield np.asarray(value, dtype=object)
+        for item in value:
+            yield from _lists(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _lists(item)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_no_output_or_state_file_holds_non_dp_data(image_run):
+    """Clean counts, per-record votes and private records appear in no file we write."""
+    out, private_dir = image_run["out"], image_run["private"]
+    # Recompute iteration 1's clean histogram independently from the public iteration-0 state.
+    population = CheckpointStore(out / ".state" / "checkpoints").load(0).population
+    embed = create_embedder("raw-pixels").embed
+    private = Samples.concat(
+        [
+            Samples(
+                ids=np.array([p.name]),
+                labels=[int(p.parent.name)],
+                label_names=population.label_names,
+                images=_read_png(p)[None, :, :, None],
+            )
+            for p in sorted(private_dir.glob("*/*.png"))
+        ]
+    )
+    vectors = prepare_embeddings(embed(private), "l2")
+    clean = vote_counts(
+        [vectors[private.labels == c] for c in range(10)],
+        prepare_embeddings(embed(population), "l2"),
+        population.labels,
+        k=1,
+        backend=ReferenceBackend(),
+    )
+    assert clean.sum() == len(private)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.parent.name == "releases" for p in files)
+    n_private = len(private)
+    private_bytes = {image.tobytes() for image in private.images}
+    for path in files:
+        data = path.read_bytes()
+        assert SECRET.encode() not in data, f"{path} names a private file"
+        for array in _arrays_in(path):
+            if array.shape == clean.shape and array.dtype != object:
+                assert not np.array_equal(array, clean), f"{path} holds the clean histogram"
+            assert array.shape[:1] != (n_private,), f"{path} holds a per-record array"
+        if path.suffix == ".png":
+            with Image.open(io.BytesIO(data)) as image:
+                if image.size == (28, 28):
+                    assert np.asarray(image).tobytes() not in private_bytes, path
+
+
+def test_existing_output_needs_resume_and_resume_finishes(image_run):
+    out = image_run["out"]
+    again = privevo("run", "--data", str(image_run["private"]), "--out", str(out), check=False)
+    assert again.returncode == 2
+    assert "--resume" in again.stderr
+    before = json.loads((out / "privacy_report.json").read_text())["events"]
+    changed = privevo("run", "--out", str(out), "--resume", "--epsilon", "5", check=False)
+    assert changed.returncode == 2
+    assert "different job" in changed.stderr
+    privevo("run", "--out", str(out), "--resume", "--quiet")
+    after = json.loads((out / "privacy_report.json").read_text())["events"]
+    assert after == before  # nothing new was released
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/nonexistent/data"], "/nonexistent/data"),
+        (["--api", "dalle"], "valid names: drawtext, grammar"),
+        (["--epsilon", "0"], "epsilon"),
+        (["--iterations", "0"], "iterations"),
+        (["--label-fractions", "a=b"], "--label-fractions"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(tmp_path, image_run, args, message):
+    settings = ["--data", str(image_run["private"]), "--out", str(tmp_path / "o"), "--quiet"]
+    result = privevo("run", *settings, *args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o" / "synthetic").exists()
+
+
+def test_eval_data_overlapping_private_is_refused(tmp_path, image_run):
+    private = image_run["private"]
+    result = privevo(
+        "run", "--data", str(private), "--eval-data", str(private),
+        "--out", str(tmp_path / "o"), "--quiet", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "held-out" in result.stderr
+
+
+def test_zip_with_path_traversal_is_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../escape/1.png", b"x")
+    result = privevo("run", "--data", str(archive), "--out", str(tmp_path / "o"), check=False)
+    assert result.returncode == 2
+    assert "evil.zip" in result.stderr
+    assert not (tmp_path / "escape").exists()
