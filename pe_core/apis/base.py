@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from pe_core.errors import PrivevoError
 from pe_core.registry import Registry
 from pe_core.samples import Modality, Samples
 
@@ -30,6 +31,31 @@ class VariationApi(Protocol):
     def variation(self, samples: Samples, degree: float, rng: np.random.Generator) -> Samples:
         """Returns one variation of each sample (same order and labels, new ids)."""
         ...
+
+
+def check_variation_input(
+    api: str,
+    samples: Samples,
+    degree: float,
+    label_names: tuple[str, ...],
+    columns: Sequence[str],
+) -> None:
+    """The checks every ``variation`` makes before touching its input.
+
+    Raises:
+        ValueError: degree outside [0, 1] (or NaN), or samples of another label set.
+        PrivevoError: samples lack the parameter ``columns`` the API varies.
+    """
+    if not 0.0 <= degree <= 1.0:
+        raise ValueError(f"degree must lie in [0, 1], got {degree}")
+    if samples.label_names != label_names:
+        raise ValueError("samples were made for a different label set")
+    missing = [c for c in columns if c not in samples.params]
+    if missing:
+        raise PrivevoError(
+            f"samples lack the {api} parameter columns {missing}; variation needs samples "
+            f"made by the {api} API"
+        )
 
 
 API_REGISTRY: Registry[VariationApi] = Registry("variation API")

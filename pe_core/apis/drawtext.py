@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
+from pe_core.apis.base import check_variation_input
 from pe_core.apis.fonts import FontInfo, discover_fonts
 from pe_core.errors import PrivevoError
 from pe_core.samples import Modality, Samples, new_ids
@@ -419,16 +420,7 @@ class DrawText:
         Returns:
             One variation per sample, same order and labels, new ids.
         """
-        if not 0.0 <= degree <= 1.0:
-            raise ValueError(f"degree must lie in [0, 1], got {degree}")
-        if samples.label_names != self.label_names:
-            raise ValueError("samples were made for a different label set")
-        missing = [c for c in PARAM_COLUMNS if c not in samples.params]
-        if missing:
-            raise PrivevoError(
-                f"samples lack the drawtext parameter columns {missing}; variation needs "
-                "samples made by the drawtext API"
-            )
+        check_variation_input("drawtext", samples, degree, self.label_names, PARAM_COLUMNS)
         s, n, old = self.settings, len(samples), samples.params
         # Every draw happens whatever the degree, so one seed couples all degrees.
         redraw_font = rng.random(n) < degree * s.font_redraw_prob

@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
+from pe_core.apis.base import check_variation_input
 from pe_core.errors import DataError, PrivevoError
 from pe_core.samples import Modality, Samples, new_ids
 
@@ -459,15 +460,7 @@ class GrammarApi:
         Returns:
             One variation per sample, same order and labels, new ids.
         """
-        if not 0.0 <= degree <= 1.0:
-            raise ValueError(f"degree must lie in [0, 1], got {degree}")
-        if samples.label_names != self.label_names:
-            raise ValueError("samples were made for a different label set")
-        if "derivation" not in samples.params:
-            raise PrivevoError(
-                "samples lack the 'derivation' parameter column; variation needs samples made "
-                "by the grammar API"
-            )
+        check_variation_input("grammar", samples, degree, self.label_names, ["derivation"])
         trees = [
             vary_tree(
                 self.grammar,

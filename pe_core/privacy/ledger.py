@@ -17,12 +17,11 @@ release.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pe_core.errors import PrivevoError
+from pe_core.fileio import atomic_write_bytes, fsync_directory
 from pe_core.privacy.accounting import DpEvent
 
 LEDGER_VERSION = 1
@@ -157,7 +157,7 @@ class JsonlLedger:
             file.flush()
             os.fsync(file.fileno())
         if created:
-            _fsync_directory(self.path.parent)
+            fsync_directory(self.path.parent)
 
     def _parse(self, data: bytes) -> tuple[list[LedgerEntry], int]:
         """Entries of the complete lines and the byte length they span (torn tail excluded)."""
@@ -363,24 +363,6 @@ def _read(path: Path) -> tuple[NDArray[np.int64], dict[str, Any]]:
 
 
 def _write_atomically(path: Path, values: NDArray[np.int64], meta: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, values=values, meta=np.array(meta))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Makes a file's creation or rename in ``directory`` durable (POSIX)."""
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    buffer = io.BytesIO()
+    np.savez(buffer, values=values, meta=np.array(meta))
+    atomic_write_bytes(path, buffer.getvalue())
