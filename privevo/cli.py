@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 privacy_app = typer.Typer(help="Privacy accounting tools.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
@@ -98,15 +99,16 @@ def run(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of generation and selection")] = None,
     insecure_test_noise: Annotated[
-        bool, typer.Option(help="Seeded noise for tests: the result is NOT PRIVATE")
+        bool,
+        typer.Option("--insecure-test-noise", help="Seeded noise for tests: NOT PRIVATE result"),
     ] = False,
     no_privacy: Annotated[
-        bool, typer.Option(help="No noise at all (a baseline): the result is NOT PRIVATE")
+        bool, typer.Option("--no-privacy", help="No noise (a baseline): NOT PRIVATE result")
     ] = False,
     resume: Annotated[
-        bool, typer.Option(help="Continue the run in --out with its recorded settings")
+        bool, typer.Option("--resume", help="Continue the run in --out with its recorded settings")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
 ) -> None:
     """Run Private Evolution on a private dataset and write a DP synthetic one to --out."""
     settings: dict[str, Any] = {}
@@ -174,7 +176,8 @@ def calibrate(
     delta: Annotated[float, typer.Option(help="Target delta")] = 1e-6,
     k: Annotated[int, typer.Option(help="Neighbours per record (k releases per iteration)")] = 1,
     dp_label_fractions: Annotated[
-        bool, typer.Option(help="Add one release for DP label fractions")
+        bool,
+        typer.Option("--dp-label-fractions", help="Add one release for DP label fractions"),
     ] = False,
 ) -> None:
     """Print the noise sigma that meets (epsilon, delta) for T iterations, as JSON."""
