@@ -6,9 +6,10 @@ row's k-th smallest value (a min for k = 1, a top-k or a cheap upper bound other
 synthetic index within the certified threshold of ``kernels.certify``; the candidates are then
 ranked by the exact float64 distance, so results equal ``reference_search`` bit for bit.
 
-Memory is bounded by ``max_block_bytes`` whatever n is: a block holds as many private rows as
-its fp32 distances, selection temporaries, candidate mask and min(k, m) candidates per row allow
-(at least one row). Rows with more candidates (near-ties within the certified window) add
+Working memory is bounded by ``max_block_bytes`` whatever n is, besides one float32 copy of the
+synthetic rows (numpy) or of them on the device (torch): a block holds as many private rows as its
+fp32 distances, selection temporaries, candidate mask and min(k, m) candidates per row allow (at
+least one row). Rows with more candidates (near-ties within the certified window) add
 ``RERANK_BYTES_PER_CANDIDATE`` each; only massive ties make that noticeable.
 """
 
@@ -71,14 +72,15 @@ def blocked_search(
     if n == 0 or n_synthetic == 0:
         return out
     kept = min(k, n_synthetic)
-    max_synthetic_sq_norm = float(sq_norms64(synthetic, max_block_bytes).max())
-    # Per private row: its pairs, its (usually min(k, m)) candidates, and a float32 copy plus
-    # float64 norm temporaries of the row.
-    row_bytes = n_synthetic * kernel.bytes_per_pair + kept * RERANK_BYTES_PER_CANDIDATE + dim * 24
-    block_rows = max(1, min(n, max_block_bytes // row_bytes))
+    max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
+    # Per private row: its pairs, its (usually min(k, m)) candidates and a float32 copy of it.
+    row_bytes = n_synthetic * kernel.bytes_per_pair + kept * RERANK_BYTES_PER_CANDIDATE + dim * 4
+    # A quarter of the budget goes to the exact re-rank's chunks, the rest to the fp32 block.
+    rerank_bytes = max_block_bytes // 4
+    block_rows = max(1, min(n, (max_block_bytes - rerank_bytes) // row_bytes))
     for start in range(0, n, block_rows):
         block = private[start : start + block_rows]
-        tol = distance_error_bound(sq_norms64(block, max_block_bytes), max_synthetic_sq_norm, dim)
+        tol = distance_error_bound(sq_norms64(block), max_synthetic_sq_norm, dim)
         if n_synthetic <= k:
             # Every synthetic row is a neighbour and only the exact order is left to find; equal
             # placeholder values settle no order, so the re-rank computes it exactly.
@@ -90,7 +92,7 @@ def blocked_search(
         else:
             candidates = kernel.candidates(block, tol, kept)
         out[start : start + block.shape[0]] = rerank(
-            block, synthetic, candidates, tol, k, max_block_bytes
+            block, synthetic, candidates, tol, k, rerank_bytes
         )
     return out
 
@@ -123,29 +125,56 @@ class _NumpyKernel:
     bytes_per_pair = 4 + 1 + 1
 
     def __init__(self, synthetic: NDArray[np.float32]) -> None:
-        self.synthetic = synthetic
-        self.sq_norms = np.einsum("ij,ij->i", synthetic, synthetic)
-        self._buffer = np.empty((0, synthetic.shape[0]), dtype=np.float32)
+        n_synthetic, dim = synthetic.shape
+        # One GEMM gives ||y||^2 - 2 x.y directly: [-2x, 1] . [y, ||y||^2], saving a pass over
+        # the distances; the norm is one more term of the same sum, so the error bound holds.
+        self.augmented = np.empty((n_synthetic, dim + 1), dtype=np.float32)
+        self.augmented[:, :dim] = synthetic
+        np.einsum("ij,ij->i", synthetic, synthetic, out=self.augmented[:, dim])
+        # Reused across blocks (the first block is the largest): fresh per-block buffers of this
+        # size fragment the heap and make peak memory creep up with n.
+        self._rows = np.empty((0, dim + 1), dtype=np.float32)
+        self._dist = np.empty((0, n_synthetic), dtype=np.float32)
+        self._mask = np.empty((0, n_synthetic), dtype=bool)
 
     def candidates(
         self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
     ) -> _Candidates:
-        n_synthetic = self.synthetic.shape[0]
-        if self._buffer.shape[0] < block.shape[0]:
-            self._buffer = np.empty((block.shape[0], n_synthetic), dtype=np.float32)
-        dist = self._buffer[: block.shape[0]]
-        # Scaling by -2 is exact, so the GEMM and the norm add are the only roundings.
-        np.matmul(block * np.float32(-2.0), self.synthetic.T, out=dist)
-        dist += self.sq_norms
-        if kept == 1:
-            threshold = certified_threshold(dist.min(axis=1), tol)
-            return _flat_pairs(dist, np.flatnonzero(dist <= threshold[:, None]))
-        # A full partition costs as much as the GEMM; instead shortlist below a cheap upper
-        # bound of the k-th value (a superset of the certified set) and certify that.
-        upper = certified_threshold(_group_min_kth(dist, kept), tol)
-        rows, cols, values = _flat_pairs(dist, np.flatnonzero(dist <= upper[:, None]))
-        rows, cols, values, _ = certify_candidates(rows, cols, values, block.shape[0], kept, tol)
-        return rows, cols, values
+        rows = block.shape[0]
+        if self._dist.shape[0] < rows:
+            self._rows = np.empty((rows, self._rows.shape[1]), dtype=np.float32)
+            self._rows[:, -1] = 1.0
+            self._dist = np.empty((rows, self._dist.shape[1]), dtype=np.float32)
+            self._mask = np.empty((rows, self._mask.shape[1]), dtype=bool)
+        augmented_rows, dist, mask = self._rows[:rows], self._dist[:rows], self._mask[:rows]
+        # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
+        np.multiply(block, np.float32(-2.0), out=augmented_rows[:, :-1])
+        np.matmul(augmented_rows, self.augmented.T, out=dist)
+        return _select_candidates(dist, mask, tol, kept)
+
+
+def _select_candidates(
+    dist: NDArray[np.float32], mask: NDArray[np.bool_], tol: NDArray[np.float64], kept: int
+) -> _Candidates:
+    """The certified candidates of a C-contiguous block of fp32 distances, using ``mask``.
+
+    Args:
+        dist: (b, m) fp32 distances (shifted by a per-row constant).
+        mask: (b, m) boolean scratch space.
+        tol: (b,) float64 error bounds.
+        kept: min(k, m).
+    """
+    if kept == 1:
+        threshold = certified_threshold(dist.min(axis=1), tol)
+        np.less_equal(dist, threshold[:, None], out=mask)
+        return _flat_pairs(dist, np.flatnonzero(mask))
+    # A full partition costs as much as the GEMM; instead shortlist below a cheap upper bound
+    # of the k-th value (a superset of the certified set) and certify that.
+    upper = certified_threshold(_group_min_kth(dist, kept), tol)
+    np.less_equal(dist, upper[:, None], out=mask)
+    rows, cols, values = _flat_pairs(dist, np.flatnonzero(mask))
+    rows, cols, values, _ = certify_candidates(rows, cols, values, len(dist), kept, tol)
+    return rows, cols, values
 
 
 def _flat_pairs(dist: NDArray[np.float32], flat: NDArray[np.intp]) -> _Candidates:
@@ -196,37 +225,47 @@ def _as_tensor(torch: Any, array: NDArray[np.float32], device: Any) -> Any:
 
 
 class _TorchKernel:
-    # fp32 distances and the boolean candidate mask; top-k keeps only (rows, k) outputs.
-    bytes_per_pair = 4 + 1
+    # As the numpy kernel on CPU; on a device, top-k keeps only (rows, k) outputs instead of
+    # group minima.
+    bytes_per_pair = 4 + 1 + 1
 
     def __init__(self, torch: Any, synthetic: NDArray[np.float32], device: str) -> None:
         self.torch = torch
         self.device = torch.device(device)
-        self.synthetic = _as_tensor(torch, synthetic, self.device)
-        self.sq_norms = (self.synthetic * self.synthetic).sum(dim=1)
-        self._buffer = torch.empty((0, synthetic.shape[0]), dtype=torch.float32, device=self.device)
+        # numpy's selection passes over shared memory are faster than torch's on CPU.
+        self.select_with_numpy = self.device.type == "cpu"
+        rows = _as_tensor(torch, synthetic, self.device)
+        # The same augmented GEMM as the numpy kernel: [-2x, 1] . [y, ||y||^2].
+        self.augmented = torch.cat([rows, (rows * rows).sum(dim=1, keepdim=True)], dim=1)
+        # Reused across blocks, as in the numpy kernel.
+        self._rows = torch.empty((0, rows.shape[1] + 1), device=self.device)
+        self._dist = torch.empty((0, rows.shape[0]), device=self.device)
+        self._mask = torch.empty((0, rows.shape[0]), dtype=torch.bool, device=self.device)
 
     def candidates(
         self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
     ) -> _Candidates:
         torch = self.torch
-        if self._buffer.shape[0] < block.shape[0]:
-            self._buffer = torch.empty(
-                (block.shape[0], self.synthetic.shape[0]), dtype=torch.float32, device=self.device
-            )
-        dist = self._buffer[: block.shape[0]]
-        x = _as_tensor(torch, block, self.device)
-        # alpha = -2 is exact, so the GEMM accumulation is the only rounding besides the add.
-        torch.addmm(self.sq_norms, x, self.synthetic.T, alpha=-2.0, out=dist)
+        rows = block.shape[0]
+        if self._dist.shape[0] < rows:
+            self._rows = torch.ones((rows, self._rows.shape[1]), device=self.device)
+            self._dist = torch.empty((rows, self._dist.shape[1]), device=self.device)
+            self._mask = torch.empty(self._dist.shape, dtype=torch.bool, device=self.device)
+        augmented_rows, dist, mask = self._rows[:rows], self._dist[:rows], self._mask[:rows]
+        # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
+        torch.mul(_as_tensor(torch, block, self.device), -2.0, out=augmented_rows[:, :-1])
+        torch.mm(augmented_rows, self.augmented.T, out=dist)
+        if self.select_with_numpy:
+            return _select_candidates(dist.numpy(), mask.numpy(), tol, kept)
         if kept == 1:
-            kth = dist.min(dim=1).values
+            kth = dist.amin(dim=1)
         else:
-            kth = torch.topk(dist, kept, dim=1, largest=False, sorted=False).values.max(dim=1)[0]
+            kth = torch.topk(dist, kept, dim=1, largest=False, sorted=False).values.amax(dim=1)
         threshold = certified_threshold(kth.cpu().numpy(), tol)
-        mask = dist <= torch.from_numpy(threshold).to(self.device)[:, None]
+        torch.le(dist, torch.from_numpy(threshold).to(self.device)[:, None], out=mask)
         flat = mask.reshape(-1).nonzero().reshape(-1)
-        rows, cols = np.divmod(flat.cpu().numpy(), dist.shape[1])
-        return rows, cols, dist.reshape(-1)[flat].cpu().numpy()
+        rows_np, cols_np = np.divmod(flat.cpu().numpy(), dist.shape[1])
+        return rows_np, cols_np, dist.reshape(-1)[flat].cpu().numpy()
 
 
 class TorchBlockedBackend:

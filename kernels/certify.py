@@ -67,24 +67,16 @@ def _gamma(r: int, unit_roundoff: float) -> float:
     return r * unit_roundoff / (1.0 - r * unit_roundoff)
 
 
-def sq_norms64(
-    rows: NDArray[np.float32], max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
-) -> NDArray[np.float64]:
-    """Squared L2 norms of float32 rows, evaluated in float64 in chunks of bounded memory.
+def sq_norms64(rows: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Squared L2 norms of float32 rows, accumulated in float64 (no (c, d) temporary).
 
     Args:
         rows: (c, d) float32.
-        max_block_bytes: bound on the float64 copy of one chunk.
 
     Returns:
         (c,) float64.
     """
-    chunk = max(1, max_block_bytes // (rows.shape[1] * 16))
-    out = np.empty(rows.shape[0], dtype=np.float64)
-    for start in range(0, rows.shape[0], chunk):
-        block = rows[start : start + chunk].astype(np.float64)
-        out[start : start + chunk] = (block * block).sum(axis=1)
-    return out
+    return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
 
 
 def distance_error_bound(

@@ -64,17 +64,17 @@ class FaissBackend:
         shortlist = min(n_synthetic, k + SHORTLIST_EXTRA)
         index = self._faiss.IndexFlatL2(dim)
         index.add(np.ascontiguousarray(synthetic))
-        max_synthetic_sq_norm = float(sq_norms64(synthetic, self.max_block_bytes).max())
-        # Per private row: FAISS outputs and candidate pairs (shortlist-sized), and a float32
-        # copy plus float64 norm temporaries of the row; FAISS tiles its own distance blocks.
-        row_bytes = shortlist * (4 + 8 + RERANK_BYTES_PER_CANDIDATE) + dim * 24
-        block_rows = max(1, min(n, self.max_block_bytes // row_bytes))
+        max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
+        # Per private row: FAISS outputs and candidate pairs (shortlist-sized) and a float32 copy
+        # of it; FAISS tiles its own distance blocks.
+        row_bytes = shortlist * (4 + 8 + RERANK_BYTES_PER_CANDIDATE) + dim * 4
+        # A quarter of the budget goes to the exact re-rank's chunks, as in the blocked paths.
+        rerank_bytes = self.max_block_bytes // 4
+        block_rows = max(1, min(n, (self.max_block_bytes - rerank_bytes) // row_bytes))
         for start in range(0, n, block_rows):
             block = np.ascontiguousarray(private[start : start + block_rows])
             dist, idx = index.search(block, shortlist)
-            tol = distance_error_bound(
-                sq_norms64(block, self.max_block_bytes), max_synthetic_sq_norm, dim
-            )
+            tol = distance_error_bound(sq_norms64(block), max_synthetic_sq_norm, dim)
             rows, cols, values, threshold = certify_candidates(
                 np.repeat(np.arange(len(block), dtype=np.int64), shortlist),
                 idx.ravel().astype(np.int64),
@@ -84,9 +84,7 @@ class FaissBackend:
                 tol,
             )
             out_block = out[start : start + len(block)]
-            out_block[:] = rerank(
-                block, synthetic, (rows, cols, values), tol, k, self.max_block_bytes
-            )
+            out_block[:] = rerank(block, synthetic, (rows, cols, values), tol, k, rerank_bytes)
             # Where the last shortlisted distance is within the threshold, indices beyond the
             # shortlist may be too; those rows' re-ranked answers are replaced by the fallback.
             cut_short = dist[:, -1] <= threshold

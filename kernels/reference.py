@@ -20,9 +20,10 @@ DEFAULT_MAX_BLOCK_BYTES = 128 * 2**20
 def exact_sq_dist(x_rows: NDArray[np.float32], y_rows: NDArray[np.float32]) -> NDArray[np.float64]:
     """Squared L2 distance of each pair of rows, in float64: the one definition of "exact".
 
-    Every caller (reference and re-rank) goes through here with freshly built C-contiguous
-    operands, so a pair's value depends only on the pair, never on which other pairs share the
-    call; that is what makes the fast paths' re-rank bitwise equal to the reference.
+    Every caller (reference and re-rank) goes through here, and each row is reduced over a
+    freshly built C-ordered float64 difference, so a pair's value depends only on the pair,
+    never on which other pairs share the call or on the inputs' memory layout; that is what
+    makes the fast paths' re-rank bitwise equal to the reference.
 
     Args:
         x_rows: (c, d) float32 rows.
@@ -36,7 +37,8 @@ def exact_sq_dist(x_rows: NDArray[np.float32], y_rows: NDArray[np.float32]) -> N
             f"expected two (c, d) arrays of equal shape, got {x_rows.shape} and {y_rows.shape}"
         )
     # Casting float32 to float64 is exact, so this is (x64 - y64) without two float64 copies.
-    diff = np.subtract(x_rows, y_rows, dtype=np.float64)
+    # A C-ordered difference makes each row's sum the same loop whatever the inputs' layout.
+    diff = np.subtract(x_rows, y_rows, dtype=np.float64, order="C")
     np.multiply(diff, diff, out=diff)
     return diff.sum(axis=1)
 
@@ -97,13 +99,14 @@ def reference_search(
         return out
     kept = min(k, m)
     # Per pair: a row index, a column index, a distance and its sort position (8 bytes each).
-    rows_per_chunk = max(1, min(n, max_block_bytes // (m * 32)))
+    # Half the budget for the index and distance arrays, half for exact_sq_dist's chunks.
+    rows_per_chunk = max(1, min(n, max_block_bytes // (2 * m * 32)))
     all_cols = np.arange(m, dtype=np.int64)
     for start in range(0, n, rows_per_chunk):
         stop = min(n, start + rows_per_chunk)
         rows = np.repeat(np.arange(start, stop, dtype=np.int64), m)
         cols = np.tile(all_cols, stop - start)
-        dist = exact_sq_dist_pairs(private, synthetic, rows, cols, max_block_bytes)
+        dist = exact_sq_dist_pairs(private, synthetic, rows, cols, max_block_bytes // 2)
         # A stable sort keeps equal distances in index order: lowest index wins ties.
         order = np.argsort(dist.reshape(stop - start, m), axis=1, kind="stable")
         out[start:stop, :kept] = order[:, :kept]

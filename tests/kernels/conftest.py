@@ -1,24 +1,11 @@
-"""Backends under test: every registered fast path, at default and at tiny block sizes."""
+"""The ``backend`` fixture: every fast backend at every block size of ``support``."""
 
 from __future__ import annotations
 
 import pytest
 
-import kernels
 from kernels.base import NearestNeighbourBackend
-
-FAST_BACKENDS = ("numpy-blocked", "torch-blocked", "faiss")
-
-# 1 byte forces one private row per block and one pair per exact-distance chunk; 4096 bytes
-# gives a few rows per block; None keeps the ~128 MB default (one block for test sizes).
-BLOCK_BYTES = (None, 1, 4096)
-
-
-def make_backend(name: str, max_block_bytes: int | None = None) -> NearestNeighbourBackend:
-    if name == "faiss":
-        pytest.importorskip("faiss")
-    config = {} if max_block_bytes is None else {"max_block_bytes": max_block_bytes}
-    return kernels.create_backend(name, **config)
+from tests.kernels.support import BLOCK_BYTES, FAST_BACKENDS, make_backend
 
 
 @pytest.fixture(

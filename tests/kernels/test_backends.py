@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 
 from kernels.base import NearestNeighbourBackend
 from kernels.reference import reference_search
-from tests.kernels.conftest import FAST_BACKENDS, make_backend
+from tests.kernels.support import FAST_BACKENDS, make_backend
 
 
 def _check(backend: NearestNeighbourBackend, private: np.ndarray, synthetic: np.ndarray) -> None:
@@ -196,3 +196,21 @@ def test_torch_refuses_reduced_precision_matmul() -> None:
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = previous
     assert backend.search(good, good, 1).shape == (2, 1)
+
+
+@pytest.mark.parametrize("max_block_bytes", [1, 4096, 2**27])
+def test_torch_device_selection_path_on_cpu(max_block_bytes: int) -> None:
+    # The selection that runs on GPUs (top-k, compare and nonzero in torch), exercised on CPU.
+    import torch
+
+    from kernels.blocked import _TorchKernel, blocked_search
+
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((15, 17)).astype(np.float32)
+    synthetic = np.concatenate([base, base[:5], np.zeros((1, 17), np.float32)])
+    private = np.concatenate([base[:4], rng.standard_normal((30, 17)).astype(np.float32)])
+    for k in (1, 2, 5):
+        kernel = _TorchKernel(torch, synthetic, "cpu")
+        kernel.select_with_numpy = False
+        got = blocked_search(private, synthetic, k, kernel, max_block_bytes)
+        np.testing.assert_array_equal(got, reference_search(private, synthetic, k))

@@ -76,3 +76,12 @@ def test_reference_handles_empty_inputs() -> None:
     )
     empty = reference_search(np.ones((2, 3), np.float32), np.zeros((0, 3), np.float32), 2)
     np.testing.assert_array_equal(empty, -np.ones((2, 2)))
+
+
+def test_exact_sq_dist_ignores_memory_layout() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 130)).astype(np.float32)
+    y = rng.standard_normal((9, 130)).astype(np.float32)
+    c_order = exact_sq_dist(x, y)
+    f_order = exact_sq_dist(np.asfortranarray(x), np.asfortranarray(y))
+    assert c_order.tobytes() == f_order.tobytes()
