@@ -102,4 +102,4 @@ class PeJob(BaseModel):
         if self.iterations == 1:
             return [self.degree_start]
         step = (self.degree_end - self.degree_start) / (self.iterations - 1)
-        return [self.degree_start + step * t for t in range(self.iterations)]
+        return [round(self.degree_start + step * t, 9) for t in range(self.iterations)]
