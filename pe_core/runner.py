@@ -107,6 +107,31 @@ def allocate(total: int, fractions: NDArray[np.float64]) -> NDArray[np.int64]:
     return counts
 
 
+def check_label_fractions(job: PeJob, label_names: tuple[str, ...]) -> None:
+    """Public fractions must name every label of the (public) label set exactly once."""
+    if not isinstance(job.label_fractions, dict):
+        return
+    unknown = sorted(set(job.label_fractions) - set(label_names))
+    missing = sorted(set(label_names) - set(job.label_fractions))
+    if unknown or missing:
+        raise PrivevoError(
+            f"label_fractions must name every label exactly: unknown {unknown}, "
+            f"missing {missing}; labels are {list(label_names)}"
+        )
+
+
+def check_modalities(api: VariationApi, embedder: Embedder, private: Samples) -> None:
+    """The API, the embedder and the private data must all be images or all be texts."""
+    found = {"data": private.modality, "api": api.modality, "embedding": embedder.modality}
+    if len(set(found.values())) > 1:
+        described = ", ".join(f"{what} {modality}" for what, modality in found.items())
+        raise PrivevoError(
+            f"the data, the variation API and the embedder must share one modality; got "
+            f"{described} (images: drawtext with raw-pixels or inception; texts: grammar with "
+            "minilm)"
+        )
+
+
 class PrivateEvolution:
     """Runs PE for one job.
 
@@ -187,13 +212,7 @@ class PrivateEvolution:
             if weights.sum() == 0:
                 weights = np.ones(len(names))
         else:
-            unknown = sorted(set(fractions) - set(names))
-            missing = sorted(set(names) - set(fractions))
-            if unknown or missing:
-                raise PrivevoError(
-                    f"label_fractions must name every label exactly: unknown {unknown}, "
-                    f"missing {missing}; labels are {list(names)}"
-                )
+            check_label_fractions(self.job, names)
             weights = np.array([fractions[name] for name in names], dtype=np.float64)
         source = fractions if isinstance(fractions, str) else "user"
         return allocate(self.job.num_samples, weights), source

@@ -34,7 +34,14 @@ from pe_core.privacy import (
     NoiseSampler,
 )
 from pe_core.report import privacy_report
-from pe_core.runner import IterationReport, NoiseFactory, PrivateEvolution, RunCallbacks
+from pe_core.runner import (
+    IterationReport,
+    NoiseFactory,
+    PrivateEvolution,
+    RunCallbacks,
+    check_label_fractions,
+    check_modalities,
+)
 from pe_core.samples import Samples
 
 RUN_RECORD = "run.json"
@@ -109,10 +116,8 @@ class ProgressBar:
 
 
 def _load(spec: RunSpec, path: Path, labels: list[str] | None) -> Samples:
-    modality = "text" if spec.api == "grammar" else "image"
     return load_dataset(
         path,
-        modality=modality,
         text_column=spec.text_column,
         label_column=spec.label_column,
         labels=labels,
@@ -164,8 +169,10 @@ def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> 
     seed = spec.seed if spec.seed is not None else secrets.randbits(62)
     spec = spec.model_copy(update={"seed": seed})
     job = spec.job()
+    check_label_fractions(job, private.label_names)
     api = create_api(job.api, label_names=private.label_names, **job.api_config)
     embedder = create_embedder(job.embedding, **job.embedding_config)
+    check_modalities(api, embedder, private)
     noise, sampler = noise_factory(job, seed)
     fresh = not layout.root.exists()
     try:

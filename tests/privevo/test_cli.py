@@ -197,6 +197,8 @@ def test_existing_output_needs_resume_and_resume_finishes(image_run):
         (["--epsilon", "0"], "epsilon"),
         (["--iterations", "0"], "iterations"),
         (["--label-fractions", "a=b"], "--label-fractions"),
+        (["--label-fractions", "0=1,1=1"], "missing ['2', '3'"),
+        (["--embedding", "minilm"], "text"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, image_run, args, message):
