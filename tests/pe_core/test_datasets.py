@@ -497,3 +497,25 @@ def test_write_synthetic_refuses_param_named_like_a_fixed_column(tmp_path: Path)
     with pytest.raises(ValueError, match="clash"):
         write_synthetic(samples, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_npz_declaring_a_huge_array_is_refused_before_loading(tmp_path):
+    path = tmp_path / "bomb.npz"
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "|u1", "fortran_order": False, "shape": (10**7, 28, 28, 1)}
+    )
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(3, dtype=np.int64))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images.npy", buffer.getvalue())  # a header only: no pixel data
+        archive.writestr("labels.npy", labels.getvalue())
+    with pytest.raises(DataError, match="declare 7,840,000,024 bytes"):
+        load_dataset(path)
+
+
+def test_deeply_nested_json_line_is_a_data_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_dataset(path, modality="text")

@@ -1,0 +1,195 @@
+"""Object storage for private uploads, checkpoints and results: one protocol, one registry.
+
+Keys are relative POSIX paths such as ``datasets/7f3a/data.csv``. A prefix names a folder of
+keys, matched whole segment by segment: ``datasets/7f3a`` covers ``datasets/7f3a`` and
+``datasets/7f3a/...`` but never ``datasets/7f3ab``, so purging one dataset cannot reach another
+whose id merely starts the same way. Object stores (S3 and friends) match raw string prefixes;
+a backend for them must append the ``/`` itself to keep this meaning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+from pe_core.errors import PrivevoError
+from pe_core.fileio import fsync_directory
+from pe_core.registry import Registry
+
+MAX_KEY_LENGTH = 1024
+_SEGMENT = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]*")
+
+
+class InvalidKeyError(PrivevoError, ValueError):
+    """A storage key or prefix is malformed or could escape the storage root."""
+
+
+class ObjectNotFoundError(PrivevoError, FileNotFoundError):
+    """No object is stored under the key."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where the service keeps private uploads, checkpoints and results.
+
+    Writers see all of an object or none of it: ``open_write`` publishes the object only when
+    its ``with`` block ends without an exception, and an exception leaves no object and no
+    partial file (an existing object under the key stays as it was).
+    """
+
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """Yields a binary writer; the object appears under ``key`` when the block succeeds."""
+        ...
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Opens the object for reading; close it (``with``). Raises ObjectNotFoundError."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key`` (a prefix with objects below is not one)."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Removes every object under ``prefix`` and returns how many there were.
+
+        Deleting a dataset calls this on the dataset's prefix, which must hold its upload and
+        every cache derived from the private data. Writes under the prefix must be stopped
+        first (the dataset marked deleted): a write racing with the purge may land after it.
+        """
+        ...
+
+    def path(self, key: str) -> Path | None:
+        """The object's local file, for code that needs a path; None for remote backends.
+
+        Raises ObjectNotFoundError when there is no object under ``key``.
+        """
+        ...
+
+    def list(self, prefix: str = "") -> Sequence[str]:
+        """Sorted keys of the objects under ``prefix`` ("" for all of them)."""
+        ...
+
+
+STORAGE_REGISTRY: Registry[Storage] = Registry("storage backend")
+
+
+def register_storage(name: str, factory: Callable[..., Storage]) -> None:
+    STORAGE_REGISTRY.register(name, factory)
+
+
+def create_storage(name: str, **config: Any) -> Storage:
+    return STORAGE_REGISTRY.create(name, **config)
+
+
+def check_key(key: str) -> str:
+    """Returns ``key`` if it is a safe relative POSIX key, else raises InvalidKeyError.
+
+    A key is 1 to 1024 characters of '/'-separated segments, each of ASCII letters, digits and
+    ``. _ = -`` that does not start with '.': so no absolute path, no '.' or '..', no empty
+    segment, no backslash, no NUL. Segments starting with '.' are refused because
+    ``LocalStorage`` names its in-progress writes that way.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"storage key {key!r}: must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"storage key {key[:40]!r}...: longer than {MAX_KEY_LENGTH}")
+    if "\x00" in key:
+        raise InvalidKeyError(f"storage key {key!r}: contains a NUL character")
+    if "\\" in key:
+        raise InvalidKeyError(f"storage key {key!r}: contains a backslash; use '/' to separate")
+    if key.startswith("/"):
+        raise InvalidKeyError(f"storage key {key!r}: absolute; keys are relative to the root")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKeyError(
+                f"storage key {key!r}: empty, '.' or '..' segment; keys may not leave or "
+                f"repeat a folder"
+            )
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidKeyError(
+                f"storage key {key!r}: segment {segment!r} must use only letters, digits and "
+                f"'. _ = -', and not start with '.'"
+            )
+    return key
+
+
+class LocalStorage:
+    """Objects as files under a root folder on a local (or mounted) filesystem.
+
+    Writes go to a temporary file beside the target, are fsynced and renamed into place, and
+    the rename is fsynced too: after a crash an object is either complete or absent.
+
+    Args:
+        root: the folder holding every object; created when missing.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        target = self._file(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_directory(target.parent)
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return self._file(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(f"no object under storage key {key!r}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._file(key).is_file()
+
+    def delete_prefix(self, prefix: str) -> int:
+        target = self._file(prefix)
+        count = len(self.list(prefix))
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.is_file():
+            target.unlink()
+        return count
+
+    def path(self, key: str) -> Path:
+        file = self._file(key)
+        if not file.is_file():
+            raise ObjectNotFoundError(f"no object under storage key {key!r}")
+        return file
+
+    def list(self, prefix: str = "") -> Sequence[str]:
+        base = self._file(prefix) if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        return sorted(self._walk(base))
+
+    def _walk(self, base: Path) -> Iterator[str]:
+        for folder, dirs, files in os.walk(base):
+            # In-progress writes (and nothing else) start with '.'; see check_key.
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            relative = Path(folder).relative_to(self.root)
+            for name in files:
+                if not name.startswith("."):
+                    yield (relative / name).as_posix()
+
+
+register_storage("local", LocalStorage)
