@@ -1,0 +1,101 @@
+"""The job service's persistence layer: tables, migrations, privacy budgets and job records.
+
+Every function here runs one transaction of its own on a SQLAlchemy session that is not in a
+transaction, and scopes its queries to the tenant it is given.
+"""
+
+from service.db.budget import (
+    BudgetStatus,
+    cancel,
+    finalize,
+    record_release,
+    remaining,
+    reserve,
+)
+from service.db.engine import (
+    DEFAULT_URL,
+    make_engine,
+    make_session_factory,
+    read_transaction,
+    upgrade,
+    write_transaction,
+)
+from service.db.errors import (
+    BudgetCapConflict,
+    BudgetExceeded,
+    IdempotencyConflict,
+    JobFinished,
+    NotFound,
+    ReleaseConflict,
+    ReservationExceeded,
+)
+from service.db.models import (
+    FINAL_STATUSES,
+    JOB_STATUSES,
+    ApiKey,
+    Base,
+    Budget,
+    Dataset,
+    Job,
+    JobEvent,
+    Release,
+    Tenant,
+)
+from service.db.repository import (
+    EventPage,
+    append_event,
+    create_api_key,
+    create_dataset,
+    create_tenant,
+    delete_dataset,
+    get_dataset,
+    get_job,
+    list_events,
+    revoke_api_key,
+    tenant_for_api_key,
+    update_progress,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "FINAL_STATUSES",
+    "JOB_STATUSES",
+    "ApiKey",
+    "Base",
+    "Budget",
+    "BudgetCapConflict",
+    "BudgetExceeded",
+    "BudgetStatus",
+    "Dataset",
+    "EventPage",
+    "IdempotencyConflict",
+    "Job",
+    "JobEvent",
+    "JobFinished",
+    "NotFound",
+    "Release",
+    "ReleaseConflict",
+    "ReservationExceeded",
+    "Tenant",
+    "append_event",
+    "cancel",
+    "create_api_key",
+    "create_dataset",
+    "create_tenant",
+    "delete_dataset",
+    "finalize",
+    "get_dataset",
+    "get_job",
+    "list_events",
+    "make_engine",
+    "make_session_factory",
+    "read_transaction",
+    "record_release",
+    "remaining",
+    "reserve",
+    "revoke_api_key",
+    "tenant_for_api_key",
+    "update_progress",
+    "upgrade",
+    "write_transaction",
+]

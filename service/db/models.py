@@ -1,0 +1,283 @@
+"""The service's tables, as typed SQLAlchemy 2 ORM models.
+
+Tenancy is enforced twice: every query in :mod:`service.db.repository` and
+:mod:`service.db.budget` filters on the tenant, and composite foreign keys make a job's dataset
+and a dataset's budget belong to the job's (dataset's) own tenant, so a bug in a query cannot
+link rows across tenants.
+
+The privacy budget is keyed by (tenant, sha256 of the data), not by dataset row: uploading the
+same bytes again creates a new :class:`Dataset` that shares the existing :class:`Budget`, so a
+re-upload cannot reset what was spent. Datasets are soft-deleted (``deleted_at``) and jobs are
+never deleted, so the spending history of a budget is kept for good.
+
+Amounts of privacy are doubles: epsilon (dimensionless, natural-log units) and delta
+(a probability).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, ClassVar, Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Double,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATUSES: Final = ("queued", "running", "succeeded", "failed", "canceled")
+FINAL_STATUSES: Final = frozenset({"succeeded", "failed", "canceled"})
+
+# Explicit constraint names: migrations can then drop or alter them by name on every database,
+# and SQLite reflects them, which the migration-versus-metadata test relies on.
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SHA256_LENGTH: Final = 64
+ID_LENGTH: Final = 40
+PATH_LENGTH: Final = 1024
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A random public id such as ``job_3f9c...`` (128 bits; unguessable, unordered)."""
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the value is stored as naive
+    UTC and made aware again when read. Naive datetimes are refused on the way in, since their
+    zone would be a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+AutoIncrementId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class Tenant(Base):
+    """An organisation using the service; owns keys, datasets, budgets and jobs."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), primary_key=True, default=partial(new_id, "ten")
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key of a tenant. Only its sha256 is stored; ``prefix`` is shown to humans.
+
+    Keys are 256-bit random secrets, so a plain sha256 (not a slow password hash) suffices:
+    nothing about the key can be guessed from its hash.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), primary_key=True, default=partial(new_id, "key")
+    )
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class Budget(Base):
+    """The privacy budget of one tenant's data, identified by the data's sha256.
+
+    Spending is not stored here: it is the sum over the budget's jobs (see
+    :func:`service.db.budget.remaining`), so it cannot drift from the jobs. This row is what
+    concurrent reservations lock.
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        CheckConstraint("epsilon_cap > 0", name="epsilon_cap"),
+        CheckConstraint("delta_cap > 0 AND delta_cap < 1", name="delta_cap"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    dataset_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), primary_key=True)
+    epsilon_cap: Mapped[float] = mapped_column(Double())
+    delta_cap: Mapped[float] = mapped_column(Double())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded private dataset; soft-deleted so its budget history stays."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "sha256"], ["budgets.tenant_id", "budgets.dataset_sha256"]
+        ),
+        # Target of the jobs' composite foreign key (a job's dataset is its tenant's).
+        UniqueConstraint("tenant_id", "id"),
+        Index(None, "tenant_id", "sha256"),
+        CheckConstraint("record_count >= 0", name="record_count"),
+    )
+
+    id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), primary_key=True, default=partial(new_id, "ds")
+    )
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    modality: Mapped[str] = mapped_column(String(16))
+    record_count: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[str]]
+    sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    storage_path: Mapped[str] = mapped_column(String(PATH_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    """A PE run on one dataset, with its privacy reservation and what it actually spent.
+
+    While the job is not final it holds ``epsilon_reserved``/``delta_reserved`` of its budget.
+    ``epsilon_spent`` is the sum of its release rows' epsilons (kept in step by
+    :func:`service.db.budget.record_release`) and ``delta_spent`` is the reserved delta once it
+    has released anything. When it becomes final, ``epsilon_charged``/``delta_charged`` are set
+    (see :func:`service.db.budget.finalize`) and it holds only those from then on.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "dataset_id"], ["datasets.tenant_id", "datasets.id"]),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "dataset_id"),
+        CheckConstraint(
+            "status IN (" + ", ".join(f"'{status}'" for status in JOB_STATUSES) + ")",
+            name="status",
+        ),
+        CheckConstraint("iteration >= 0 AND iteration <= iterations", name="iteration"),
+        CheckConstraint("epsilon_reserved > 0", name="epsilon_reserved"),
+        CheckConstraint("delta_reserved > 0 AND delta_reserved < 1", name="delta_reserved"),
+        CheckConstraint("epsilon_spent >= 0 AND delta_spent >= 0", name="spent"),
+    )
+
+    id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), primary_key=True, default=partial(new_id, "job")
+    )
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    dataset_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    spec: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    iterations: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str | None] = mapped_column(String(32))
+    epsilon_reserved: Mapped[float] = mapped_column(Double())
+    delta_reserved: Mapped[float] = mapped_column(Double())
+    epsilon_spent: Mapped[float] = mapped_column(Double(), default=0.0)
+    delta_spent: Mapped[float] = mapped_column(Double(), default=0.0)
+    epsilon_charged: Mapped[float | None] = mapped_column(Double())
+    delta_charged: Mapped[float | None] = mapped_column(Double())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Release(Base):
+    """One noisy release of a job: the database half of the engine's release ledger.
+
+    ``(job_id, iteration, mechanism)`` is unique: a release is recorded exactly once, and a
+    retried or redelivered task gets the recorded row back instead of adding a second one.
+
+    Attributes:
+        mechanism: which release of the iteration ("votes", "label_counts"); not the noise
+            distribution, which the engine's ledger records.
+        epsilon: what this release added to the job's composed epsilon, at the job's reserved
+            delta, as computed by the engine's accountant (see
+            :func:`service.db.budget.record_release`).
+        sha256: sha256 of the noisy vector (``pe_core.privacy.ledger.release_digest``).
+        storage_path: where the noisy vector is stored, if it is.
+    """
+
+    __tablename__ = "releases"
+    __table_args__ = (
+        UniqueConstraint("job_id", "iteration", "mechanism"),
+        CheckConstraint("iteration >= 0", name="iteration"),
+        CheckConstraint("epsilon >= 0", name="epsilon"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    iteration: Mapped[int] = mapped_column(Integer)
+    mechanism: Mapped[str] = mapped_column(String(64))
+    epsilon: Mapped[float] = mapped_column(Double())
+    sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    storage_path: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobEvent(Base):
+    """An append-only event of a job; ``id`` increases, so it is the paging cursor."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index(None, "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,279 @@
+"""Tenants, API keys, datasets, job lookups, progress and events.
+
+Every function runs one transaction of its own on a session that is not in a transaction
+(see :mod:`service.db.engine`). Functions taking a ``tenant_id`` see only that tenant's rows;
+another tenant's resource raises :class:`~service.db.errors.NotFound`, exactly like a missing
+one. Functions without one (:func:`update_progress`, :func:`append_event`) are for workers,
+which get job ids from the queue, never from users.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.engine import read_transaction, write_transaction
+from service.db.errors import BudgetCapConflict, JobFinished, NotFound
+from service.db.models import (
+    FINAL_STATUSES,
+    ApiKey,
+    Budget,
+    Dataset,
+    Job,
+    JobEvent,
+    Tenant,
+    utcnow,
+)
+from service.db.queries import add_event, dataset_of_tenant, job_of_tenant, lock_job
+from service.security import generate_api_key, hash_api_key
+
+MAX_EVENT_PAGE: Final = 1000
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of a job's events, oldest first.
+
+    Attributes:
+        events: at most ``limit`` events with ids above the requested cursor.
+        next_after: the cursor for the next page (the last event's id), or None when this page
+            reached the newest event.
+    """
+
+    events: list[JobEvent]
+    next_after: int | None
+
+
+def create_tenant(session: Session, name: str) -> Tenant:
+    """Creates a tenant."""
+    with write_transaction(session):
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+        return tenant
+
+
+def create_api_key(session: Session, tenant_id: str, name: str | None = None) -> tuple[ApiKey, str]:
+    """Creates an API key for a tenant.
+
+    Returns:
+        (the stored key row, the key itself): the key is shown once and never stored.
+    """
+    key, prefix = generate_api_key()
+    with write_transaction(session):
+        row = ApiKey(tenant_id=tenant_id, key_sha256=hash_api_key(key), prefix=prefix, name=name)
+        session.add(row)
+        session.flush()
+        return row, key
+
+
+def tenant_for_api_key(session: Session, key: str) -> Tenant | None:
+    """The tenant owning an unrevoked API key, or None."""
+    statement = (
+        select(Tenant)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_sha256 == hash_api_key(key), ApiKey.revoked_at.is_(None))
+    )
+    with read_transaction(session):
+        return session.scalars(statement).one_or_none()
+
+
+def revoke_api_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
+    """Revokes one of the tenant's keys (idempotent).
+
+    Raises:
+        NotFound: no such key for this tenant.
+    """
+    with write_transaction(session):
+        statement = select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id)
+        row = session.scalars(statement).one_or_none()
+        if row is None:
+            raise NotFound(f"API key {key_id} not found")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+        return row
+
+
+def create_dataset(
+    session: Session,
+    tenant_id: str,
+    *,
+    name: str,
+    modality: str,
+    record_count: int,
+    labels: list[str],
+    sha256: str,
+    storage_path: str,
+    epsilon_cap: float,
+    delta_cap: float,
+) -> Dataset:
+    """Registers an uploaded dataset and, the first time its data is seen, its budget.
+
+    The budget is keyed by (tenant, ``sha256``): a re-upload of the same data shares the
+    budget already there, with what was spent of it. The caps are fixed by the first upload.
+
+    Args:
+        session: a session not in a transaction.
+        tenant_id: the owner.
+        name: for humans.
+        modality: "image" or "text" (the engine's modalities; not checked here).
+        record_count: number of private records.
+        labels: the label names.
+        sha256: sha256 hex of the canonical data file.
+        storage_path: where the data is stored.
+        epsilon_cap: the budget's epsilon cap, > 0.
+        delta_cap: the budget's delta cap, in (0, 1).
+
+    Raises:
+        BudgetCapConflict: this data already has a budget with other caps.
+    """
+    if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    if not 0 < epsilon_cap < float("inf"):
+        raise ValueError(f"epsilon_cap must be finite and > 0, got {epsilon_cap!r}")
+    if not 0 < delta_cap < 1:
+        raise ValueError(f"delta_cap must be in (0, 1), got {delta_cap!r}")
+    with write_transaction(session):
+        budget = _get_or_create_budget(session, tenant_id, sha256, epsilon_cap, delta_cap)
+        if (budget.epsilon_cap, budget.delta_cap) != (float(epsilon_cap), float(delta_cap)):
+            raise BudgetCapConflict(
+                f"this data was uploaded before with a budget cap of epsilon "
+                f"{budget.epsilon_cap:.6g}, delta {budget.delta_cap:.6g}; a re-upload shares "
+                "that budget and cannot change its cap"
+            )
+        dataset = Dataset(
+            tenant_id=tenant_id,
+            name=name,
+            modality=modality,
+            record_count=record_count,
+            labels=list(labels),
+            sha256=sha256,
+            storage_path=storage_path,
+        )
+        session.add(dataset)
+        session.flush()
+        return dataset
+
+
+def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+    """One of the tenant's (undeleted) datasets.
+
+    Raises:
+        NotFound: no such dataset for this tenant.
+    """
+    with read_transaction(session):
+        return dataset_of_tenant(session, tenant_id, dataset_id)
+
+
+def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+    """Marks one of the tenant's datasets deleted; its budget and jobs are kept.
+
+    Raises:
+        NotFound: no such (undeleted) dataset for this tenant.
+    """
+    with write_transaction(session):
+        dataset = dataset_of_tenant(session, tenant_id, dataset_id)
+        dataset.deleted_at = utcnow()
+        return dataset
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """One of the tenant's jobs.
+
+    Raises:
+        NotFound: no such job for this tenant.
+    """
+    with read_transaction(session):
+        return job_of_tenant(session, tenant_id, job_id)
+
+
+def list_events(
+    session: Session, tenant_id: str, job_id: str, *, after: int = 0, limit: int = 100
+) -> EventPage:
+    """A page of one of the tenant's job's events with ids above ``after``, oldest first.
+
+    To follow a running job, poll again with the last event's id once ``next_after`` is None.
+
+    Args:
+        after: the cursor: 0 for the first page, then the previous page's ``next_after``.
+        limit: page size, 1 to :data:`MAX_EVENT_PAGE`.
+
+    Raises:
+        NotFound: no such job for this tenant.
+    """
+    if not 1 <= limit <= MAX_EVENT_PAGE:
+        raise ValueError(f"limit must be in [1, {MAX_EVENT_PAGE}], got {limit!r}")
+    with read_transaction(session):
+        job_of_tenant(session, tenant_id, job_id)
+        statement = (
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after)
+            .order_by(JobEvent.id)
+            .limit(limit + 1)
+        )
+        events = list(session.scalars(statement))
+    more = len(events) > limit
+    events = events[:limit]
+    return EventPage(events=events, next_after=events[-1].id if more else None)
+
+
+def update_progress(session: Session, job_id: str, *, iteration: int, phase: str) -> Job:
+    """Records a worker's progress; the first update moves a queued job to running.
+
+    Raises:
+        NotFound: no such job.
+        JobFinished: the job is final (e.g. canceled): the worker should stop.
+    """
+    with write_transaction(session):
+        job = lock_job(session, job_id)
+        if job.status in FINAL_STATUSES:
+            raise JobFinished(f"job {job_id} is {job.status}")
+        if not 0 <= iteration <= job.iterations:
+            raise ValueError(f"iteration must be in [0, {job.iterations}], got {iteration!r}")
+        now = utcnow()
+        if job.status == "queued":
+            job.status, job.started_at = "running", now
+        job.iteration, job.phase, job.updated_at = iteration, phase, now
+        session.flush()
+        add_event(session, job, "progress", {"iteration": iteration, "phase": phase})
+        return job
+
+
+def append_event(session: Session, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:
+    """Appends an event to a job (e.g. a log line or a metric from a worker).
+
+    Raises:
+        NotFound: no such job.
+    """
+    with write_transaction(session):
+        job = lock_job(session, job_id)
+        return add_event(session, job, kind, payload)
+
+
+def _get_or_create_budget(
+    session: Session, tenant_id: str, sha256: str, epsilon_cap: float, delta_cap: float
+) -> Budget:
+    budget = session.get(Budget, (tenant_id, sha256))
+    if budget is not None:
+        return budget
+    try:
+        # Two first uploads of the same data race on PostgreSQL; the loser reads the winner's.
+        with session.begin_nested():
+            budget = Budget(
+                tenant_id=tenant_id,
+                dataset_sha256=sha256,
+                epsilon_cap=float(epsilon_cap),
+                delta_cap=float(delta_cap),
+            )
+            session.add(budget)
+    except IntegrityError:
+        budget = session.get(Budget, (tenant_id, sha256))
+        if budget is None:
+            raise
+    return budget

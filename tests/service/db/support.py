@@ -1,0 +1,64 @@
+"""Helpers for the database tests: tenants, datasets and threads that start together."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import Dataset, create_dataset, create_tenant
+
+T = TypeVar("T")
+
+
+def sha256_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def new_tenant(session: Session, name: str = "acme") -> str:
+    return create_tenant(session, name).id
+
+
+def new_dataset(
+    session: Session,
+    tenant_id: str,
+    *,
+    data: str = "digits",
+    epsilon_cap: float = 1.0,
+    delta_cap: float = 1e-5,
+) -> Dataset:
+    return create_dataset(
+        session,
+        tenant_id,
+        name=data,
+        modality="image",
+        record_count=600,
+        labels=[str(c) for c in range(10)],
+        sha256=sha256_of(data),
+        storage_path=f"datasets/{data}.npz",
+        epsilon_cap=epsilon_cap,
+        delta_cap=delta_cap,
+    )
+
+
+def run_together(
+    factory: sessionmaker[Session], count: int, work: Callable[[Session, int], T]
+) -> list[T | Exception]:
+    """Runs ``work(session, index)`` in ``count`` threads, each with its own session, released
+    at the same instant; returns each call's result or the exception it raised."""
+    barrier = threading.Barrier(count)
+
+    def one(index: int) -> T | Exception:
+        with factory() as session:
+            barrier.wait()
+            try:
+                return work(session, index)
+            except Exception as exc:
+                return exc
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
