@@ -32,6 +32,7 @@ from pe_core.privacy import (
     Calibration,
     DpEvent,
     JsonlLedger,
+    Ledger,
     LedgerEntry,
     NoiseSampler,
     ReleaseStore,
@@ -142,6 +143,11 @@ class PrivateEvolution:
         noise: the sampler per release key; production passes OS-entropy discrete Gaussian.
         state_dir: private working directory for checkpoints, ledger and releases.
         seed: seed of generation and selection randomness (not of the noise).
+        ledger: where releases are recorded before use; default a JSON-lines file in
+            ``state_dir`` (the service passes its database ledger).
+
+    Callbacks may raise to stop the run between phases (cancellation): the state stays
+    resumable and every recorded release stays recorded.
     """
 
     def __init__(
@@ -153,6 +159,7 @@ class PrivateEvolution:
         noise: NoiseFactory,
         state_dir: Path,
         seed: int,
+        ledger: Ledger | None = None,
     ) -> None:
         self.job = job
         self.api = api
@@ -161,7 +168,7 @@ class PrivateEvolution:
         self.noise = noise
         self.seed = seed
         self.checkpoints = CheckpointStore(state_dir / "checkpoints")
-        self.ledger = JsonlLedger(state_dir / "ledger.jsonl")
+        self.ledger = ledger if ledger is not None else JsonlLedger(state_dir / "ledger.jsonl")
         self.releases = ReleaseStore(self.ledger, state_dir / "releases")
         self.calibration = (
             None

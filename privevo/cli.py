@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 privacy_app = typer.Typer(help="Privacy accounting tools.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
+keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def fail(message: str) -> typer.Exit:
@@ -200,6 +202,85 @@ def calibrate(
         "accountant": result.accountant,
     }
     typer.echo(json.dumps(record, indent=2))
+
+
+def _service_settings() -> Any:
+    from service.db import upgrade
+    from service.settings import Settings
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    return settings
+
+
+def _worker_command(queues: str, concurrency: int) -> list[str]:
+    pool = "solo" if concurrency == 1 else "prefork"
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+        "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
+        "--loglevel", "warning",
+    ]  # fmt: skip
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    local_worker: Annotated[
+        bool,
+        typer.Option("--local-worker/--no-local-worker", help="Also run one worker process"),
+    ] = True,
+) -> None:
+    """Start the REST gateway and, by default, one local worker.
+
+    With no PRIVEVO_* settings this is the embedded single-machine setup: SQLite, local storage
+    and a broker on the file system under ./privevo-data (no Redis needed; it lacks Redis's
+    redelivery when a worker dies). Production sets PRIVEVO_DATABASE_URL and PRIVEVO_BROKER_URL
+    and starts workers with `privevo worker` on as many machines as needed.
+    """
+    import subprocess
+
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _service_settings()
+    worker = subprocess.Popen(_worker_command("cpu,gpu", 1)) if local_worker else None
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Queues to consume: cpu, gpu or cpu,gpu")] = "cpu",
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once")] = 1,
+) -> None:
+    """Start a worker that runs PE jobs from the broker (PRIVEVO_BROKER_URL)."""
+    import os
+
+    _service_settings()
+    command = _worker_command(queues, concurrency)
+    os.execv(command[0], command)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name; created when new")],
+) -> None:
+    """Create an API key for a tenant and print it (only its hash is stored)."""
+    from service import db
+
+    settings = _service_settings()
+    sessions = db.make_session_factory(db.make_engine(settings.resolved_database_url))
+    with sessions() as session:
+        owner = db.tenant_named(session, tenant)
+        _, key = db.create_api_key(session, owner.id)
+    typer.echo(key)
 
 
 @app.command()

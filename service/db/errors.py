@@ -62,3 +62,7 @@ class ReservationExceeded(PrivevoError):
 
 class ReleaseConflict(PrivevoError):
     """A release key is recorded with a different epsilon: the two writers disagree on its cost."""
+
+
+class InvalidCursor(PrivevoError, ValueError):
+    """A pagination cursor this server did not issue."""

@@ -251,6 +251,9 @@ class Release(Base):
             :func:`service.db.budget.record_release`).
         sha256: sha256 of the noisy vector (``pe_core.privacy.ledger.release_digest``).
         storage_path: where the noisy vector is stored, if it is.
+        event: the release's ``pe_core.privacy.DpEvent`` as a JSON object (mechanism, sigma,
+            sensitivity, count, description), from which the job's ledger and epsilon are
+            rebuilt; None only for rows recorded without one.
     """
 
     __tablename__ = "releases"
@@ -268,6 +271,7 @@ class Release(Base):
     sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
     storage_path: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    event: Mapped[dict[str, Any] | None]
 
 
 class JobEvent(Base):

@@ -9,16 +9,19 @@ which get job ids from the queue, never from users.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.engine import read_transaction, write_transaction
-from service.db.errors import BudgetCapConflict, JobFinished, NotFound
+from service.db.errors import BudgetCapConflict, InvalidCursor, JobFinished, NotFound
 from service.db.models import (
     FINAL_STATUSES,
     ApiKey,
@@ -277,3 +280,75 @@ def _get_or_create_budget(
         if budget is None:
             raise
     return budget
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, newest first; ``next_cursor`` is None on the last page."""
+
+    items: list[Any]
+    next_cursor: str | None
+
+
+def _encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, row_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(row_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidCursor("cursor is not one this server returned; start without it") from exc
+
+
+def _page(session: Session, statement: Any, model: Any, cursor: str | None, limit: int) -> Page:
+    if not 1 <= limit <= MAX_EVENT_PAGE:
+        raise ValueError(f"limit must be in [1, {MAX_EVENT_PAGE}], got {limit!r}")
+    if cursor is not None:
+        created, row_id = _decode_cursor(cursor)
+        statement = statement.where(
+            or_(
+                model.created_at < created,
+                and_(model.created_at == created, model.id < row_id),
+            )
+        )
+    statement = statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(statement))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, _encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
+
+
+def list_datasets(
+    session: Session, tenant_id: str, *, cursor: str | None = None, limit: int = 50
+) -> Page:
+    """The tenant's undeleted datasets, newest first."""
+    with read_transaction(session):
+        statement = select(Dataset).where(
+            Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)
+        )
+        return _page(session, statement, Dataset, cursor, limit)
+
+
+def list_jobs(
+    session: Session, tenant_id: str, *, cursor: str | None = None, limit: int = 50
+) -> Page:
+    """The tenant's jobs, newest first."""
+    with read_transaction(session):
+        statement = select(Job).where(Job.tenant_id == tenant_id)
+        return _page(session, statement, Job, cursor, limit)
+
+
+def tenant_named(session: Session, name: str) -> Tenant:
+    """The oldest tenant called ``name``, created when there is none (for ``privevo keys``)."""
+    with write_transaction(session):
+        statement = select(Tenant).where(Tenant.name == name).order_by(Tenant.created_at)
+        tenant = session.scalars(statement).first()
+        if tenant is None:
+            tenant = Tenant(name=name)
+            session.add(tenant)
+            session.flush()
+        return tenant

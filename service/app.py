@@ -1,0 +1,392 @@
+"""The FastAPI gateway: thin routes that authenticate, validate, persist and enqueue.
+
+Every dataset, job and result belongs to the tenant of the API key that made it; any other
+tenant gets 404 on every route. PE itself runs in Celery workers (``workers.tasks``).
+"""
+
+import io
+import secrets
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from pe_core.errors import PrivevoError
+from service import db
+from service.schemas import (
+    DatasetList,
+    DatasetPublic,
+    ErrorBody,
+    EventList,
+    EventPublic,
+    JobCreate,
+    JobList,
+    JobPublic,
+)
+from service.security import parse_bearer
+from service.settings import Settings
+from service.storage import LocalStorage, Storage
+from service.uploads import UploadRejected, receive_upload, upload_suffix, validate_dataset
+
+Enqueue = Callable[[str, dict[str, Any]], None]
+"""Queues the worker task of a job: (job id, job spec)."""
+
+RESULT_PARTS = ("synthetic/", "privacy_report.json", "samples/")
+"""What a result zip holds: never ``.state/`` (private) nor ``eval/`` (not DP)."""
+
+_CHUNK = 1024 * 1024
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)
+}
+
+
+def celery_enqueue(settings: Settings) -> Enqueue:
+    """Sends ``workers.tasks.run_job`` to the queue its API needs (gpu or cpu)."""
+    from workers.celery_app import make_celery, queue_for
+
+    celery = make_celery(settings)
+
+    def enqueue(job_id: str, spec: dict[str, Any]) -> None:
+        celery.send_task("workers.tasks.run_job", args=[job_id], queue=queue_for(spec))
+
+    return enqueue
+
+
+def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
+    """Builds the gateway for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+    engine = db.make_engine(settings.resolved_database_url)
+    sessions = db.make_session_factory(engine)
+    storage = LocalStorage(settings.resolved_storage_root)
+    send = enqueue or celery_enqueue(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="privevo",
+        version="1",
+        summary="Differentially private synthetic data with Private Evolution",
+        lifespan=lifespan,
+    )
+    app.state.sessions = sessions
+    app.state.storage = storage
+    _install_error_handlers(app)
+    _add_routes(app, settings, sessions, storage, send)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    statuses: list[tuple[type[Exception], int]] = [
+        (db.NotFound, 404),
+        (db.BudgetExceeded, 409),
+        (db.BudgetCapConflict, 409),
+        (db.IdempotencyConflict, 409),
+        (db.JobFinished, 409),
+        (db.InvalidCursor, 400),
+        (PrivevoError, 400),
+    ]
+    for error, status in statuses:
+
+        def handler(request: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        app.add_exception_handler(error, handler)
+
+    def rejected(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, UploadRejected)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    app.add_exception_handler(UploadRejected, rejected)
+
+
+def _add_routes(
+    app: FastAPI,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    enqueue: Enqueue,
+) -> None:
+    def session() -> Iterator[Session]:
+        with sessions() as s:
+            yield s
+
+    Db = Annotated[Session, Depends(session)]
+
+    def tenant(s: Db, authorization: Annotated[str | None, Header()] = None) -> str:
+        key = parse_bearer(authorization)
+        found = None if key is None else db.tenant_for_api_key(s, key)
+        if found is None:
+            raise _UnauthorizedError
+        return found.id
+
+    Tenant = Annotated[str, Depends(tenant)]
+
+    @app.exception_handler(_UnauthorizedError)
+    def unauthorized(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "missing or unknown API key: send 'Authorization: Bearer <key>'"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.get("/healthz", operation_id="healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", operation_id="readyz", tags=["health"])
+    def readyz(s: Db) -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            s.execute(text("SELECT 1"))
+            s.rollback()
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            probe = f"readyz/{secrets.token_hex(8)}"
+            with storage.open_write(probe) as handle:
+                handle.write(b"ok")
+            storage.delete_prefix(probe)
+            checks["storage"] = "ok"
+        except Exception as exc:
+            checks["storage"] = f"error: {type(exc).__name__}"
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.post(
+        "/v1/datasets",
+        status_code=201,
+        operation_id="createDataset",
+        tags=["datasets"],
+        responses=_ERRORS,
+    )
+    async def create_dataset(
+        request: Request,
+        s: Db,
+        owner: Tenant,
+        file: Annotated[
+            UploadFile, File(description="zip of class folders, npz, jsonl/csv/parquet")
+        ],
+        name: Annotated[str, Form(min_length=1, max_length=255)],
+        modality: Annotated[Literal["image", "text"], Form()],
+        epsilon_cap: Annotated[float, Form(gt=0, le=100)],
+        delta_cap: Annotated[float, Form(gt=0, lt=1)] = 1e-5,
+        text_column: Annotated[str, Form()] = "text",
+        label_column: Annotated[str, Form()] = "label",
+    ) -> DatasetPublic:
+        """Uploads a private dataset with its privacy budget cap."""
+        declared = request.headers.get("content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > settings.max_upload_bytes + _CHUNK
+        ):
+            raise UploadRejected(
+                413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes"
+            )
+        suffix = upload_suffix(file.filename or "")
+        prefix = f"uploads/{secrets.token_hex(16)}"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await file.read(_CHUNK):
+                yield chunk
+
+        stored = await receive_upload(
+            chunks(), storage, f"{prefix}/data{suffix}", max_bytes=settings.max_upload_bytes
+        )
+        try:
+            path = storage.path(stored.key)
+            assert path is not None
+            summary = await run_in_threadpool(
+                validate_dataset,
+                path,
+                modality=modality,
+                text_column=text_column,
+                label_column=label_column,
+                display_name=file.filename,
+            )
+            dataset = db.create_dataset(
+                s,
+                owner,
+                name=name,
+                modality=summary.modality,
+                record_count=summary.record_count,
+                labels=list(summary.labels),
+                sha256=stored.sha256,
+                storage_path=stored.key,
+                epsilon_cap=epsilon_cap,
+                delta_cap=delta_cap,
+            )
+        except BaseException:
+            storage.delete_prefix(prefix)  # nothing half-stored
+            raise
+        return DatasetPublic.of(dataset, db.remaining(s, owner, dataset.id))
+
+    @app.get("/v1/datasets", operation_id="listDatasets", tags=["datasets"], responses=_ERRORS)
+    def list_datasets(
+        s: Db,
+        owner: Tenant,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> DatasetList:
+        page = db.list_datasets(s, owner, cursor=cursor, limit=limit)
+        items = [DatasetPublic.of(d, db.remaining(s, owner, d.id)) for d in page.items]
+        return DatasetList(items=items, next_cursor=page.next_cursor)
+
+    @app.get(
+        "/v1/datasets/{dataset_id}", operation_id="getDataset", tags=["datasets"], responses=_ERRORS
+    )
+    def get_dataset(dataset_id: str, s: Db, owner: Tenant) -> DatasetPublic:
+        dataset = db.get_dataset(s, owner, dataset_id)
+        return DatasetPublic.of(dataset, db.remaining(s, owner, dataset_id))
+
+    @app.get(
+        "/v1/datasets/{dataset_id}/budget",
+        operation_id="getDatasetBudget",
+        tags=["datasets"],
+        responses=_ERRORS,
+    )
+    def get_budget(dataset_id: str, s: Db, owner: Tenant) -> dict[str, Any]:
+        return DatasetPublic.of(
+            db.get_dataset(s, owner, dataset_id), db.remaining(s, owner, dataset_id)
+        ).budget.model_dump()
+
+    @app.delete(
+        "/v1/datasets/{dataset_id}",
+        status_code=204,
+        operation_id="deleteDataset",
+        tags=["datasets"],
+        responses=_ERRORS,
+    )
+    def delete_dataset(dataset_id: str, s: Db, owner: Tenant) -> Response:
+        """Removes the private files and every private-derived cache; the ledger stays."""
+        dataset = db.delete_dataset(s, owner, dataset_id)
+        storage.delete_prefix(dataset.storage_path.rsplit("/", 1)[0])
+        storage.delete_prefix(f"datasets/{dataset.id}")
+        return Response(status_code=204)
+
+    @app.post(
+        "/v1/jobs", status_code=202, operation_id="createJob", tags=["jobs"], responses=_ERRORS
+    )
+    def create_job(
+        body: JobCreate,
+        s: Db,
+        owner: Tenant,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> JobPublic:
+        """Reserves the job's (epsilon, delta) against the dataset's budget and queues it."""
+        if body.no_privacy:
+            raise PrivevoError("the service runs private jobs only; no_privacy is for the CLI")
+        if body.insecure_test_noise and not settings.allow_insecure_test_noise:
+            raise PrivevoError("insecure_test_noise is disabled on this server")
+        spec = body.model_dump(mode="json")
+        repeated = idempotency_key is not None and _job_with_key(s, owner, idempotency_key)
+        job = db.reserve(
+            s,
+            owner,
+            body.dataset_id,
+            body.epsilon,
+            body.delta,
+            idempotency_key,
+            spec,
+            iterations=body.iterations,
+        )
+        if not repeated:
+            enqueue(job.id, spec)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return JobPublic.of(job)
+
+    @app.get("/v1/jobs", operation_id="listJobs", tags=["jobs"], responses=_ERRORS)
+    def list_jobs(
+        s: Db,
+        owner: Tenant,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> JobList:
+        page = db.list_jobs(s, owner, cursor=cursor, limit=limit)
+        return JobList(items=[JobPublic.of(j) for j in page.items], next_cursor=page.next_cursor)
+
+    @app.get("/v1/jobs/{job_id}", operation_id="getJob", tags=["jobs"], responses=_ERRORS)
+    def get_job(job_id: str, s: Db, owner: Tenant) -> JobPublic:
+        return JobPublic.of(db.get_job(s, owner, job_id))
+
+    @app.get(
+        "/v1/jobs/{job_id}/events", operation_id="listJobEvents", tags=["jobs"], responses=_ERRORS
+    )
+    def job_events(
+        job_id: str,
+        s: Db,
+        owner: Tenant,
+        cursor: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> EventList:
+        page = db.list_events(s, owner, job_id, after=cursor, limit=limit)
+        return EventList(
+            items=[EventPublic.of(e) for e in page.events], next_cursor=page.next_after
+        )
+
+    @app.post(
+        "/v1/jobs/{job_id}/cancel",
+        status_code=202,
+        operation_id="cancelJob",
+        tags=["jobs"],
+        responses=_ERRORS,
+    )
+    def cancel_job(job_id: str, s: Db, owner: Tenant) -> JobPublic:
+        """Best effort: releases already made stay charged."""
+        return JobPublic.of(db.cancel(s, owner, job_id))
+
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        operation_id="getJobResult",
+        tags=["jobs"],
+        responses={**_ERRORS, 200: {"content": {"application/zip": {}}}},
+        response_class=StreamingResponse,
+    )
+    def job_result(job_id: str, s: Db, owner: Tenant) -> StreamingResponse:
+        """A zip of synthetic/, privacy_report.json and samples/ (never private state)."""
+        job = db.get_job(s, owner, job_id)
+        if job.status != "succeeded":
+            raise db.JobFinished(
+                f"job {job_id} is {job.status}; its result exists once it has succeeded"
+            )
+        prefix = f"results/{job_id}"
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for key in storage.list(prefix):
+                relative = key[len(prefix) + 1 :]
+                if relative.startswith(RESULT_PARTS):
+                    with storage.open_read(key) as handle:
+                        archive.writestr(relative, handle.read())
+        buffer.seek(0)
+        return StreamingResponse(
+            buffer,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
+        )
+
+
+def _job_with_key(s: Session, tenant_id: str, key: str) -> bool:
+    """Whether the tenant already created a job with this Idempotency-Key (a retry)."""
+    with db.read_transaction(s):
+        statement = select(db.Job.id).where(
+            db.Job.tenant_id == tenant_id, db.Job.idempotency_key == key
+        )
+        return s.scalars(statement).first() is not None
+
+
+class _UnauthorizedError(Exception):
+    """No valid API key: answered with 401 and a hint."""

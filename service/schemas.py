@@ -1,0 +1,112 @@
+"""Request and response bodies of the REST API (v1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from pe_core.config import PeJob
+from service.db import BudgetStatus, Dataset, Job, JobEvent
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class BudgetPublic(BaseModel):
+    """A dataset's privacy budget; jobs add up by basic composition (sums of eps and delta)."""
+
+    epsilon_cap: float
+    delta_cap: float
+    epsilon_spent: float
+    delta_spent: float
+    epsilon_reserved: float
+    delta_reserved: float
+    epsilon_remaining: float
+    delta_remaining: float
+    active_jobs: int
+
+    @classmethod
+    def of(cls, status: BudgetStatus) -> BudgetPublic:
+        return cls.model_validate(status, from_attributes=True)
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    modality: Literal["image", "text"]
+    record_count: int
+    labels: list[str]
+    sha256: str
+    created_at: datetime
+    budget: BudgetPublic
+
+    @classmethod
+    def of(cls, dataset: Dataset, budget: BudgetStatus) -> DatasetPublic:
+        return cls(
+            id=dataset.id,
+            name=dataset.name,
+            modality=dataset.modality,
+            record_count=dataset.record_count,
+            labels=list(dataset.labels),
+            sha256=dataset.sha256,
+            created_at=dataset.created_at,
+            budget=BudgetPublic.of(budget),
+        )
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetPublic]
+    next_cursor: str | None
+
+
+class JobCreate(PeJob):
+    """The engine's job model plus the dataset it runs on: the same fields as the CLI."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset_id: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    dataset_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    iteration: int
+    iterations: int
+    phase: str | None
+    epsilon_reserved: float
+    delta_reserved: float
+    epsilon_spent: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    spec: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls.model_validate(job, from_attributes=True)
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class EventPublic(BaseModel):
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventPublic:
+        return cls.model_validate(event, from_attributes=True)
+
+
+class EventList(BaseModel):
+    items: list[EventPublic]
+    next_cursor: int | None

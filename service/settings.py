@@ -1,0 +1,45 @@
+"""Settings of the gateway and the workers, read once from the environment (PRIVEVO_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("privevo-data")
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment.
+
+    The defaults are the embedded single-machine setup: SQLite, local storage and a broker on
+    the local file system (kombu's ``filesystem://``), so ``privevo serve`` needs no other
+    server. Production sets ``PRIVEVO_DATABASE_URL`` (PostgreSQL) and ``PRIVEVO_BROKER_URL``
+    (Redis), whose visibility timeout gives redelivery when a worker dies.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PRIVEVO_", extra="ignore")
+
+    home: Path = Field(DEFAULT_HOME, description="Folder for the embedded defaults below")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
+    broker_url: str = Field("filesystem://", description="Celery broker; redis://... in production")
+    storage_root: Path | None = Field(None, description="Local storage folder; default in home")
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0)
+    task_time_limit_s: int = Field(24 * 3600, gt=0, description="Hard limit of one job task")
+    allow_insecure_test_noise: bool = Field(
+        False, description="Accept jobs with seeded NOT PRIVATE noise (tests only)"
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'privevo.sqlite3').resolve()}"
+
+    @property
+    def resolved_storage_root(self) -> Path:
+        return (self.storage_root or self.home / "storage").resolve()
+
+    @property
+    def broker_folder(self) -> Path:
+        """Message folder of the embedded filesystem broker."""
+        return (self.home / "broker").resolve()
