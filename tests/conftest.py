@@ -9,6 +9,8 @@ from sklearn.datasets import load_digits
 
 from pe_core.samples import Samples
 
+pytest_plugins = ["tests.servers"]  # the `server` fixture: a real `privevo serve` process
+
 
 def digits_28(n_per_label: int | None = None, *, offset: int = 0) -> Samples:
     """scikit-learn's 8x8 handwritten digits upscaled to 28x28 uint8, white on black."""
