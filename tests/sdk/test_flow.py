@@ -1,0 +1,97 @@
+"""The whole flow with a real Celery worker: upload, create, wait with progress, download."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from privevo_client import Client, JobFailed
+
+from tests.sdk.conftest import write_digits_npz
+from tests.servers import Server
+
+REPO = Path(__file__).resolve().parents[2]
+FLOW_TIMEOUT_S = 60
+"""How long the job may take; past it the test is skipped, saying where the job stood."""
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def worker(
+    server: Server, alice_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    if not (REPO / "workers" / "tasks.py").exists():
+        pytest.skip("workers/tasks.py does not exist: no worker can run jobs")
+    # Jobs that other SDK tests left queued share this server's queue and would run first.
+    with Client(server.url, alice_key) as alice:
+        for job in alice.jobs.list():
+            if not job.done:
+                job.cancel()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+               "-P", "solo", "-Q", "cpu", "--loglevel", "warning"]  # fmt: skip
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, env=server.env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
+        )
+    yield Worker(process, log)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_upload_create_wait_download(
+    alice: Client, worker: Worker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    data = write_digits_npz(tmp_path / "digits.npz", 6, offset=130)
+    dataset = alice.datasets.upload(data, epsilon_cap=1.0)
+    job = alice.jobs.create(dataset, epsilon=1.0, iterations=2, num_samples=40, api="drawtext")
+    try:
+        assert job.wait(timeout=FLOW_TIMEOUT_S, poll_interval=0.5) is job
+    except JobFailed as failed:
+        pytest.fail(f"{failed}\nworker log:\n{worker.log_tail()}")
+    except TimeoutError:
+        if worker.process.poll() is not None:
+            pytest.fail(f"the worker exited ({worker.process.returncode}):\n{worker.log_tail()}")
+        pytest.skip(
+            f"no worker finished the job within {FLOW_TIMEOUT_S} s: it is {job.status} "
+            f"(iteration {job.iteration}/{job.iterations}, phase {job.phase})"
+        )
+
+    assert (job.status, job.iteration, job.error) == ("succeeded", 2, None)
+    assert 0 < job.epsilon_spent <= 1.0 + 1e-9
+    progress = capsys.readouterr().err.splitlines()
+    assert progress[-1].startswith(f"job {job.id} [{'#' * 20}] 2/2")
+    assert progress[-1].endswith("succeeded")
+
+    events = list(alice.jobs.events(job.id, page_size=2))  # several pages
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "created" and "started" in kinds
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    spent = [e.payload["epsilon_spent"] for e in events if e.kind == "iteration"]
+    assert len(spent) >= 2 and spent == sorted(spent)
+    assert spent[-1] == pytest.approx(job.epsilon_spent)
+
+    budget = alice.datasets.budget(dataset.id)
+    assert budget.epsilon_spent == pytest.approx(job.epsilon_spent)
+    assert (budget.epsilon_reserved, budget.active_jobs) == (0.0, 0)
+
+    out = job.download(tmp_path / "result")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert "privacy_report.json" in files
+    assert any(f.startswith("synthetic/") for f in files)
+    assert not any(f.startswith((".state", "eval")) for f in files)
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["run"]["job_id"] == job.id

@@ -1,0 +1,191 @@
+"""The REST API over real HTTP: a `privevo serve` process, its SQLite database and Redis."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import digits_28
+from tests.servers import Server
+
+
+@pytest.fixture(scope="module")
+def alice(server: Server) -> Iterator[httpx.Client]:
+    with server.client(server.cli("keys", "create", "--tenant", "alice")) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bob(server: Server) -> Iterator[httpx.Client]:
+    with server.client(server.cli("keys", "create", "--tenant", "bob")) as client:
+        yield client
+
+
+def npz_bytes(n_per_label: int = 6) -> bytes:
+    digits = digits_28(n_per_label)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=digits.images, labels=digits.labels)
+    return buffer.getvalue()
+
+
+def upload(client: httpx.Client, content: bytes, filename: str = "digits.npz", **fields):
+    data = {"name": "digits", "modality": "image", "epsilon_cap": "1.0", **fields}
+    return client.post("/v1/datasets", files={"file": (filename, content)}, data=data)
+
+
+@pytest.fixture(scope="module")
+def dataset(alice: httpx.Client) -> dict:
+    response = upload(alice, npz_bytes())
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def stored_uploads(server: Server) -> list[Path]:
+    root = server.home / "storage" / "uploads"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_health_and_auth(server: Server):
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 200, ready.text
+    with server.client(None) as anonymous:
+        response = anonymous.get("/v1/datasets")
+    assert response.status_code == 401
+    assert "Bearer" in response.json()["detail"]
+    with server.client("pev_not-a-real-key") as stranger:
+        assert stranger.get("/v1/datasets").status_code == 401
+
+
+def test_upload_reports_records_labels_and_budget(dataset: dict):
+    assert dataset["record_count"] == 60
+    assert dataset["labels"] == [str(c) for c in range(10)]
+    assert len(dataset["sha256"]) == 64
+    assert dataset["budget"]["epsilon_cap"] == 1.0
+    assert dataset["budget"]["epsilon_remaining"] == 1.0
+
+
+def test_tenants_never_see_each_other(alice: httpx.Client, bob: httpx.Client, dataset: dict):
+    job = alice.post(
+        "/v1/jobs",
+        json={"dataset_id": dataset["id"], "epsilon": 0.1, "iterations": 1, "num_samples": 20},
+    )
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    ds = dataset["id"]
+    for method, path in [
+        ("GET", f"/v1/datasets/{ds}"),
+        ("GET", f"/v1/datasets/{ds}/budget"),
+        ("DELETE", f"/v1/datasets/{ds}"),
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/jobs/{job_id}/result"),
+    ]:
+        response = bob.request(method, path)
+        assert response.status_code == 404, (method, path, response.text)
+    stolen = bob.post("/v1/jobs", json={"dataset_id": ds, "epsilon": 0.1})
+    assert stolen.status_code == 404
+    assert bob.get("/v1/datasets").json()["items"] == []
+    assert bob.get("/v1/jobs").json()["items"] == []
+    assert [d["id"] for d in alice.get("/v1/datasets").json()["items"]] == [ds]
+    assert alice.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
+
+
+def test_budget_is_reserved_refused_and_idempotent(alice: httpx.Client):
+    ds = upload(alice, npz_bytes(5), epsilon_cap="1.0").json()["id"]
+    body = {"dataset_id": ds, "epsilon": 0.6, "iterations": 2}
+    first = alice.post("/v1/jobs", json=body, headers={"Idempotency-Key": "abc"})
+    assert first.status_code == 202
+    assert first.headers["Location"] == f"/v1/jobs/{first.json()['id']}"
+    again = alice.post("/v1/jobs", json=body, headers={"Idempotency-Key": "abc"})
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    refused = alice.post("/v1/jobs", json=body, headers={"Idempotency-Key": "def"})
+    assert refused.status_code == 409
+    assert "left" in refused.json()["detail"]
+    budget = alice.get(f"/v1/datasets/{ds}/budget").json()
+    assert budget["epsilon_reserved"] == pytest.approx(0.6)
+    assert budget["epsilon_remaining"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"epsilon": -1},
+        {"epsilon": 0},
+        {"delta": 2},
+        {"iterations": 0},
+        {"epsilom": 1},
+        {"no_privacy": True, "epsilon": 1},
+    ],
+)
+def test_impossible_or_unknown_job_fields_are_4xx(alice: httpx.Client, dataset: dict, body):
+    response = alice.post("/v1/jobs", json={"dataset_id": dataset["id"], **body})
+    assert response.status_code in (400, 422), response.text
+    assert response.json()["detail"]
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "fields", "status", "message"),
+    [
+        ("bad.zip", _zip({"a/1.png": b"not a png"}), {}, 422, "1.png"),
+        ("evil.zip", _zip({"../a/1.png": b"x"}), {}, 422, ".."),
+        ("data.csv", b"body,label\nhello,a\n", {"modality": "text"}, 422, "body"),
+        ("empty.jsonl", b"", {"modality": "text"}, 422, "empty"),
+        ("data.exe", b"MZ", {}, 415, ".exe"),
+        ("big.npz", b"\0" * (4 * 1024 * 1024), {}, 413, "limit"),
+        ("digits.npz", npz_bytes(1), {"epsilon_cap": "-1"}, 422, "epsilon_cap"),
+        ("digits.npz", npz_bytes(1), {"modality": "video"}, 422, "modality"),
+    ],
+)
+def test_bad_uploads_are_4xx_and_leave_nothing(
+    server: Server, alice: httpx.Client, filename, content, fields, status, message
+):
+    before = stored_uploads(server)
+    response = upload(alice, content, filename, **fields)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert stored_uploads(server) == before
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_delete_removes_private_files_but_keeps_budget(server: Server, alice: httpx.Client):
+    created = upload(alice, npz_bytes(2), epsilon_cap="2.0").json()
+    job = alice.post("/v1/jobs", json={"dataset_id": created["id"], "epsilon": 0.5})
+    assert job.status_code == 202
+    files_before = len(stored_uploads(server))
+    assert alice.delete(f"/v1/datasets/{created['id']}").status_code == 204
+    assert len(stored_uploads(server)) == files_before - 1
+    assert alice.get(f"/v1/datasets/{created['id']}").status_code == 404
+    again = upload(alice, npz_bytes(2), epsilon_cap="2.0").json()
+    assert again["sha256"] == created["sha256"]
+    assert again["budget"]["epsilon_remaining"] == pytest.approx(1.5)  # not reset
+
+
+def test_pagination_walks_every_job(alice: httpx.Client):
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = alice.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200
+        seen += [j["id"] for j in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) >= 3
+    assert alice.get("/v1/jobs", params={"cursor": "garbage"}).status_code == 400

@@ -1,0 +1,186 @@
+"""Helpers for the worker tests: a service home with a database and storage, jobs, workers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pe_core.config import PeJob
+from pe_core.privacy import release_digest
+from service.db import (
+    Job,
+    JobEvent,
+    Release,
+    create_dataset,
+    create_tenant,
+    make_engine,
+    make_session_factory,
+    read_transaction,
+    reserve,
+    upgrade,
+)
+from service.storage import LocalStorage
+from tests.conftest import digits_28
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("PRIVEVO_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+# The hard time limit sets Redis's visibility timeout (limit + 10%, at least +1 s): with 3 s a
+# message of a killed worker is handed out again 4 s after its delivery. The solo pool used here
+# does not enforce time limits, so the jobs themselves may run longer.
+TASK_TIME_LIMIT_S = 3
+ITERATIONS = 2
+
+
+@dataclass
+class Home:
+    """A service installation in a temporary folder: SQLite database, storage, broker folder."""
+
+    root: Path
+    url: str
+    sessions: sessionmaker[Session]
+    storage: LocalStorage
+
+    @classmethod
+    def create(cls, root: Path) -> Home:
+        url = f"sqlite:///{root / 'privevo.sqlite3'}"
+        upgrade(url)
+        sessions = make_session_factory(make_engine(url))
+        return cls(root, url, sessions, LocalStorage(root / "storage"))
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PRIVEVO_HOME": str(self.root),
+            "PRIVEVO_DATABASE_URL": self.url,
+            "PRIVEVO_STORAGE_ROOT": str(self.storage.root),
+            "PRIVEVO_BROKER_URL": REDIS_URL,
+            "PRIVEVO_TASK_TIME_LIMIT_S": str(TASK_TIME_LIMIT_S),
+        }
+
+    def new_job(self, **spec: Any) -> str:
+        """A queued drawtext job on 20 digits per label (28x28), T = 2, 60 samples."""
+        digits = digits_28(20)
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            images=digits.images,
+            labels=digits.labels,
+            label_names=np.array(digits.label_names),
+        )
+        data = buffer.getvalue()
+        key = f"uploads/{hashlib.sha256(data).hexdigest()[:16]}.npz"
+        with self.storage.open_write(key) as handle:
+            handle.write(data)
+        job = PeJob(
+            iterations=ITERATIONS, num_samples=60, epsilon=4.0, delta=1e-5, **spec
+        ).model_dump(mode="json")
+        with self.sessions() as session:
+            tenant = create_tenant(session, "acme")
+            dataset = create_dataset(
+                session,
+                tenant.id,
+                name="digits.npz",
+                modality="image",
+                record_count=len(digits),
+                labels=list(digits.label_names),
+                sha256=hashlib.sha256(data).hexdigest(),
+                storage_path=key,
+                epsilon_cap=10.0,
+                delta_cap=1e-3,
+            )
+            # Stored as the gateway stores its job body: the engine's fields and the dataset.
+            body = {**job, "dataset_id": dataset.id}
+            return reserve(
+                session, tenant.id, dataset.id, 4.0, 1e-5, None, body, iterations=ITERATIONS
+            ).id
+
+    def job(self, job_id: str) -> Job:
+        with self.sessions() as session, read_transaction(session):
+            return session.scalars(select(Job).where(Job.id == job_id)).one()
+
+    def releases(self, job_id: str) -> list[Release]:
+        statement = select(Release).where(Release.job_id == job_id).order_by(Release.id)
+        with self.sessions() as session, read_transaction(session):
+            return list(session.scalars(statement))
+
+    def events(self, job_id: str, kind: str) -> list[dict[str, Any]]:
+        statement = (
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.kind == kind)
+            .order_by(JobEvent.id)
+        )
+        with self.sessions() as session, read_transaction(session):
+            return [event.payload for event in session.scalars(statement)]
+
+    def file(self, key: str) -> Path:
+        return self.storage.path(key)
+
+
+def stored_digest(path: Path) -> str:
+    """The release digest of a stored noisy vector."""
+    with np.load(path, allow_pickle=False) as npz:
+        return release_digest(npz["values"])
+
+
+Worker = subprocess.Popen[bytes]
+
+
+def start_worker(home: Home, app: str = "workers.celery_app", **env: str) -> Worker:
+    """A real ``celery worker`` process (solo pool, queue cpu) for ``home``."""
+    command = [
+        sys.executable, "-m", "celery", "-A", app, "worker", "-P", "solo", "-Q", "cpu",
+        "--concurrency", "1", "--loglevel", "warning",
+        "--without-mingle", "--without-gossip", "--without-heartbeat",
+    ]  # fmt: skip
+    with (home.root / f"worker-{time.monotonic_ns()}.log").open("w") as log:
+        return subprocess.Popen(
+            command, cwd=REPO, env={**home.env(), **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def stop_worker(worker: Worker) -> None:
+    """Ends a worker that a test started: a warm shutdown, else a kill."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGCONT)
+        worker.terminate()
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether the process is stopped by a signal (state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0) -> T:
+    """Polls ``probe`` every 50 ms until it returns a value other than None (or False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def worker_logs(home: Home) -> str:
+    return "\n".join(path.read_text() for path in sorted(home.root.glob("worker-*.log")))

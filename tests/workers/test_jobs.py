@@ -1,0 +1,136 @@
+"""The job runner without Celery: what it publishes, records and refuses, and how it fails."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+
+import pytest
+
+from service.db import append_event, cancel, reserve
+from tests.workers.support import ITERATIONS, Home
+from workers import jobs
+
+
+def context(home: Home) -> jobs.JobContext:
+    return jobs.JobContext(home.sessions, home.storage)
+
+
+def job_folder(home: Home, job_id: str):
+    job = home.job(job_id)
+    return jobs.local_folder(home.storage, jobs.job_prefix(job.dataset_id, job.id))
+
+
+def test_a_job_publishes_its_dp_outputs_only(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    assert jobs.run_job(context(home), job_id) == "succeeded"
+    job = home.job(job_id)
+    assert (job.status, job.iteration, job.error) == ("succeeded", ITERATIONS, None)
+    keys = home.storage.list(jobs.result_prefix(job_id))
+    names = {key.removeprefix(f"results/{job_id}/") for key in keys}
+    assert {"synthetic/labels.csv", "synthetic/synthetic.parquet", "privacy_report.json"} <= names
+    assert {f"samples/iter_{t:02d}.png" for t in range(ITERATIONS + 1)} <= names
+    assert not [name for name in names if name.split("/")[0] in ("eval", "state", ".state")]
+    with home.file(f"results/{job_id}/synthetic/labels.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 60
+    report = json.loads(home.file(f"results/{job_id}/privacy_report.json").read_text())
+    assert report["status"] == "NOT PRIVATE"  # the seeded test noise says so
+    assert report["run"]["seed"] == 3
+    assert math.isclose(report["epsilon"], job.epsilon_charged, rel_tol=1e-9)
+    assert job.epsilon_charged <= 4.0
+    assert job.delta_charged == 1e-5
+    releases = home.releases(job_id)
+    assert [r.mechanism for r in releases] == ["iteration-1/histogram", "iteration-2/histogram"]
+    assert [e["iteration"] for e in home.events(job_id, "iteration")] == [0, 1, 2]
+    assert home.events(job_id, "started") == [{"seed": 3}]
+    # A repeated delivery of a finished job does nothing.
+    assert jobs.run_job(context(home), job_id) == "succeeded"
+    assert home.events(job_id, "started") == [{"seed": 3}]
+
+
+def test_the_seed_is_drawn_once_and_recorded(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True)
+    folder = job_folder(home, job_id)
+    assert jobs.run_job(context(home), job_id) == "succeeded"
+    (started,) = home.events(job_id, "started")
+    recorded = json.loads((folder / "state" / jobs.RUN_RECORD).read_text())
+    assert recorded == started
+    report = json.loads(home.file(f"results/{job_id}/privacy_report.json").read_text())
+    assert report["run"]["seed"] == started["seed"]
+
+
+def test_a_job_held_by_another_worker_is_left_to_it(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    with jobs.job_lock(job_folder(home, job_id) / "state") as held:
+        assert held
+        assert jobs.run_job(context(home), job_id) == "running"
+    job = home.job(job_id)
+    assert job.status == "queued"
+    assert home.events(job_id, "started") == []
+
+
+def test_a_job_canceled_before_it_starts_does_not_run(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    with home.sessions() as session:
+        cancel(session, home.job(job_id).tenant_id, job_id)
+    assert jobs.run_job(context(home), job_id) == "canceled"
+    assert home.releases(job_id) == []
+    assert home.storage.list(jobs.result_prefix(job_id)) == []
+
+
+def test_unreadable_data_fails_the_job_with_a_message_for_its_owner(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    dataset_key = home.storage.list("uploads")[0]
+    with home.storage.open_write(dataset_key) as handle:
+        handle.write(b"not an npz")
+    assert jobs.run_job(context(home), job_id) == "failed"
+    job = home.job(job_id)
+    assert job.error is not None and job.error.startswith("digits.npz: not a readable .npz")
+    assert str(home.storage.root) not in job.error
+    assert (job.epsilon_charged, job.delta_charged) == (0.0, 0.0)
+
+
+def test_a_job_without_privacy_is_refused(home: Home) -> None:
+    job_id = home.new_job(no_privacy=True, seed=3)
+    assert jobs.run_job(context(home), job_id) == "failed"
+    job = home.job(job_id)
+    assert job.error == "the service runs private jobs only; no_privacy is not accepted"
+    assert home.releases(job_id) == []
+
+
+def test_an_internal_error_is_logged_and_reported_generically(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    template = home.job(home.new_job(insecure_test_noise=True, seed=3))
+    # The gateway's bug: a job whose parameters ask more than it reserved.
+    with home.sessions() as session:
+        job = reserve(
+            session,
+            template.tenant_id,
+            template.dataset_id,
+            1.0,
+            1e-5,
+            None,
+            template.spec,
+            iterations=ITERATIONS,
+        )
+    with caplog.at_level(logging.ERROR, logger="workers.jobs"):
+        assert jobs.run_job(context(home), job.id) == "failed"
+    assert home.job(job.id).error == jobs.INTERNAL_ERROR
+    (record,) = caplog.records
+    assert "RuntimeError" in record.getMessage()
+    assert "disagree with its reservation" not in record.getMessage()
+
+
+def test_a_job_whose_worker_keeps_dying_is_failed(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    with home.sessions() as session:
+        for _ in range(jobs.MAX_STARTS):
+            append_event(session, job_id, "started", {"seed": 3})
+    assert jobs.run_job(context(home), job_id) == "failed"
+    job = home.job(job_id)
+    assert job.error is not None
+    assert job.error.startswith(f"the job was started {jobs.MAX_STARTS} times")
+    assert home.releases(job_id) == []

@@ -1,0 +1,414 @@
+"""Running one PE job for the service: load it, run the engine, publish the result, finalize.
+
+This is the body of the Celery task in :mod:`workers.tasks`, kept free of Celery so that it
+reads like a web view: decode the job id, call ``pe_core``, persist what comes out.
+
+Where a job's files live, as storage keys:
+
+* ``datasets/<dataset>/jobs/<job>/state/``: PRIVATE working state: checkpoints, the noisy
+  release vectors, the run record (seed) and the job lock. Under the dataset's prefix, so
+  deleting the dataset deletes it.
+* ``datasets/<dataset>/jobs/<job>/out/``: the output layout while it is being made.
+* ``results/<job>/``: the published result (``synthetic/``, ``privacy_report.json``,
+  ``samples/``), written when the run has succeeded; never ``.state/`` or ``eval/``.
+
+A task may be delivered more than once (a worker died, Redis redelivered, Celery retried). Every
+delivery resumes from the latest checkpoint with the seed recorded by the first, and every noisy
+release is recorded exactly once in the database (:class:`workers.ledger.DbLedger`), so the
+repeated work draws no new noise and costs no extra privacy. A lock on the job's state folder
+keeps a second delivery from running while the first is alive.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import logging
+import secrets
+import shutil
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast, get_args
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pe_core.apis import create_api
+from pe_core.apis.base import VariationApi
+from pe_core.checkpoint import CheckpointError
+from pe_core.config import PeJob
+from pe_core.datasets import load_dataset
+from pe_core.embedders import create_embedder
+from pe_core.embedders.base import Embedder
+from pe_core.errors import DataError, PrivevoError
+from pe_core.outputs import CallbackList, OutputLayout, SampleWriter, write_json, write_result
+from pe_core.privacy import DuplicateReleaseError, LedgerError
+from pe_core.report import privacy_report
+from pe_core.runner import (
+    IterationReport,
+    PrivateEvolution,
+    check_label_fractions,
+    check_modalities,
+)
+from pe_core.samples import Modality, Samples
+from privevo.local import GENERATOR_PUBLIC_DATA, noise_factory
+from service.db import (
+    FINAL_STATUSES,
+    Dataset,
+    Job,
+    JobEvent,
+    JobFinished,
+    ReleaseConflict,
+    ReservationExceeded,
+    append_event,
+    finalize,
+    get_dataset,
+    read_transaction,
+    update_progress,
+)
+from service.storage import InvalidKeyError, LocalStorage, ObjectNotFoundError, check_key
+from workers.ledger import DbLedger
+
+logger = logging.getLogger(__name__)
+
+MODALITIES: Final = frozenset(get_args(Modality))
+RUN_RECORD: Final = "run.json"
+LOCK_FILE: Final = ".lock"
+# A delivery that loses a release to a concurrent one resumes to use the recorded release; a
+# few resumes suffice, more would mean the deliveries keep racing.
+MAX_RESUMES: Final = 3
+INTERNAL_ERROR: Final = (
+    "the job stopped on an internal error; the releases it made stay charged. "
+    "Contact the operator, quoting the job id"
+)
+
+# Errors of the service's own state, not of the tenant's data or request: reported generically.
+_INTERNAL_ERRORS: Final = (
+    LedgerError,
+    CheckpointError,
+    ReservationExceeded,
+    ReleaseConflict,
+    ObjectNotFoundError,
+    InvalidKeyError,
+)
+
+# Loaded generators and embedders kept per worker process, so models stay in memory across
+# jobs. They hold public weights and configuration only, no job's data.
+MODEL_CACHE_SIZE: Final = 8
+# A job whose worker keeps dying (out of memory, a crashing model) would otherwise be handed
+# out again forever, since a lost worker's message is requeued.
+MAX_STARTS: Final = 10
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a worker process runs jobs with.
+
+    Attributes:
+        sessions: sessions on the service database (``service.db.make_session_factory``).
+        storage: the service's storage; the engine works in local folders inside it.
+    """
+
+    sessions: sessionmaker[Session]
+    storage: LocalStorage
+
+
+def job_prefix(dataset_id: str, job_id: str) -> str:
+    """The storage prefix of a job's private working files (under its dataset's prefix)."""
+    return f"datasets/{dataset_id}/jobs/{job_id}"
+
+
+def result_prefix(job_id: str) -> str:
+    """The storage prefix of a job's published result."""
+    return f"results/{job_id}"
+
+
+def run_job(
+    context: JobContext, job_id: str, *, timeouts: tuple[type[BaseException], ...] = ()
+) -> str:
+    """Runs (or resumes) a job to its end and records how it ended.
+
+    Every outcome but a transient database error ends with :func:`service.db.finalize`:
+    succeeded; canceled (the job was canceled while it ran: it stops at its next phase);
+    failed with the error's message when the tenant's data or job is at fault; failed with a
+    generic message (the exception type and stack logged here, never its message, which may
+    quote private data) for anything else.
+
+    Args:
+        context: the database and storage.
+        job_id: the job; trusted (it comes from the queue, not from a user).
+        timeouts: exception types meaning the task ran out of time (Celery's soft time limit).
+
+    Returns:
+        The job's final status, or "running" when another delivery of the job is running it
+        (this one then does nothing), or "missing" when there is no such job.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the database is unavailable (connection lost, locked,
+            out of resources): worth retrying later; the job stays resumable.
+    """
+    job = _load_job(context.sessions, job_id)
+    if job is None:
+        logger.warning("job %s does not exist; its message is dropped", job_id)
+        return "missing"
+    if job.status in FINAL_STATUSES:
+        return job.status
+    prefix = job_prefix(job.dataset_id, job.id)
+    folder = local_folder(context.storage, prefix)
+    with job_lock(folder / "state") as held:
+        if not held:
+            logger.info("job %s is being run by another worker; this delivery stops", job_id)
+            return "running"
+        status, error = "succeeded", None
+        try:
+            _run(context, job, prefix, folder)
+        except JobFinished:
+            status = "canceled"
+        except timeouts:
+            status, error = "failed", "the job ran past the worker's time limit"
+        except OperationalError:
+            raise
+        except Exception as exc:
+            status, error = "failed", _failure(job_id, exc)
+        with context.sessions() as session:
+            final = finalize(session, job_id, status, error).status
+        if final != "succeeded":
+            # Canceled while its result was being published: the result is withdrawn.
+            context.storage.delete_prefix(result_prefix(job_id))
+        return final
+
+
+def local_folder(storage: LocalStorage, prefix: str) -> Path:
+    """The local folder holding the objects under ``prefix`` (which need not exist yet)."""
+    return storage.root.joinpath(*check_key(prefix).split("/"))
+
+
+@contextmanager
+def job_lock(folder: Path) -> Iterator[bool]:
+    """Tries to lock a job's state folder for this process; yields whether it got the lock.
+
+    An advisory ``flock`` on a file in the folder: the kernel releases it when the holder exits,
+    however it exits, so a killed worker never leaves a job locked.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_api(name: str, label_names: Sequence[str], config: dict[str, Any]) -> VariationApi:
+    """The variation API for this configuration; the most recently used ones stay loaded."""
+    return _api(json.dumps([name, list(label_names), config], sort_keys=True))
+
+
+def cached_embedder(name: str, config: dict[str, Any]) -> Embedder:
+    """The embedder for this configuration; the most recently used ones stay loaded."""
+    return _embedder(json.dumps([name, config], sort_keys=True))
+
+
+@functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
+def _api(key: str) -> VariationApi:
+    name, label_names, config = json.loads(key)
+    return create_api(name, label_names=tuple(label_names), **config)
+
+
+@functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
+def _embedder(key: str) -> Embedder:
+    name, config = json.loads(key)
+    return create_embedder(name, **config)
+
+
+class JobProgress:
+    """Run callbacks that record progress and stop the run once the job is final (canceled).
+
+    ``update_progress`` raises :class:`~service.db.JobFinished` for a final job; raised from a
+    callback, it stops the engine between phases with its state resumable.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, iterations: int) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.iterations = iterations
+        self.last: tuple[int, str] | None = None
+
+    def on_phase(self, iteration: int, phase: str) -> None:
+        # A run resumed after its last checkpoint reports the iteration after the last one.
+        current = (min(iteration, self.iterations), phase)
+        if current == self.last:
+            return
+        with self.sessions() as session:
+            update_progress(session, self.job_id, iteration=current[0], phase=phase)
+        self.last = current
+
+    def on_iteration(self, report: IterationReport) -> None:
+        payload = {
+            "iteration": report.iteration,
+            "epsilon_spent": report.epsilon_spent,
+            "diagnostics": dict(report.diagnostics),
+        }
+        with self.sessions() as session:
+            append_event(session, self.job_id, "iteration", payload)
+
+
+def _run(context: JobContext, job: Job, prefix: str, folder: Path) -> None:
+    sessions = context.sessions
+    with sessions() as session:
+        update_progress(session, job.id, iteration=job.iteration, phase="starting")
+    spec = _spec(job)
+    state = folder / "state"
+    seed = _seed(state / RUN_RECORD, spec)
+    spec = spec.model_copy(update={"seed": seed})
+    with sessions() as session:
+        dataset = get_dataset(session, job.tenant_id, job.dataset_id)
+        if _starts(session, job.id) >= MAX_STARTS:
+            raise PrivevoError(
+                f"the job was started {MAX_STARTS} times without finishing (its worker kept "
+                "stopping, e.g. out of memory); try fewer samples or a smaller model"
+            )
+        append_event(session, job.id, "started", {"seed": seed})
+    private = _load_private(context.storage, dataset, spec)
+    check_label_fractions(spec, private.label_names)
+    api = cached_api(spec.api, private.label_names, spec.api_config)
+    embedder = cached_embedder(spec.embedding, spec.embedding_config)
+    check_modalities(api, embedder, private)
+    noise, sampler = noise_factory(spec, seed)
+    layout = OutputLayout(folder / "out")
+    callbacks = CallbackList([JobProgress(sessions, job.id, job.iterations), SampleWriter(layout)])
+    for attempt in range(1, MAX_RESUMES + 1):
+        ledger = DbLedger(
+            sessions,
+            job.id,
+            delta=job.delta_reserved,
+            directory=state / "releases",
+            key_prefix=f"{prefix}/state/releases",
+        )
+        engine = PrivateEvolution(
+            spec, api=api, embedder=embedder, noise=noise, state_dir=state, seed=seed, ledger=ledger
+        )
+        try:
+            # resume=True also starts a fresh run: it only allows continuing from a checkpoint.
+            result = engine.run(private, callbacks=callbacks, resume=True)
+            break
+        except DuplicateReleaseError:
+            if attempt == MAX_RESUMES:
+                raise
+            logger.warning("job %s lost a release to another delivery; resuming", job.id)
+    del private  # not needed past the run: free it before the result is written
+    label_source = (
+        "declared in the job" if spec.labels else "the dataset's labels, as found at upload"
+    )
+    report = privacy_report(
+        spec,
+        result,
+        sampler=sampler,
+        label_source=label_source,
+        generator_public_data=GENERATOR_PUBLIC_DATA.get(spec.api, "see the API's documentation"),
+    )
+    report["run"] = {"job_id": job.id, "seed": seed, "nn_backend": result.nn_backend}
+    write_result(layout, result.population, report)
+    callbacks.on_phase(job.iterations, "publish")
+    _publish(context.storage, layout, result_prefix(job.id))
+
+
+def _spec(job: Job) -> PeJob:
+    """The job's engine parameters, checked against what the job reserved.
+
+    The stored spec is the gateway's job body: the engine's parameters plus ``dataset_id``.
+    """
+    fields = dict(job.spec)
+    if fields.pop("dataset_id", job.dataset_id) != job.dataset_id:
+        raise RuntimeError(f"job {job.id}: its spec names another dataset")
+    try:
+        spec = PeJob.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'job'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise PrivevoError(f"invalid job parameters: {problems}") from None
+    if spec.no_privacy:
+        raise PrivevoError("the service runs private jobs only; no_privacy is not accepted")
+    # A mismatch is the gateway's bug, not the tenant's: it surfaces as an internal error.
+    if (spec.iterations, spec.delta) != (job.iterations, job.delta_reserved) or not (
+        spec.epsilon <= job.epsilon_reserved
+    ):
+        raise RuntimeError(
+            f"job {job.id}: parameters (epsilon {spec.epsilon}, delta {spec.delta}, iterations "
+            f"{spec.iterations}) disagree with its reservation"
+        )
+    return spec
+
+
+def _seed(record: Path, spec: PeJob) -> int:
+    """The job's seed: the recorded one, else the spec's, else a fresh one, recorded."""
+    if record.exists():
+        return int(json.loads(record.read_text())["seed"])
+    seed = spec.seed if spec.seed is not None else secrets.randbits(62)
+    write_json(record, {"seed": seed})
+    return seed
+
+
+def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Samples:
+    if dataset.modality not in MODALITIES:
+        raise RuntimeError(f"dataset {dataset.id} has unknown modality {dataset.modality!r}")
+    path = storage.path(dataset.storage_path)
+    labels = spec.labels if spec.labels is not None else list(dataset.labels)
+    try:
+        return load_dataset(path, modality=cast(Modality, dataset.modality), labels=labels)
+    except DataError as exc:
+        # The tenant knows the dataset by its name, not by the server's storage path.
+        raise DataError(str(exc).replace(str(path), dataset.name)) from None
+
+
+def _publish(storage: LocalStorage, layout: OutputLayout, prefix: str) -> None:
+    """Copies the result layout to ``prefix``, replacing any earlier (partial) copy.
+
+    Only the DP outputs travel: never the private state, never a NOT-DP evaluation.
+    """
+    storage.delete_prefix(prefix)
+    for file in sorted(layout.root.rglob("*")):
+        relative = file.relative_to(layout.root)
+        if not file.is_file() or relative.parts[0] in (layout.state.name, layout.eval.name):
+            continue
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # an unfinished write of the layout
+        key = f"{prefix}/{relative.as_posix()}"
+        with file.open("rb") as source, storage.open_write(key) as target:
+            shutil.copyfileobj(source, target)
+
+
+def _starts(session: Session, job_id: str) -> int:
+    statement = select(func.count()).where(JobEvent.job_id == job_id, JobEvent.kind == "started")
+    with read_transaction(session):
+        return session.scalars(statement).one()
+
+
+def _load_job(sessions: sessionmaker[Session], job_id: str) -> Job | None:
+    with sessions() as session, read_transaction(session):
+        return session.scalars(select(Job).where(Job.id == job_id)).one_or_none()
+
+
+def _failure(job_id: str, exc: Exception) -> str:
+    """The message a failed job shows its tenant; internal errors are only logged."""
+    if isinstance(exc, PrivevoError) and not isinstance(exc, _INTERNAL_ERRORS):
+        return str(exc)
+    logger.error(
+        "job %s failed with %s:\n%s",
+        job_id,
+        type(exc).__name__,
+        "".join(traceback.format_tb(exc.__traceback__)),
+    )
+    return INTERNAL_ERROR
