@@ -11,6 +11,7 @@ run repeats the choices an uninterrupted one would make.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from pe_core.histogram import lookahead_embeddings, prepare_embeddings, vote_cou
 from pe_core.population import next_population, select, selection_size, threshold_counts
 from pe_core.privacy import (
     Calibration,
+    DiscreteGaussianSampler,
     DpEvent,
+    InsecureSeededSampler,
     JsonlLedger,
     Ledger,
     LedgerEntry,
@@ -45,6 +48,24 @@ NoiseFactory = Callable[[str], NoiseSampler]
 """Maps a release key (e.g. ``iteration-3/histogram``) to the sampler that draws it."""
 
 LABEL_COUNTS_KEY = "label-counts"
+
+
+def noise_factory(job: PeJob, seed: int) -> tuple[NoiseFactory, NoiseSampler | None]:
+    """The samplers a job draws with, and the one its report names (None without noise).
+
+    Production: one OS-entropy discrete Gaussian sampler for every release. With
+    ``insecure_test_noise`` (NOT PRIVATE): a seeded sampler per release key, so a resumed run
+    draws what an uninterrupted one would.
+    """
+    if job.insecure_test_noise and not job.no_privacy:
+
+        def seeded(key: str) -> NoiseSampler:
+            digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+            return InsecureSeededSampler(int.from_bytes(digest[:8], "big"))
+
+        return seeded, seeded("report")
+    sampler = DiscreteGaussianSampler()
+    return (lambda key: sampler), (None if job.no_privacy else sampler)
 
 
 def histogram_key(iteration: int) -> str:

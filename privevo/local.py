@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import shutil
@@ -28,29 +27,18 @@ from pe_core.outputs import (
     write_json,
     write_result,
 )
-from pe_core.privacy import (
-    DiscreteGaussianSampler,
-    InsecureSeededSampler,
-    NoiseSampler,
-)
 from pe_core.report import privacy_report
 from pe_core.runner import (
     IterationReport,
-    NoiseFactory,
     PrivateEvolution,
     RunCallbacks,
     check_label_fractions,
     check_modalities,
+    noise_factory,
 )
 from pe_core.samples import Samples
 
 RUN_RECORD = "run.json"
-
-# Public data each generator saw; its own training data is outside the run's guarantee.
-GENERATOR_PUBLIC_DATA = {
-    "drawtext": "none: a simulator that renders local fonts",
-    "grammar": "none: a simulator that expands the user's grammar",
-}
 
 
 class RunSpec(PeJob):
@@ -66,19 +54,6 @@ class RunSpec(PeJob):
 
     def job(self) -> PeJob:
         return PeJob.model_validate(self.model_dump(include=set(PeJob.model_fields)))
-
-
-def noise_factory(job: PeJob, seed: int) -> tuple[NoiseFactory, NoiseSampler | None]:
-    """The production OS-entropy sampler, or with --insecure-test-noise a seeded one per key."""
-    if job.insecure_test_noise and not job.no_privacy:
-
-        def seeded(key: str) -> NoiseSampler:
-            digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
-            return InsecureSeededSampler(int.from_bytes(digest[:8], "big"))
-
-        return seeded, seeded("report")
-    sampler = DiscreteGaussianSampler()
-    return (lambda key: sampler), (None if job.no_privacy else sampler)
 
 
 class ProgressBar:
@@ -203,7 +178,6 @@ def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> 
         result,
         sampler=sampler,
         label_source=label_source,
-        generator_public_data=GENERATOR_PUBLIC_DATA.get(job.api, "see the API's documentation"),
     )
     report["run"] = {"seed": seed, "nn_backend": result.nn_backend}
     write_result(layout, result.population, report)

@@ -55,9 +55,9 @@ from pe_core.runner import (
     PrivateEvolution,
     check_label_fractions,
     check_modalities,
+    noise_factory,
 )
 from pe_core.samples import Modality, Samples
-from privevo.local import GENERATOR_PUBLIC_DATA, noise_factory
 from service.db import (
     FINAL_STATUSES,
     Dataset,
@@ -315,7 +315,6 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path) -> None:
         result,
         sampler=sampler,
         label_source=label_source,
-        generator_public_data=GENERATOR_PUBLIC_DATA.get(spec.api, "see the API's documentation"),
     )
     report["run"] = {"job_id": job.id, "seed": seed, "nn_backend": result.nn_backend}
     write_result(layout, result.population, report)
