@@ -228,6 +228,8 @@ def _add_routes(
                 storage_path=stored.key,
                 epsilon_cap=epsilon_cap,
                 delta_cap=delta_cap,
+                text_column=text_column,
+                label_column=label_column,
             )
         except BaseException:
             storage.delete_prefix(prefix)  # nothing half-stored

@@ -366,7 +366,13 @@ def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Sampl
     path = storage.path(dataset.storage_path)
     labels = spec.labels if spec.labels is not None else list(dataset.labels)
     try:
-        return load_dataset(path, modality=cast(Modality, dataset.modality), labels=labels)
+        return load_dataset(
+            path,
+            modality=cast(Modality, dataset.modality),
+            text_column=dataset.text_column,
+            label_column=dataset.label_column,
+            labels=labels,
+        )
     except DataError as exc:
         # The tenant knows the dataset by its name, not by the server's storage path.
         raise DataError(str(exc).replace(str(path), dataset.name)) from None

@@ -183,6 +183,8 @@ class Dataset(Base):
     labels: Mapped[list[str]]
     sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
     storage_path: Mapped[str] = mapped_column(String(PATH_LENGTH))
+    text_column: Mapped[str] = mapped_column(String(255), server_default="text")
+    label_column: Mapped[str] = mapped_column(String(255), server_default="label")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 

