@@ -6,6 +6,7 @@ tenant gets 404 on every route. PE itself runs in Celery workers (``workers.task
 
 import io
 import secrets
+import time
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,15 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import select, text
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from pe_core.errors import PrivevoError
@@ -41,6 +50,7 @@ RESULT_PARTS = ("synthetic/", "privacy_report.json", "samples/")
 """What a result zip holds: never ``.state/`` (private) nor ``eval/`` (not DP)."""
 
 _CHUNK = 1024 * 1024
+SSE_POLL_S = 0.5
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)
 }
@@ -80,8 +90,42 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     app.state.sessions = sessions
     app.state.storage = storage
     _install_error_handlers(app)
+    _install_metrics(app, sessions)
     _add_routes(app, settings, sessions, storage, send)
     return app
+
+
+def _install_metrics(app: FastAPI, sessions: sessionmaker[Session]) -> None:
+    """Prometheus metrics on ``GET /metrics``: requests by route and status, their latency,
+    and jobs by status. One registry per app, so several apps can live in one process."""
+    registry = CollectorRegistry()
+    requests = Counter(
+        "privevo_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "privevo_http_request_seconds", "HTTP request latency", ["route"], registry=registry
+    )
+    jobs = Gauge("privevo_jobs", "Jobs by status", ["status"], registry=registry)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        requests.labels(request.method, template, str(response.status_code)).inc()
+        latency.labels(template).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False)
+    def metrics() -> Response:
+        with sessions() as s, db.read_transaction(s):
+            counts = dict(
+                s.execute(select(db.Job.status, func.count()).group_by(db.Job.status)).all()
+            )
+        for status in db.JOB_STATUSES:
+            jobs.labels(status).set(counts.get(status, 0))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -326,7 +370,10 @@ def _add_routes(
         return JobPublic.of(db.get_job(s, owner, job_id))
 
     @app.get(
-        "/v1/jobs/{job_id}/events", operation_id="listJobEvents", tags=["jobs"], responses=_ERRORS
+        "/v1/jobs/{job_id}/events",
+        operation_id="listJobEvents",
+        tags=["jobs"],
+        responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
     )
     def job_events(
         job_id: str,
@@ -334,8 +381,19 @@ def _add_routes(
         owner: Tenant,
         cursor: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> EventList:
+        accept: Annotated[str | None, Header()] = None,
+        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    ) -> Any:
+        """A page of the job's events; with ``Accept: text/event-stream``, server-sent events
+        from ``cursor`` (or ``Last-Event-ID``) on, until the job has ended."""
         page = db.list_events(s, owner, job_id, after=cursor, limit=limit)
+        if accept is not None and "text/event-stream" in accept:
+            start = last_event_id if last_event_id is not None else cursor
+            return StreamingResponse(
+                _event_stream(sessions, owner, job_id, start),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         return EventList(
             items=[EventPublic.of(e) for e in page.events], next_cursor=page.next_after
         )
@@ -379,6 +437,24 @@ def _add_routes(
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
         )
+
+
+def _event_stream(
+    sessions: sessionmaker[Session], tenant_id: str, job_id: str, after: int
+) -> Iterator[str]:
+    """Server-sent events of one job, polled from the database, ending once the job has."""
+    while True:
+        with sessions() as s:
+            final = db.get_job(s, tenant_id, job_id).status in db.FINAL_STATUSES
+            page = db.list_events(s, tenant_id, job_id, after=after, limit=100)
+        for event in page.events:
+            body = EventPublic.of(event).model_dump_json()
+            yield f"id: {event.id}\nevent: {event.kind}\ndata: {body}\n\n"
+            after = event.id
+        if page.next_after is None and final:
+            return
+        if page.next_after is None:
+            time.sleep(SSE_POLL_S)
 
 
 def _job_with_key(s: Session, tenant_id: str, key: str) -> bool:

@@ -189,3 +189,37 @@ def test_pagination_walks_every_job(alice: httpx.Client):
             break
     assert len(seen) == len(set(seen)) >= 3
     assert alice.get("/v1/jobs", params={"cursor": "garbage"}).status_code == 400
+
+
+def test_events_stream_as_server_sent_events_until_the_job_ends(alice: httpx.Client, dataset: dict):
+    job = alice.post("/v1/jobs", json={"dataset_id": dataset["id"], "epsilon": 0.05}).json()
+    assert alice.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    with alice.stream(
+        "GET", f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(response.iter_text())  # ends because the job has ended
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    kinds = [line.removeprefix("event: ") for b in blocks for line in b.splitlines()
+             if line.startswith("event: ")]  # fmt: skip
+    assert kinds[0] == "created"
+    assert len(kinds) >= 2
+    ids = [int(line.removeprefix("id: ")) for b in blocks for line in b.splitlines()
+           if line.startswith("id: ")]  # fmt: skip
+    assert ids == sorted(ids)
+    with alice.stream(
+        "GET",
+        f"/v1/jobs/{job['id']}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": str(ids[0])},
+    ) as response:
+        rest = "".join(response.iter_text())
+    assert f"id: {ids[0]}\n" not in rest and f"id: {ids[1]}\n" in rest
+
+
+def test_metrics_count_requests_and_jobs(server: Server, alice: httpx.Client, dataset: dict):
+    alice.get(f"/v1/datasets/{dataset['id']}")
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'privevo_http_requests_total{method="GET",route="/v1/datasets/{dataset_id}"' in text
+    assert 'privevo_jobs{status="queued"}' in text
+    assert "privevo_http_request_seconds_bucket" in text
