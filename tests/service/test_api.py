@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -223,3 +224,20 @@ def test_metrics_count_requests_and_jobs(server: Server, alice: httpx.Client, da
     assert 'privevo_http_requests_total{method="GET",route="/v1/datasets/{dataset_id}"' in text
     assert 'privevo_jobs{status="queued"}' in text
     assert "privevo_http_request_seconds_bucket" in text
+
+
+def test_concurrent_creates_over_http_accept_exactly_what_fits(alice: httpx.Client):
+    ds = upload(alice, npz_bytes(3), epsilon_cap="1.0").json()["id"]
+
+    def create(i: int) -> int:
+        with httpx.Client(base_url=alice.base_url, headers=alice.headers, timeout=60) as c:
+            body = {"dataset_id": ds, "epsilon": 0.4, "iterations": 1}
+            return c.post(
+                "/v1/jobs", json=body, headers={"Idempotency-Key": f"race-{i}"}
+            ).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = sorted(pool.map(create, range(8)))
+    assert codes == [202, 202] + [409] * 6
+    budget = alice.get(f"/v1/datasets/{ds}/budget").json()
+    assert budget["epsilon_reserved"] == pytest.approx(0.8)
