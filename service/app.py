@@ -41,7 +41,12 @@ from service.schemas import (
 from service.security import parse_bearer
 from service.settings import Settings
 from service.storage import LocalStorage, Storage
-from service.uploads import UploadRejected, receive_upload, upload_suffix, validate_dataset
+from service.uploads import (
+    UploadRejected,
+    receive_upload,
+    upload_suffix,
+    validate_in_child_process,
+)
 
 Enqueue = Callable[[str, dict[str, Any]], None]
 """Queues the worker task of a job: (job id, job spec)."""
@@ -254,7 +259,7 @@ def _add_routes(
             path = storage.path(stored.key)
             assert path is not None
             summary = await run_in_threadpool(
-                validate_dataset,
+                validate_in_child_process,
                 path,
                 modality=modality,
                 text_column=text_column,

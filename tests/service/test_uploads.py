@@ -25,6 +25,7 @@ from service.uploads import (
     receive_upload,
     upload_suffix,
     validate_dataset,
+    validate_in_child_process,
 )
 
 MiB = 1024**2
@@ -346,3 +347,18 @@ def test_unexpected_parser_failure_is_400_and_logs_no_data(
 def test_rejection_needs_4xx() -> None:
     with pytest.raises(ValueError, match="4xx"):
         UploadRejected(500, "no")
+
+
+def test_validation_in_a_child_process_returns_the_summary_or_the_rejection(
+    tmp_path: Path,
+) -> None:
+    good = tmp_path / "data.jsonl"
+    good.write_text('{"text": "hello", "label": "a"}\n{"text": "bye", "label": "b"}\n')
+    summary = validate_in_child_process(good, modality="text")
+    assert (summary.record_count, list(summary.labels)) == (2, ["a", "b"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("body,label\nhello,a\n")
+    with pytest.raises(UploadRejected) as info:
+        validate_in_child_process(bad, modality="text")
+    assert info.value.status_code == 422
+    assert "body" in info.value.message
