@@ -16,7 +16,7 @@ import pytest
 REDIS = ("127.0.0.1", 6379)
 
 
-def _answers(address: tuple[str, int]) -> bool:
+def answers(address: tuple[str, int]) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(address) == 0
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
         self.home = home
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,6 +40,8 @@ class Server:
             "PRIVEVO_MAX_UPLOAD_BYTES": str(3 * 1024 * 1024),
             "PRIVEVO_ALLOW_INSECURE_TEST_NOISE": "true",
         }
+        if database_url is not None:
+            self.env["PRIVEVO_DATABASE_URL"] = database_url
         self.process: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> str:
@@ -82,7 +84,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
-    if not _answers(REDIS):
+    if not answers(REDIS):
         pytest.skip("Redis does not answer on 127.0.0.1:6379 (make test starts one)")
     server = Server(tmp_path_factory.mktemp("service"))
     server.cli("keys", "create", "--tenant", "warmup")  # creates the database

@@ -14,7 +14,7 @@ import pytest
 from privevo_client import Client
 
 from tests.conftest import digits_28
-from tests.servers import REDIS, Server, _answers
+from tests.servers import REDIS, Server, answers
 
 
 def write_digits_npz(path: Path, n_per_label: int, *, offset: int = 0) -> Path:
@@ -31,7 +31,7 @@ def write_digits_npz(path: Path, n_per_label: int, *, offset: int = 0) -> Path:
 
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not _answers(REDIS):
+    if not answers(REDIS):
         pytest.skip("Redis does not answer on 127.0.0.1:6379 (make test starts one)")
     server = Server(tmp_path_factory.mktemp("sdk-service"))
     server.start()  # it migrates the database before it answers, so keys can be made after

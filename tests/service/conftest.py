@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.engine import make_engine, make_session_factory, upgrade
+from tests.servers import REDIS, Server, answers
 
 POSTGRES_URL = os.environ.get(
     "PRIVEVO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -74,3 +75,15 @@ def db_factory(db_engine: Engine) -> sessionmaker[Session]:
 def db_session(db_factory: sessionmaker[Session]) -> Iterator[Session]:
     with db_factory() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def server(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``privevo serve`` on SQLite and on PostgreSQL (the API tests run on both)."""
+    if not answers(REDIS):
+        pytest.skip("Redis does not answer on 127.0.0.1:6379 (make test starts one)")
+    server = Server(tmp_path_factory.mktemp("service"), database_url=db_url)
+    server.cli("keys", "create", "--tenant", "warmup")  # migrates the database
+    server.start()
+    yield server
+    server.stop()
