@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     storage_root: Path | None = Field(None, description="Local storage folder; default in home")
     max_upload_bytes: int = Field(2 * 1024**3, gt=0)
     task_time_limit_s: int = Field(24 * 3600, gt=0, description="Hard limit of one job task")
+    visibility_timeout_s: int | None = Field(
+        None,
+        gt=0,
+        description="Redis redelivers a dead worker's job after this; default: the task time "
+        "limit + 10%. Shorter is safe (a job's file lock keeps a second delivery from running "
+        "it twice) and recovers sooner",
+    )
     allow_insecure_test_noise: bool = Field(
         False, description="Accept jobs with seeded NOT PRIVATE noise (tests only)"
     )

@@ -74,6 +74,7 @@ def make_celery(settings: Settings) -> Celery:
     worker that dies is not handed out again, and the job must be resubmitted.
     """
     soft, hard, visibility = time_limits(settings.task_time_limit_s)
+    visibility = settings.visibility_timeout_s or visibility
     transport: dict[str, Any]
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_folder

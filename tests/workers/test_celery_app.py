@@ -72,3 +72,16 @@ def test_the_job_task_is_registered_by_name(celery_app_module: ModuleType) -> No
     assert run_job.name == "workers.tasks.run_job"
     assert run_job.app is celery_app_module.app
     assert "workers.tasks.run_job" in celery_app_module.app.tasks
+
+
+def test_the_visibility_timeout_can_be_set_shorter_than_the_time_limit(
+    celery_app_module: ModuleType, tmp_path: Path
+) -> None:
+    settings = Settings(
+        home=tmp_path,
+        broker_url="redis://127.0.0.1:6379/14",
+        task_time_limit_s=7200,
+        visibility_timeout_s=600,
+    )
+    options = celery_app_module.make_celery(settings).conf.broker_transport_options
+    assert options["visibility_timeout"] == 600
