@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pe_core.errors import PrivevoError
 from service import db
 from service.schemas import (
+    BudgetPublic,
     DatasetList,
     DatasetPublic,
     ErrorBody,
@@ -309,10 +310,8 @@ def _add_routes(
         tags=["datasets"],
         responses=_ERRORS,
     )
-    def get_budget(dataset_id: str, s: Db, owner: Tenant) -> dict[str, Any]:
-        return DatasetPublic.of(
-            db.get_dataset(s, owner, dataset_id), db.remaining(s, owner, dataset_id)
-        ).budget.model_dump()
+    def get_budget(dataset_id: str, s: Db, owner: Tenant) -> BudgetPublic:
+        return BudgetPublic.of(db.remaining(s, owner, dataset_id))
 
     @app.delete(
         "/v1/datasets/{dataset_id}",
