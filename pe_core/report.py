@@ -12,11 +12,6 @@ from pe_core.runner import RunResult
 
 REPORT_VERSION = 1
 
-GENERATOR_PUBLIC_DATA = {
-    "drawtext": "none: a simulator that renders local fonts",
-    "grammar": "none: a simulator that expands the user's grammar",
-}
-"""Public data each generator saw; its own training data is outside a run's guarantee."""
 NOT_PRIVATE = "NOT PRIVATE"
 
 
@@ -30,7 +25,7 @@ def privacy_report(
     *,
     sampler: NoiseSampler | None,
     label_source: str,
-    generator_public_data: str | None = None,
+    generator_public_data: str,
 ) -> dict[str, Any]:
     """Builds ``privacy_report.json``: the guarantee, every ledger event, and what is not covered.
 
@@ -40,10 +35,8 @@ def privacy_report(
         sampler: the noise sampler used (None without noise).
         label_source: where the public label set came from ("declared" or a description).
         generator_public_data: the public data the generator saw (its own training data is not
-            protected by this run's guarantee); default: :data:`GENERATOR_PUBLIC_DATA`.
+            protected by this run's guarantee): the API's ``public_data``.
     """
-    if generator_public_data is None:
-        generator_public_data = GENERATOR_PUBLIC_DATA.get(job.api, "see the API's documentation")
     warnings: list[str] = []
     events = [entry.event for entry in result.ledger]
     if job.no_privacy:

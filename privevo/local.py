@@ -37,8 +37,11 @@ from pe_core.runner import (
     noise_factory,
 )
 from pe_core.samples import Samples
+from privevo.openai_backend import register_openai_backend
 
 RUN_RECORD = "run.json"
+
+register_openai_backend()  # the llm API's `openai` backend: needs the network, so edge-only
 
 
 class RunSpec(PeJob):
@@ -178,6 +181,7 @@ def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> 
         result,
         sampler=sampler,
         label_source=label_source,
+        generator_public_data=api.public_data,
     )
     report["run"] = {"seed": seed, "nn_backend": result.nn_backend}
     write_result(layout, result.population, report)

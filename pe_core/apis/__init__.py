@@ -1,10 +1,23 @@
 """Variation APIs: generators that make random samples and variations of samples."""
 
 from pe_core.apis.base import API_REGISTRY, VariationApi, create_api, register_api
+from pe_core.apis.diffusion import DiffusionApi
 from pe_core.apis.drawtext import DrawText
 from pe_core.apis.grammar import GrammarApi
+from pe_core.apis.llm import LlmApi
 
+register_api("diffusion", DiffusionApi)
 register_api("drawtext", DrawText)
 register_api("grammar", GrammarApi)
+register_api("llm", LlmApi)
 
-__all__ = ["API_REGISTRY", "DrawText", "GrammarApi", "VariationApi", "create_api", "register_api"]
+__all__ = [
+    "API_REGISTRY",
+    "DiffusionApi",
+    "DrawText",
+    "GrammarApi",
+    "LlmApi",
+    "VariationApi",
+    "create_api",
+    "register_api",
+]

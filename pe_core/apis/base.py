@@ -24,12 +24,31 @@ class VariationApi(Protocol):
     modality: ClassVar[Modality]
     label_names: tuple[str, ...]
 
+    @property
+    def public_data(self) -> str:
+        """The data the generator was built from (its training data, fonts, grammar): public,
+        and outside any run's guarantee; the privacy report quotes it."""
+        ...
+
     def random(self, label: int, n: int, rng: np.random.Generator) -> Samples:
         """Returns n fresh samples of ``label``, with new ids."""
         ...
 
     def variation(self, samples: Samples, degree: float, rng: np.random.Generator) -> Samples:
         """Returns one variation of each sample (same order and labels, new ids)."""
+        ...
+
+
+@runtime_checkable
+class PerJobState(Protocol):
+    """An API that keeps per-job state (e.g. the ``llm`` API's request and token caps).
+
+    A worker keeps APIs, and the models they hold, loaded across jobs; before a job it asks such
+    an API for a copy that shares the loaded models and starts its per-job state afresh.
+    """
+
+    def for_new_job(self) -> VariationApi:
+        """A copy sharing the loaded models, with per-job state reset."""
         ...
 
 

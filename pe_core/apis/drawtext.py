@@ -313,6 +313,7 @@ class DrawText:
     """
 
     modality: ClassVar[Modality] = "image"
+    public_data: ClassVar[str] = "none: a simulator that renders local fonts"
 
     def __init__(
         self,

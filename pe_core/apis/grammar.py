@@ -406,6 +406,7 @@ class GrammarApi:
     """
 
     modality: ClassVar[Modality] = "text"
+    public_data: ClassVar[str] = "none: a simulator that expands the user's grammar"
 
     def __init__(
         self,

@@ -193,7 +193,7 @@ def test_existing_output_needs_resume_and_resume_finishes(image_run):
     ("args", "message"),
     [
         (["--data", "/nonexistent/data"], "/nonexistent/data"),
-        (["--api", "dalle"], "valid names: drawtext, grammar"),
+        (["--api", "dalle"], "valid names: diffusion, drawtext, grammar, llm"),
         (["--epsilon", "0"], "epsilon"),
         (["--iterations", "0"], "iterations"),
         (["--label-fractions", "a=b"], "--label-fractions"),
@@ -228,3 +228,26 @@ def test_zip_with_path_traversal_is_refused(tmp_path):
     assert result.returncode == 2
     assert "evil.zip" in result.stderr
     assert not (tmp_path / "escape").exists()
+
+
+def test_diffusion_run_reports_the_generators_training_data(tmp_path):
+    """The shipped DDPM from the CLI, tiny: the report names MNIST's training split."""
+    private = write_folder(digits_28(3), tmp_path / "private")
+    out = tmp_path / "out"
+    privevo(
+        "run", "--data", str(private), "--out", str(out), "--api", "diffusion",
+        "--epsilon", "4", "--iterations", "1", "--num-samples", "20", "--seed", "1",
+        "--quiet", "--config", str(_diffusion_config(tmp_path)),
+    )  # fmt: skip
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["status"] == "DP"
+    assert any("MNIST training split" in line for line in report["not_protected"])
+    first = next((out / "synthetic" / "images" / "0").iterdir())
+    with Image.open(first) as image:
+        assert image.size == (28, 28)
+
+
+def _diffusion_config(folder: Path) -> Path:
+    path = folder / "diffusion.yaml"
+    path.write_text("api_config: {num_inference_steps: 2, device: cpu}\n")
+    return path
