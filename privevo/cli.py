@@ -235,9 +235,11 @@ def serve(
     """Start the REST gateway and, by default, one local worker.
 
     With no PRIVEVO_* settings this is the embedded single-machine setup: SQLite, local storage
-    and a broker on the file system under ./privevo-data (no Redis needed; it lacks Redis's
-    redelivery when a worker dies). Production sets PRIVEVO_DATABASE_URL and PRIVEVO_BROKER_URL
-    and starts workers with `privevo worker` on as many machines as needed.
+    and a broker on the file system under ./privevo-data (no Redis needed). A job whose worker
+    died is re-enqueued by a running worker once its heartbeat is PRIVEVO_STALE_AFTER_S old;
+    each run of a job is limited to PRIVEVO_TASK_TIME_LIMIT_S. Production sets
+    PRIVEVO_DATABASE_URL and PRIVEVO_BROKER_URL and starts workers with `privevo worker` on as
+    many machines as needed.
     """
     import subprocess
 
@@ -260,7 +262,11 @@ def worker(
     queues: Annotated[str, typer.Option(help="Queues to consume: cpu, gpu or cpu,gpu")] = "cpu",
     concurrency: Annotated[int, typer.Option(help="Jobs run at once")] = 1,
 ) -> None:
-    """Start a worker that runs PE jobs from the broker (PRIVEVO_BROKER_URL)."""
+    """Start a worker that runs PE jobs from the broker (PRIVEVO_BROKER_URL).
+
+    It also re-enqueues running jobs whose worker died (no heartbeat for PRIVEVO_STALE_AFTER_S,
+    looked for every PRIVEVO_SWEEP_INTERVAL_S).
+    """
     import os
 
     _service_settings()

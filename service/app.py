@@ -10,10 +10,11 @@ import time
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +32,7 @@ from pe_core.errors import PrivevoError
 from service import db
 from service.schemas import (
     BudgetPublic,
+    DatasetForm,
     DatasetList,
     DatasetPublic,
     ErrorBody,
@@ -43,9 +46,10 @@ from service.security import parse_bearer
 from service.settings import Settings
 from service.storage import LocalStorage, Storage
 from service.uploads import (
+    ReceivedForm,
+    UploadedFile,
     UploadRejected,
-    receive_upload,
-    upload_suffix,
+    receive_form,
     validate_in_child_process,
 )
 
@@ -55,7 +59,9 @@ Enqueue = Callable[[str, dict[str, Any]], None]
 RESULT_PARTS = ("synthetic/", "privacy_report.json", "samples/")
 """What a result zip holds: never ``.state/`` (private) nor ``eval/`` (not DP)."""
 
-_CHUNK = 1024 * 1024
+# Bytes a form may add to its file (boundaries, part headers, the small fields): a body declaring
+# more than the file limit plus this is refused before it is read.
+_FORM_OVERHEAD = 1024 * 1024
 SSE_POLL_S = 0.5
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)
@@ -64,12 +70,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def celery_enqueue(settings: Settings) -> Enqueue:
     """Sends ``workers.tasks.run_job`` to the queue its API needs (gpu or cpu)."""
-    from workers.celery_app import make_celery, queue_for
+    from workers.celery_app import make_celery, prepare_broker, send_job
 
     celery = make_celery(settings)
+    prepare_broker(celery)
 
     def enqueue(job_id: str, spec: dict[str, Any]) -> None:
-        celery.send_task("workers.tasks.run_job", args=[job_id], queue=queue_for(spec))
+        send_job(celery, job_id, spec)
 
     return enqueue
 
@@ -221,65 +228,55 @@ def _add_routes(
         operation_id="createDataset",
         tags=["datasets"],
         responses=_ERRORS,
+        openapi_extra={"requestBody": DatasetForm.request_body()},
     )
-    async def create_dataset(
-        request: Request,
-        s: Db,
-        owner: Tenant,
-        file: Annotated[
-            UploadFile, File(description="zip of class folders, npz, jsonl/csv/parquet")
-        ],
-        name: Annotated[str, Form(min_length=1, max_length=255)],
-        modality: Annotated[Literal["image", "text"], Form()],
-        epsilon_cap: Annotated[float, Form(gt=0, le=100)],
-        delta_cap: Annotated[float, Form(gt=0, lt=1)] = 1e-5,
-        text_column: Annotated[str, Form()] = "text",
-        label_column: Annotated[str, Form()] = "label",
-    ) -> DatasetPublic:
+    async def create_dataset(request: Request, s: Db, owner: Tenant) -> DatasetPublic:
         """Uploads a private dataset with its privacy budget cap."""
+        # The body is parsed as it arrives, not spooled first: the file goes straight into
+        # storage, refused (413) as soon as it passes the limit, and a wrong API key is refused
+        # before any of it is read.
         declared = request.headers.get("content-length")
         if (
             declared is not None
             and declared.isdigit()
-            and int(declared) > settings.max_upload_bytes + _CHUNK
+            and int(declared) > settings.max_upload_bytes + _FORM_OVERHEAD
         ):
             raise UploadRejected(
                 413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes"
             )
-        suffix = upload_suffix(file.filename or "")
         prefix = f"uploads/{secrets.token_hex(16)}"
-
-        async def chunks() -> AsyncIterator[bytes]:
-            while chunk := await file.read(_CHUNK):
-                yield chunk
-
-        stored = await receive_upload(
-            chunks(), storage, f"{prefix}/data{suffix}", max_bytes=settings.max_upload_bytes
+        received = await receive_form(
+            request.stream(),
+            request.headers.get("content-type"),
+            storage,
+            prefix,
+            max_bytes=settings.max_upload_bytes,
         )
         try:
+            form, stored = _dataset_form(received)
             path = storage.path(stored.key)
             assert path is not None
             summary = await run_in_threadpool(
                 validate_in_child_process,
                 path,
-                modality=modality,
-                text_column=text_column,
-                label_column=label_column,
-                display_name=file.filename,
+                modality=form.modality,
+                text_column=form.text_column,
+                label_column=form.label_column,
+                display_name=received.filename,
             )
             dataset = db.create_dataset(
                 s,
                 owner,
-                name=name,
+                name=form.name,
                 modality=summary.modality,
                 record_count=summary.record_count,
                 labels=list(summary.labels),
                 sha256=stored.sha256,
                 storage_path=stored.key,
-                epsilon_cap=epsilon_cap,
-                delta_cap=delta_cap,
-                text_column=text_column,
-                label_column=label_column,
+                epsilon_cap=form.epsilon_cap,
+                delta_cap=form.delta_cap,
+                text_column=form.text_column,
+                label_column=form.label_column,
             )
         except BaseException:
             storage.delete_prefix(prefix)  # nothing half-stored
@@ -459,6 +456,28 @@ def _event_stream(
             return
         if page.next_after is None:
             time.sleep(SSE_POLL_S)
+
+
+def _dataset_form(received: ReceivedForm) -> tuple[DatasetForm, UploadedFile]:
+    """The upload's checked fields and file; errors are answered as FastAPI answers invalid
+    form parameters (422, one entry per problem, located in the body)."""
+    errors: list[dict[str, Any]] = []
+    if received.file is None:
+        errors.append(
+            {"type": "missing", "loc": ("body", "file"), "msg": "Field required", "input": None}
+        )
+    # As FastAPI does for forms, a field sent empty counts as not sent.
+    values = {name: value for name, value in received.fields.items() if value != ""}
+    try:
+        form = DatasetForm.model_validate(values)
+    except ValidationError as exc:
+        errors += [
+            {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
+        ]
+    else:
+        if received.file is not None:
+            return form, received.file
+    raise RequestValidationError(errors)
 
 
 def _job_with_key(s: Session, tenant_id: str, key: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from pe_core.config import PeJob
 from service.db import BudgetStatus, Dataset, Job, JobEvent
@@ -55,6 +55,34 @@ class DatasetPublic(BaseModel):
             created_at=dataset.created_at,
             budget=BudgetPublic.of(budget),
         )
+
+
+class DatasetForm(BaseModel):
+    """The form fields of a dataset upload, sent as multipart/form-data beside its file part."""
+
+    name: str = Field(min_length=1, max_length=255)
+    modality: Literal["image", "text"]
+    epsilon_cap: float = Field(gt=0, le=100)
+    delta_cap: float = Field(1e-5, gt=0, lt=1)
+    text_column: str = "text"
+    label_column: str = "label"
+
+    @classmethod
+    def request_body(cls) -> dict[str, Any]:
+        """The OpenAPI request body of an upload: these fields and the binary ``file`` part.
+
+        The route reads the body as a stream, so FastAPI cannot derive this itself.
+        """
+        schema = cls.model_json_schema()
+        file = {
+            "type": "string",
+            "contentMediaType": "application/octet-stream",
+            "title": "File",
+            "description": "zip of class folders, npz, jsonl/csv/parquet",
+        }
+        schema["properties"] = {"file": file, **schema["properties"]}
+        schema["required"] = ["file", *schema["required"]]
+        return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
 class DatasetList(BaseModel):

@@ -26,13 +26,27 @@ class Settings(BaseSettings):
     broker_url: str = Field("filesystem://", description="Celery broker; redis://... in production")
     storage_root: Path | None = Field(None, description="Local storage folder; default in home")
     max_upload_bytes: int = Field(2 * 1024**3, gt=0)
-    task_time_limit_s: int = Field(24 * 3600, gt=0, description="Hard limit of one job task")
+    task_time_limit_s: int = Field(
+        24 * 3600,
+        ge=2,
+        description="Time limit of one job run (each delivery): the job loop fails a job past "
+        "it, and Celery's prefork pool kills one that overruns it",
+    )
     visibility_timeout_s: int | None = Field(
         None,
         gt=0,
         description="Redis redelivers a dead worker's job after this; default: the task time "
         "limit + 10%. Shorter is safe (a job's file lock keeps a second delivery from running "
         "it twice) and recovers sooner",
+    )
+    sweep_interval_s: int = Field(
+        60, gt=0, description="How often each worker looks for running jobs whose worker died"
+    )
+    stale_after_s: int = Field(
+        600,
+        ge=2,
+        description="A running job whose heartbeat is older than this is re-enqueued (its file "
+        "lock keeps it from running twice); workers beat every stale_after_s / 4 s, at most 30 s",
     )
     allow_insecure_test_noise: bool = Field(
         False, description="Accept jobs with seeded NOT PRIVATE noise (tests only)"
@@ -45,6 +59,11 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_root(self) -> Path:
         return (self.storage_root or self.home / "storage").resolve()
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Seconds between a running job's heartbeats: several per ``stale_after_s``."""
+        return min(30.0, self.stale_after_s / 4)
 
     @property
     def broker_folder(self) -> Path:

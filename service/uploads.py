@@ -2,9 +2,11 @@
 
 Two steps, both safe on hostile input:
 
-1. ``receive_upload`` streams the bytes into storage under a hard size limit, hashing them on
-   the way; memory stays at one chunk whatever the size, and any error (limit, client gone,
-   disk full) leaves no object behind.
+1. ``receive_form`` parses the request's multipart/form-data body as it streams in: the file
+   part's bytes go through ``receive_upload`` straight into storage under a hard size limit,
+   hashed on the way, and the other parts become small, capped text fields. Nothing is spooled
+   to a temporary file first, memory stays at one chunk whatever the size, and any error
+   (limit, malformed body, client gone, disk full) leaves no object behind.
 2. ``validate_dataset`` loads the stored file with ``pe_core.datasets.load_dataset`` and turns
    every failure into an ``UploadRejected`` with a 4xx status and a message saying how to fix
    the file; user data never causes a 500.
@@ -22,19 +24,25 @@ import multiprocessing
 import os
 import traceback
 import zipfile
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import anyio.to_thread
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pe_core.datasets import DEFAULT_ZIP_LIMITS, TABLE_SUFFIXES, ZipLimits, load_dataset
 from pe_core.errors import DataError, PrivevoError
 from pe_core.samples import Modality
 from service.storage import Storage
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +50,16 @@ UPLOAD_SUFFIXES = frozenset(TABLE_SUFFIXES | {".npz", ".zip"})
 """File types an upload may have: ``load_dataset``'s single-file formats (an image folder
 arrives zipped)."""
 
+MAX_FORM_FIELD_BYTES: Final = 4096
+"""The longest value a form field other than the file may have, in bytes."""
+
+MAX_FORM_PARTS: Final = 16
+"""The most parts (the file and the fields) a form may have."""
+
 _ARCHIVE_SUFFIXES = frozenset({".npz", ".zip"})
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
+_WRITE_BYTES = 1024 * 1024
+_FORM_HINT = "let the HTTP client build the form (e.g. curl -F file=@data.npz -F name=...)"
 
 
 class UploadRejected(PrivevoError):
@@ -94,6 +110,21 @@ class UploadedFile:
     key: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class ReceivedForm:
+    """A multipart form as received by :func:`receive_form`.
+
+    Attributes:
+        file: the stored file part, or None when the form had none.
+        filename: the client's name of the file (for messages only), or None.
+        fields: the other parts as UTF-8 text, by name; a repeated name keeps its last value.
+    """
+
+    file: UploadedFile | None
+    filename: str | None
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -222,6 +253,214 @@ async def receive_upload(
         raise
     await anyio.to_thread.run_sync(target.__exit__, None, None, None)
     return UploadedFile(key=key, size=sink.size, sha256=sink.digest.hexdigest())
+
+
+async def receive_form(
+    body: AsyncIterable[bytes],
+    content_type: str | None,
+    storage: Storage,
+    prefix: str,
+    *,
+    max_bytes: int,
+    file_field: str = "file",
+) -> ReceivedForm:
+    """Parses a multipart/form-data body as it streams in, storing its file part on the way.
+
+    The file part (the one named ``file_field``) is streamed by :func:`receive_upload` into
+    storage under ``<prefix>/data<suffix>``, the suffix taken from the client's file name
+    (:func:`upload_suffix`), and refused the moment it passes ``max_bytes``. The other parts
+    are form fields of at most :data:`MAX_FORM_FIELD_BYTES` each, :data:`MAX_FORM_PARTS` parts
+    in all. On any error nothing is left under ``prefix``, which must be this upload's own.
+
+    Args:
+        body: the request body, e.g. Starlette's ``request.stream()``.
+        content_type: the request's Content-Type header (it holds the boundary).
+        storage: where to write the file.
+        prefix: the storage prefix of this upload.
+        max_bytes: the most bytes the file may have.
+        file_field: the name of the file part.
+
+    Returns:
+        The stored file (None if the form had no file part), its client-side name and the
+        fields. Checking that the fields are the ones expected is the caller's job.
+
+    Raises:
+        UploadRejected: 415 for a body that is not multipart/form-data or a file type not
+            taken; 400 for a malformed body (no boundary, a broken part, a second file part, a
+            field that is not UTF-8, a body ending before its closing boundary); 413 for a file
+            over ``max_bytes`` (:class:`UploadTooLarge`), a field over its cap or too many
+            parts; 422 for an empty file.
+    """
+    form = _FormParser(_boundary(content_type, file_field), file_field)
+    chunks = aiter(body)
+    stored = None
+    try:
+        while form.filename is None and await form.feed_next(chunks):
+            pass
+        if form.filename is not None:
+            key = f"{prefix}/data{upload_suffix(form.filename)}"
+            async with aclosing(form.file_chunks(chunks)) as data:
+                stored = await receive_upload(data, storage, key, max_bytes=max_bytes)
+        while await form.feed_next(chunks):
+            pass
+        if not form.ended:
+            raise UploadRejected(
+                400, f"the multipart body ended before its closing boundary; {_FORM_HINT}"
+            )
+    except BaseException:
+        storage.delete_prefix(prefix)
+        raise
+    return ReceivedForm(file=stored, filename=form.filename, fields=form.fields)
+
+
+def _boundary(content_type: str | None, file_field: str) -> bytes:
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data":
+        sent = kind.decode("latin-1") or "no Content-Type"
+        raise UploadRejected(
+            415,
+            f"send the dataset as multipart/form-data (a {file_field!r} part and the form "
+            f"fields), not {sent}; {_FORM_HINT}",
+        )
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise UploadRejected(
+            400, f"the multipart/form-data Content-Type names no boundary; {_FORM_HINT}"
+        )
+    return boundary
+
+
+class _FormParser:
+    """python-multipart's streaming parser, turning parts into a file stream and fields.
+
+    Bytes of the file part collect in ``file_data`` as chunks are fed, until
+    :meth:`file_chunks` takes them (at most :data:`_WRITE_BYTES` and one chunk); other parts
+    collect in ``fields``. Limits and format errors raise :class:`UploadRejected` from
+    :meth:`feed_next`.
+    """
+
+    def __init__(self, boundary: bytes, file_field: str) -> None:
+        self.file_field = file_field
+        self.filename: str | None = None
+        self.file_data = bytearray()
+        self.file_done = False
+        self.fields: dict[str, str] = {}
+        self.ended = False
+        self._parts = 0
+        self._headers: dict[str, str] = {}
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._in_file = False
+        self._name = ""
+        self._value = bytearray()
+        callbacks: MultipartCallbacks = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field_data,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+        try:
+            self._parser = MultipartParser(boundary, callbacks)
+        except FormParserError as exc:
+            raise UploadRejected(400, f"{exc}; {_FORM_HINT}") from None
+
+    async def feed_next(self, chunks: AsyncIterator[bytes]) -> bool:
+        """Parses the next chunk of the body; False once the body has ended."""
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            return False
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise UploadRejected(
+                400, f"the request body is not valid multipart/form-data ({exc}); {_FORM_HINT}"
+            ) from None
+        return True
+
+    async def file_chunks(self, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """The file part's bytes, parsing the body until that part ends.
+
+        Yielded in pieces of about :data:`_WRITE_BYTES`: a storage write (a thread hop) per
+        network read of 64 KiB took about 1.7 times as long as one per MiB.
+        """
+        while not self.file_done and await self.feed_next(chunks):
+            if len(self.file_data) >= _WRITE_BYTES:
+                yield bytes(self.file_data)
+                self.file_data.clear()
+        if self.file_data:
+            yield bytes(self.file_data)
+            self.file_data.clear()
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_FORM_PARTS:
+            raise UploadRejected(
+                413,
+                f"the form has more than {MAX_FORM_PARTS} parts; send the file and the "
+                "documented fields only",
+            )
+        self._headers.clear()
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        name = self._header_field.decode("latin-1").strip().lower()
+        self._headers[name] = self._header_value.decode("latin-1").strip()
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get("content-disposition"))
+        if disposition != b"form-data" or b"name" not in options:
+            raise UploadRejected(
+                400,
+                "a part of the form has no 'Content-Disposition: form-data; name=...' header; "
+                + _FORM_HINT,
+            )
+        name = options[b"name"].decode("utf-8", "replace")
+        if name != self.file_field:
+            self._name, self._value = name, bytearray()
+            return
+        if self.filename is not None:
+            raise UploadRejected(
+                400, f"the form has more than one {name!r} part; send one dataset file per upload"
+            )
+        self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+        self._in_file = True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self.file_data += memoryview(data)[start:end]
+            return
+        self._value += data[start:end]
+        if len(self._value) > MAX_FORM_FIELD_BYTES:
+            raise UploadRejected(
+                413,
+                f"form field {self._name!r} is longer than {MAX_FORM_FIELD_BYTES} bytes; send "
+                "the dataset itself in the file part",
+            )
+
+    def _part_end(self) -> None:
+        if self._in_file:
+            self._in_file, self.file_done = False, True
+            return
+        try:
+            self.fields[self._name] = self._value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UploadRejected(
+                400, f"form field {self._name!r} is not UTF-8 text; send it as UTF-8"
+            ) from None
+
+    def _end(self) -> None:
+        self.ended = True
 
 
 def validate_dataset(

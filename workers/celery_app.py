@@ -13,7 +13,14 @@ one job (the job lock in :mod:`workers.tasks` makes the second stop at once, but
 then acknowledged). It is therefore derived from the hard time limit, which is the longest a task
 can run.
 
+A worker whose process dies leaves its job ``running`` with a heartbeat that stops; every worker
+sweeps for such jobs and re-enqueues them (:mod:`workers.sweeper`), so recovery does not wait for
+the visibility timeout, and works with the embedded broker too, which has none.
+
 Job state lives in the database, so there is no result backend.
+
+Importing this module creates no folder: the embedded broker's folders are made when a worker
+starts or a producer is built (:func:`prepare_broker`).
 
 Start a worker with ``celery -A workers.celery_app worker -Q cpu`` (or ``-Q gpu``).
 """
@@ -22,9 +29,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Queue
 
 from pe_core.config import PeJob
@@ -34,6 +43,8 @@ QueueName = Literal["cpu", "gpu"]
 
 CPU_QUEUE: Final = "cpu"
 GPU_QUEUE: Final = "gpu"
+JOB_TASK: Final = "workers.tasks.run_job"
+_BROKER_FOLDERS: Final = ("data_folder_in", "data_folder_out", "processed_folder", "control_folder")
 
 CPU_APIS: Final = frozenset({"drawtext", "grammar"})
 """Variation APIs that are simulators and need no accelerator; every other API (diffusion
@@ -66,26 +77,29 @@ def queue_for(spec: PeJob | Mapping[str, Any]) -> QueueName:
     return CPU_QUEUE if api in CPU_APIS else GPU_QUEUE
 
 
+def send_job(app: Celery, job_id: str, spec: PeJob | Mapping[str, Any]) -> None:
+    """Queues the job task of ``job_id`` on the queue its API needs (see :func:`queue_for`)."""
+    app.send_task(JOB_TASK, args=[job_id], queue=queue_for(spec))
+
+
 def make_celery(settings: Settings) -> Celery:
     """The Celery app for ``settings``: broker, long-job options, queues and the job task.
 
-    With the embedded ``filesystem://`` broker, its message folders are created under
-    ``settings.broker_folder``. That broker has no visibility timeout: a message taken by a
-    worker that dies is not handed out again, and the job must be resubmitted.
+    With the embedded ``filesystem://`` broker, its message folders are under
+    ``settings.broker_folder``; they are created by :func:`prepare_broker`, not here. That
+    broker has no visibility timeout: a message taken by a worker that dies is not handed out
+    again, and the job comes back only through the stale-job sweeper.
     """
     soft, hard, visibility = time_limits(settings.task_time_limit_s)
     visibility = settings.visibility_timeout_s or visibility
     transport: dict[str, Any]
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_folder
-        processed, control = folder / "processed", folder / "control"
-        for path in (folder, processed, control):
-            path.mkdir(parents=True, exist_ok=True)
         transport = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
-            "processed_folder": str(processed),
-            "control_folder": str(control),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
         }
     else:
         transport = {
@@ -115,6 +129,24 @@ def make_celery(settings: Settings) -> Celery:
         task_create_missing_queues=False,
     )
     return app
+
+
+def prepare_broker(app: Celery) -> None:
+    """Creates the message folders of an app on the embedded ``filesystem://`` broker.
+
+    Called when a worker starts (the ``worker_init`` signal) and when the gateway builds its
+    producer; kombu does not create them and fails without them. A no-op for other brokers.
+    """
+    if not str(app.conf.broker_url).startswith("filesystem://"):
+        return
+    options = app.conf.broker_transport_options
+    for name in _BROKER_FOLDERS:
+        Path(options[name]).mkdir(parents=True, exist_ok=True)
+
+
+@worker_init.connect
+def _prepare_worker_broker(sender: Any, **_: Any) -> None:
+    prepare_broker(sender.app)
 
 
 settings = Settings()

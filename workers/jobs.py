@@ -17,6 +17,11 @@ delivery resumes from the latest checkpoint with the seed recorded by the first,
 release is recorded exactly once in the database (:class:`workers.ledger.DbLedger`), so the
 repeated work draws no new noise and costs no extra privacy. A lock on the job's state folder
 keeps a second delivery from running while the first is alive.
+
+While a delivery runs, the job's heartbeat is renewed at every phase and, in between, by a
+thread (:func:`heartbeat`), so the stale-job sweeper (:mod:`workers.sweeper`) re-enqueues a job
+only once its worker has stopped. Each delivery also keeps to the time limit: the job fails at
+the first phase boundary past it, whatever the pool (the solo pool enforces no Celery limits).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import json
 import logging
 import secrets
 import shutil
+import threading
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +47,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pe_core.apis import create_api
-from pe_core.apis.base import VariationApi
+from pe_core.apis.base import PerJobState, VariationApi
 from pe_core.checkpoint import CheckpointError
 from pe_core.config import PeJob
 from pe_core.datasets import load_dataset
@@ -58,6 +65,7 @@ from pe_core.runner import (
     noise_factory,
 )
 from pe_core.samples import Modality, Samples
+from privevo.openai_backend import register_openai_backend
 from service.db import (
     FINAL_STATUSES,
     Dataset,
@@ -67,6 +75,7 @@ from service.db import (
     ReleaseConflict,
     ReservationExceeded,
     append_event,
+    beat,
     finalize,
     get_dataset,
     read_transaction,
@@ -76,6 +85,8 @@ from service.storage import InvalidKeyError, LocalStorage, ObjectNotFoundError, 
 from workers.ledger import DbLedger
 
 logger = logging.getLogger(__name__)
+
+register_openai_backend()  # the llm API's `openai` backend: needs the network, so edge-only
 
 MODALITIES: Final = frozenset(get_args(Modality))
 RUN_RECORD: Final = "run.json"
@@ -113,10 +124,26 @@ class JobContext:
     Attributes:
         sessions: sessions on the service database (``service.db.make_session_factory``).
         storage: the service's storage; the engine works in local folders inside it.
+        time_limit_s: the most seconds one delivery of a job may run
+            (``PRIVEVO_TASK_TIME_LIMIT_S``).
+        heartbeat_s: seconds between the heartbeats of a running job.
     """
 
     sessions: sessionmaker[Session]
     storage: LocalStorage
+    time_limit_s: float
+    heartbeat_s: float
+
+
+class JobTimedOut(PrivevoError):
+    """A job ran past its time limit; the message names the limit and the setting that sets it."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(
+            f"the job ran past its time limit of {limit_s:g} s and was stopped; the releases it "
+            "made stay charged. Run it with fewer iterations or samples, or ask the operator to "
+            "raise PRIVEVO_TASK_TIME_LIMIT_S"
+        )
 
 
 def job_prefix(dataset_id: str, job_id: str) -> str:
@@ -136,9 +163,11 @@ def run_job(
 
     Every outcome but a transient database error ends with :func:`service.db.finalize`:
     succeeded; canceled (the job was canceled while it ran: it stops at its next phase);
-    failed with the error's message when the tenant's data or job is at fault; failed with a
-    generic message (the exception type and stack logged here, never its message, which may
-    quote private data) for anything else.
+    failed with :class:`JobTimedOut`'s message when the delivery ran past
+    ``context.time_limit_s`` (checked at every phase, or raised by Celery as one of
+    ``timeouts``); failed with the error's message when the tenant's data or job is at fault;
+    failed with a generic message (the exception type and stack logged here, never its message,
+    which may quote private data) for anything else.
 
     Args:
         context: the database and storage.
@@ -153,6 +182,7 @@ def run_job(
         sqlalchemy.exc.OperationalError: the database is unavailable (connection lost, locked,
             out of resources): worth retrying later; the job stays resumable.
     """
+    deadline = time.monotonic() + context.time_limit_s
     job = _load_job(context.sessions, job_id)
     if job is None:
         logger.warning("job %s does not exist; its message is dropped", job_id)
@@ -167,11 +197,12 @@ def run_job(
             return "running"
         status, error = "succeeded", None
         try:
-            _run(context, job, prefix, folder)
+            with heartbeat(context.sessions, job_id, context.heartbeat_s):
+                _run(context, job, prefix, folder, deadline)
         except JobFinished:
             status = "canceled"
-        except timeouts:
-            status, error = "failed", "the job ran past the worker's time limit"
+        except (JobTimedOut, *timeouts):
+            status, error = "failed", str(JobTimedOut(context.time_limit_s))
         except OperationalError:
             raise
         except Exception as exc:
@@ -209,6 +240,33 @@ def job_lock(folder: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def heartbeat(sessions: sessionmaker[Session], job_id: str, every_s: float) -> Iterator[None]:
+    """Renews the job's heartbeat every ``every_s`` seconds from a thread while the block runs.
+
+    Progress updates renew it too, but one phase (a generation pass of a large model) can
+    outlast the sweeper's threshold; this keeps a live job from looking dead. The thread stops
+    with the process, however it ends, which is what lets the sweeper find a dead worker's job.
+    """
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every_s):
+            try:
+                with sessions() as session:
+                    beat(session, job_id)
+            except Exception as exc:  # the next beat retries; the run itself must go on
+                logger.warning("job %s: heartbeat failed with %s", job_id, type(exc).__name__)
+
+    thread = threading.Thread(target=run, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def cached_api(name: str, label_names: Sequence[str], config: dict[str, Any]) -> VariationApi:
     """The variation API for this configuration; the most recently used ones stay loaded."""
     return _api(json.dumps([name, list(label_names), config], sort_keys=True))
@@ -232,19 +290,44 @@ def _embedder(key: str) -> Embedder:
 
 
 class JobProgress:
-    """Run callbacks that record progress and stop the run once the job is final (canceled).
+    """Run callbacks that record progress and stop the run once the job is final (canceled) or
+    past its time limit.
 
-    ``update_progress`` raises :class:`~service.db.JobFinished` for a final job; raised from a
-    callback, it stops the engine between phases with its state resumable.
+    ``update_progress`` raises :class:`~service.db.JobFinished` for a final job, and the time
+    check :class:`JobTimedOut`; raised from a callback, either stops the engine between phases
+    with its state resumable.
+
+    Args:
+        sessions: sessions on the service database.
+        job_id: the job.
+        iterations: the job's iterations T.
+        deadline: the ``time.monotonic()`` value past which the run stops.
+        time_limit_s: the limit that ``deadline`` enforces, for the message.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, iterations: int) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: str,
+        iterations: int,
+        *,
+        deadline: float,
+        time_limit_s: float,
+    ) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.iterations = iterations
+        self.deadline = deadline
+        self.time_limit_s = time_limit_s
         self.last: tuple[int, str] | None = None
 
+    def check_time(self) -> None:
+        """Raises :class:`JobTimedOut` once the deadline has passed."""
+        if time.monotonic() >= self.deadline:
+            raise JobTimedOut(self.time_limit_s)
+
     def on_phase(self, iteration: int, phase: str) -> None:
+        self.check_time()
         # A run resumed after its last checkpoint reports the iteration after the last one.
         current = (min(iteration, self.iterations), phase)
         if current == self.last:
@@ -261,9 +344,10 @@ class JobProgress:
         }
         with self.sessions() as session:
             append_event(session, self.job_id, "iteration", payload)
+        self.check_time()  # after the event: the iteration is done and checkpointed
 
 
-def _run(context: JobContext, job: Job, prefix: str, folder: Path) -> None:
+def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: float) -> None:
     sessions = context.sessions
     with sessions() as session:
         update_progress(session, job.id, iteration=job.iteration, phase="starting")
@@ -282,11 +366,16 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path) -> None:
     private = _load_private(context.storage, dataset, spec)
     check_label_fractions(spec, private.label_names)
     api = cached_api(spec.api, private.label_names, spec.api_config)
+    if isinstance(api, PerJobState):  # caps and the like are per job, the loaded model is not
+        api = api.for_new_job()
     embedder = cached_embedder(spec.embedding, spec.embedding_config)
     check_modalities(api, embedder, private)
     noise, sampler = noise_factory(spec, seed)
     layout = OutputLayout(folder / "out")
-    callbacks = CallbackList([JobProgress(sessions, job.id, job.iterations), SampleWriter(layout)])
+    progress = JobProgress(
+        sessions, job.id, job.iterations, deadline=deadline, time_limit_s=context.time_limit_s
+    )
+    callbacks = CallbackList([progress, SampleWriter(layout)])
     for attempt in range(1, MAX_RESUMES + 1):
         ledger = DbLedger(
             sessions,
@@ -315,6 +404,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path) -> None:
         result,
         sampler=sampler,
         label_source=label_source,
+        generator_public_data=api.public_data,
     )
     report["run"] = {"job_id": job.id, "seed": seed, "nn_backend": result.nn_backend}
     write_result(layout, result.population, report)

@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
-from sqlalchemy import event as orm_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,7 +93,7 @@ class DbLedger:
             events = [self._entry(row).event for row in rows] + [entry.event]
             prior = sum(row.epsilon for row in rows)
             epsilon = max(0.0, epsilon_for(events, self.delta) - prior)
-            with self.sessions() as session, _storing_event(session, self.job_id, entry):
+            with self.sessions() as session:
                 recorded, _ = record_release(
                     session,
                     self.job_id,
@@ -107,6 +102,7 @@ class DbLedger:
                     epsilon,
                     entry.release_sha256,
                     path,
+                    event=entry.event,
                 )
         if recorded.sha256 != entry.release_sha256:
             raise DuplicateReleaseError(
@@ -171,24 +167,3 @@ def _digest(data: bytes) -> str | None:
             return release_digest(np.asarray(npz["values"], dtype=np.int64))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
-
-
-@contextmanager
-def _storing_event(session: Session, job_id: str, entry: LedgerEntry) -> Iterator[None]:
-    """Fills in the ``event`` of the release row that ``record_release`` inserts on ``session``.
-
-    ``record_release`` takes no event; setting it on the row before the insert is flushed keeps
-    the row and its event in one transaction, so no row is ever committed without its event.
-    """
-    record: dict[str, Any] = asdict(entry.event)
-
-    def fill(session: Session, *_: Any) -> None:
-        for row in session.new:
-            if isinstance(row, Release) and (row.job_id, row.mechanism) == (job_id, entry.key):
-                row.event = record
-
-    orm_event.listen(session, "before_flush", fill)
-    try:
-        yield
-    finally:
-        orm_event.remove(session, "before_flush", fill)

@@ -32,8 +32,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
@@ -57,6 +57,11 @@ from service.db.queries import (
     lock_budget,
     lock_job,
 )
+
+if TYPE_CHECKING:
+    # For the annotation only: pe_core.privacy imports dp_accounting and scipy (about 2.6 s),
+    # which the gateway never needs.
+    from pe_core.privacy import DpEvent
 
 RTOL: Final = 1e-9
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -203,14 +208,17 @@ def record_release(
     epsilon: float,
     sha256: str,
     path: str | None,
+    *,
+    event: DpEvent,
 ) -> tuple[Release, bool]:
     """Records a noisy release of a job exactly once: the insert-or-get of the release ledger.
 
-    The first call for ``(job_id, iteration, mechanism)`` inserts the row, adds ``epsilon`` to
-    the job's ``epsilon_spent`` and marks its reserved delta as spent. Any later call, such as
-    a redelivered task that drew its own noise, gets the recorded row back with
-    ``created=False`` and must use the recorded vector (``sha256``, ``storage_path``) instead of
-    its own. Called by workers with ids from the queue, so it is not scoped to a tenant.
+    The first call for ``(job_id, iteration, mechanism)`` inserts the row with its DP event,
+    adds ``epsilon`` to the job's ``epsilon_spent`` and marks its reserved delta as spent. Any
+    later call, such as a redelivered task that drew its own noise, gets the recorded row back
+    with ``created=False`` and must use the recorded vector (``sha256``, ``storage_path``)
+    instead of its own. Called by workers with ids from the queue, so it is not scoped to a
+    tenant.
 
     Args:
         session: a session not in a transaction (this function runs its own).
@@ -220,6 +228,8 @@ def record_release(
         epsilon: what the release added to the job's composed epsilon (module docstring), >= 0.
         sha256: sha256 of the noisy vector, 64 lowercase hex digits.
         path: where the noisy vector is stored, or None.
+        event: the release's DP event (mechanism, sigma, sensitivity, count), stored in the same
+            row, so that the job's ledger and epsilon can be rebuilt from the database alone.
 
     Returns:
         (the recorded release, whether this call created it).
@@ -228,7 +238,7 @@ def record_release(
         NotFound: no such job.
         JobFinished: the job is final (e.g. canceled meanwhile); the release must not be used.
         ReservationExceeded: the job would spend more epsilon than it reserved.
-        ReleaseConflict: the key is recorded with a different epsilon.
+        ReleaseConflict: the key is recorded with a different epsilon or DP event.
     """
     if not _is_int(iteration) or iteration < 0:
         raise ValueError(f"iteration must be an integer >= 0, got {iteration!r}")
@@ -238,6 +248,7 @@ def record_release(
         raise ValueError(f"a release's epsilon must be finite and >= 0, got {epsilon!r}")
     if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    record = asdict(event)
     with write_transaction(session):
         job = lock_job(session, job_id)
         statement = select(Release).where(
@@ -251,6 +262,11 @@ def record_release(
                 raise ReleaseConflict(
                     f"release ({job_id}, {iteration}, {mechanism!r}) is recorded with epsilon "
                     f"{recorded.epsilon!r}, not {epsilon!r}"
+                )
+            if recorded.event != record:
+                raise ReleaseConflict(
+                    f"release ({job_id}, {iteration}, {mechanism!r}) is recorded with DP event "
+                    f"{recorded.event!r}, not {record!r}"
                 )
             return recorded, False
         if job.status in FINAL_STATUSES:
@@ -268,12 +284,14 @@ def record_release(
             epsilon=float(epsilon),
             sha256=sha256,
             storage_path=path,
+            event=record,
         )
         session.add(release)
         now = utcnow()
         if job.status == "queued":
             job.status, job.started_at = "running", now
         job.epsilon_spent, job.delta_spent, job.updated_at = spent, job.delta_reserved, now
+        job.heartbeat_at = now
         session.flush()
         add_event(
             session,

@@ -197,6 +197,10 @@ class Job(Base):
     :func:`service.db.budget.record_release`) and ``delta_spent`` is the reserved delta once it
     has released anything. When it becomes final, ``epsilon_charged``/``delta_charged`` are set
     (see :func:`service.db.budget.finalize`) and it holds only those from then on.
+
+    ``heartbeat_at`` is when the worker running the job last showed it was alive (at every
+    progress update and release, and periodically in between); a running job whose heartbeat
+    is old lost its worker and is re-enqueued (:func:`service.db.repository.requeue_stale_jobs`).
     """
 
     __tablename__ = "jobs"
@@ -205,6 +209,7 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index(None, "tenant_id", "created_at"),
         Index(None, "dataset_id"),
+        Index(None, "status", "heartbeat_at"),
         CheckConstraint(
             "status IN (" + ", ".join(f"'{status}'" for status in JOB_STATUSES) + ")",
             name="status",
@@ -237,6 +242,7 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime | None]
 
 
 class Release(Base):

@@ -241,3 +241,91 @@ def test_concurrent_creates_over_http_accept_exactly_what_fits(alice: httpx.Clie
     assert codes == [202, 202] + [409] * 6
     budget = alice.get(f"/v1/datasets/{ds}/budget").json()
     assert budget["epsilon_reserved"] == pytest.approx(0.8)
+
+
+BOUNDARY = "privevo-test-boundary"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+FIELDS = [("name", None, b"digits"), ("modality", None, b"image"), ("epsilon_cap", None, b"1.0")]
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], *, close: bool = True) -> bytes:
+    """A multipart/form-data body of (name, file name or None, content) parts."""
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        body += content + b"\r\n"
+    return body + (f"--{BOUNDARY}--\r\n".encode() if close else b"")
+
+
+def post_form(client: httpx.Client, body: bytes | Iterator[bytes], content_type: str = MULTIPART):
+    return client.post("/v1/datasets", content=body, headers={"Content-Type": content_type})
+
+
+def test_fields_may_follow_the_file(alice: httpx.Client):
+    response = post_form(alice, multipart([("file", "digits.npz", npz_bytes(1)), *FIELDS]))
+    assert response.status_code == 201, response.text
+    assert (response.json()["name"], response.json()["record_count"]) == ("digits", 10)
+
+
+def test_a_form_without_a_file_part_is_422_naming_it(server: Server, alice: httpx.Client):
+    before = stored_uploads(server)
+    response = post_form(alice, multipart(FIELDS))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == [
+        {"type": "missing", "loc": ["body", "file"], "msg": "Field required", "input": None}
+    ]
+    assert stored_uploads(server) == before
+
+
+FILE = ("file", "digits.npz", npz_bytes(1))
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        (multipart([FILE, *FIELDS], close=False), MULTIPART, 400, "before its closing boundary"),
+        (multipart([*FIELDS, FILE])[:-200], MULTIPART, 400, "before its closing boundary"),
+        (f"--{BOUNDARY}XX\r\n".encode(), MULTIPART, 400, "not valid multipart/form-data"),
+        (multipart([FILE, *FIELDS]), "multipart/form-data", 400, "names no boundary"),
+        (b'{"name": "digits"}', "application/json", 415, "send the dataset as multipart"),
+        (multipart([FILE, FILE, *FIELDS]), MULTIPART, 400, "more than one 'file' part"),
+        (multipart([("name", None, b"x" * 5000), FILE]), MULTIPART, 413, "longer than 4096"),
+        (multipart([(f"f{i}", None, b"1") for i in range(20)]), MULTIPART, 413, "more than 16"),
+        (multipart([("name", None, b"\xff\xfe"), FILE]), MULTIPART, 400, "not UTF-8"),
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: attachment\r\n\r\nx\r\n--{BOUNDARY}--\r\n'
+            .encode(),
+            MULTIPART,
+            400,
+            "Content-Disposition: form-data; name=",
+        ),
+    ],
+    ids=[
+        "unclosed", "cut-in-file", "broken-boundary", "no-boundary", "json", "two-files",
+        "long-field", "many-parts", "not-utf8", "no-name",
+    ],
+)  # fmt: skip
+def test_malformed_forms_are_4xx_with_a_hint_and_leave_nothing(
+    server: Server, alice: httpx.Client, body: bytes, content_type: str, status, message
+):
+    before = stored_uploads(server)
+    response = post_form(alice, body, content_type)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert stored_uploads(server) == before
+
+
+def test_an_upload_over_the_limit_is_refused_while_it_streams(server: Server, alice: httpx.Client):
+    limit = int(server.env["PRIVEVO_MAX_UPLOAD_BYTES"])
+    body = multipart([*FIELDS, ("file", "big.npz", b"\0" * (limit + 1))])
+    before = stored_uploads(server)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: only the stream's count can refuse it
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    response = post_form(alice, chunks())
+    assert response.status_code == 413, response.text
+    assert "larger than the limit of 3 MiB" in response.json()["detail"]
+    assert stored_uploads(server) == before

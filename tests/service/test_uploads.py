@@ -22,6 +22,7 @@ from service.uploads import (
     UploadRejected,
     UploadTooLarge,
     format_bytes,
+    receive_form,
     receive_upload,
     upload_suffix,
     validate_dataset,
@@ -168,6 +169,58 @@ def test_empty_upload_refused(storage: LocalStorage) -> None:
     with pytest.raises(UploadRejected, match="empty") as caught:
         upload([], storage, "e.csv", 10)
     assert caught.value.status_code == 422
+    assert leftovers(storage) == []
+
+
+BOUNDARY = "b0undary"
+
+
+def form_body(file_chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A multipart body: a field, the file part from ``file_chunks``, then another field."""
+
+    def part(name: str, filename: str | None = None) -> bytes:
+        extra = f'; filename="{filename}"' if filename else ""
+        return (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode()
+        )
+
+    async def body() -> AsyncIterator[bytes]:
+        yield part("name") + b"digits\r\n" + part("file", "C:\\data\\big.npz")
+        for chunk in file_chunks:
+            yield chunk
+        yield b"\r\n" + part("modality") + b"image\r\n" + f"--{BOUNDARY}--\r\n".encode()
+
+    return body()
+
+
+def receive(body: AsyncIterator[bytes], storage: LocalStorage, max_bytes: int):
+    content_type = f"multipart/form-data; boundary={BOUNDARY}"
+    return asyncio.run(receive_form(body, content_type, storage, "up/1", max_bytes=max_bytes))
+
+
+def test_receive_form_streams_the_file_part_into_storage(storage: LocalStorage) -> None:
+    tracemalloc.start()
+    try:
+        form = receive(form_body(mib_chunks(48, [])), storage, 64 * MiB)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert form.fields == {"name": "digits", "modality": "image"}
+    assert form.filename == "big.npz"
+    assert form.file is not None and form.file.key == "up/1/data.npz"
+    digest = hashlib.sha256(b"".join(mib_chunks(48, []))).hexdigest()
+    assert (form.file.size, form.file.sha256) == (48 * MiB, digest)
+    assert storage.path("up/1/data.npz").stat().st_size == 48 * MiB
+    assert peak < 8 * MiB  # a chunk and a write buffer, while 48 MiB went through
+
+
+def test_receive_form_refuses_the_file_as_soon_as_it_passes_the_limit(
+    storage: LocalStorage,
+) -> None:
+    pulled: list[int] = []
+    with pytest.raises(UploadTooLarge, match="limit of 8 MiB"):
+        receive(form_body(mib_chunks(64, pulled)), storage, 8 * MiB)
+    assert len(pulled) == 9  # eight chunks fill the limit; the ninth is refused
     assert leftovers(storage) == []
 
 

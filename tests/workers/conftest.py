@@ -41,8 +41,8 @@ def redis_db() -> Iterator[redis.Redis]:
 def celery_app_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
     """``workers.celery_app``, first imported with a temporary home and a Redis broker URL.
 
-    Its module-level app is built from the environment at first import; with the embedded
-    defaults that would create a broker folder in the working directory.
+    Its module-level app is built from the environment at first import, so the tests never
+    depend on the working directory's settings.
     """
     monkeypatch.setenv("PRIVEVO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PRIVEVO_BROKER_URL", REDIS_URL)

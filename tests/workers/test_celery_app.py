@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -9,7 +12,7 @@ import pytest
 
 from pe_core.config import PeJob
 from service.settings import Settings
-from tests.workers.support import REDIS_URL
+from tests.workers.support import REDIS_URL, REPO
 
 
 def test_long_job_settings(celery_app_module: ModuleType, tmp_path: Path) -> None:
@@ -44,11 +47,26 @@ def test_filesystem_broker_keeps_its_messages_in_the_broker_folder(
     options = app.conf.broker_transport_options
     folder = settings.broker_folder
     assert options["data_folder_in"] == options["data_folder_out"] == str(folder)
+    assert not (tmp_path / "home").exists()  # made when a worker or producer starts
+    celery_app_module.prepare_broker(app)
     for name in ("processed_folder", "control_folder"):
         assert Path(options[name]).parent == folder
         assert Path(options[name]).is_dir()
-    app.send_task("workers.tasks.run_job", args=["job_x"], queue="cpu")
+    celery_app_module.send_job(app, "job_x", {"api": "drawtext"})
     assert [path.suffix for path in folder.iterdir() if path.is_file()] == [".msg"]
+
+
+def test_importing_the_worker_app_with_default_settings_creates_nothing(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PRIVEVO_")}
+    env["PYTHONPATH"] = str(REPO)
+    subprocess.run(
+        [sys.executable, "-c", "import workers.celery_app, workers.tasks"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

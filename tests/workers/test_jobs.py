@@ -11,13 +11,20 @@ import math
 import pytest
 
 from pe_core.config import PeJob
-from service.db import append_event, cancel, create_dataset, create_tenant, reserve
-from tests.workers.support import ITERATIONS, Home
+from service.db import (
+    append_event,
+    cancel,
+    create_dataset,
+    create_tenant,
+    reserve,
+    update_progress,
+)
+from tests.workers.support import ITERATIONS, Home, wait_for
 from workers import jobs
 
 
-def context(home: Home) -> jobs.JobContext:
-    return jobs.JobContext(home.sessions, home.storage)
+def context(home: Home, time_limit_s: float = 3600.0) -> jobs.JobContext:
+    return jobs.JobContext(home.sessions, home.storage, time_limit_s=time_limit_s, heartbeat_s=0.05)
 
 
 def job_folder(home: Home, job_id: str):
@@ -124,6 +131,32 @@ def test_an_internal_error_is_logged_and_reported_generically(
     (record,) = caplog.records
     assert "RuntimeError" in record.getMessage()
     assert "disagree with its reservation" not in record.getMessage()
+
+
+def test_a_job_past_its_time_limit_fails_naming_the_limit_and_is_refunded(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    # The solo pool enforces no Celery limit: the job loop itself stops at its first phase.
+    assert jobs.run_job(context(home, time_limit_s=1e-6), job_id) == "failed"
+    job = home.job(job_id)
+    assert job.error is not None
+    assert "time limit of 1e-06 s" in job.error
+    assert "PRIVEVO_TASK_TIME_LIMIT_S" in job.error
+    assert home.releases(job_id) == []
+    assert (job.epsilon_charged, job.delta_charged) == (0.0, 0.0)
+    (finished,) = home.events(job_id, "finished")
+    assert (finished["epsilon_refunded"], finished["delta_refunded"]) == (4.0, 1e-5)
+    assert home.storage.list(jobs.result_prefix(job_id)) == []
+
+
+def test_a_running_job_beats_between_phases(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    with home.sessions() as session:
+        update_progress(session, job_id, iteration=0, phase="starting")
+    first = home.job(job_id).heartbeat_at
+    assert first is not None
+    with jobs.heartbeat(home.sessions, job_id, every_s=0.01):
+        wait_for("a heartbeat", lambda: home.job(job_id).heartbeat_at != first)
+    assert home.events(job_id, "progress") == [{"iteration": 0, "phase": "starting"}]
 
 
 def test_a_job_whose_worker_keeps_dying_is_failed(home: Home) -> None:

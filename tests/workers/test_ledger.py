@@ -31,8 +31,8 @@ from service.db import (
     Release,
     cancel,
     read_transaction,
-    record_release,
     reserve,
+    write_transaction,
 )
 from tests.service.db.support import new_dataset, new_tenant
 from workers.ledger import DbLedger
@@ -183,8 +183,12 @@ def test_a_canceled_job_releases_nothing(
 def test_a_release_recorded_without_its_event_is_refused(
     db_factory: sessionmaker[Session], job: tuple[str, str], tmp_path: Path
 ) -> None:
-    with db_factory() as session:
-        record_release(session, job[1], 1, "iteration-1/histogram", 0.5, "0" * 64, None)
+    # A row as recorded before releases kept their event (migration 0002).
+    legacy = Release(
+        job_id=job[1], iteration=1, mechanism="iteration-1/histogram", epsilon=0.5, sha256="0" * 64
+    )
+    with db_factory() as session, write_transaction(session):
+        session.add(legacy)
     with pytest.raises(LedgerError, match="without its DP event"):
         ledger_for(db_factory, job[1], tmp_path).entries()
 

@@ -1,7 +1,8 @@
-"""Jobs through a real Redis broker and real ``celery worker`` processes (never eager mode).
+"""Jobs through a real broker and real ``celery worker`` processes (never eager mode).
 
-A worker killed in the middle of a job loses its message to Redis's visibility timeout, the
-next worker resumes the job from its checkpoint, and no release is ever drawn twice.
+A worker killed in the middle of a job loses its message to Redis's visibility timeout, or its
+job to another worker's stale-job sweeper; the next worker resumes the job from its checkpoint,
+and no release is ever drawn twice.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from types import ModuleType
 import pytest
 import redis
 
+from service.app import celery_enqueue
 from service.db import FINAL_STATUSES, Job, cancel
 from service.settings import Settings
 from tests.workers.support import (
@@ -135,6 +137,56 @@ def test_a_killed_worker_is_replaced_without_a_second_release(
     assert report["status"] == "DP"
     assert report["releases"] == ITERATIONS
     check_results(home, job_id)
+
+
+def test_a_dead_workers_job_is_swept_and_finished_by_another(
+    home: Home, send: Send, redis_db: redis.Redis
+) -> None:
+    # Redis would hand the message out again only after an hour: recovery is the sweeper's.
+    slow_redelivery = {"PRIVEVO_VISIBILITY_TIMEOUT_S": "3600"}
+    job_id = home.new_job()
+    first = start_worker(
+        home, "tests.workers.stopping_app", PRIVEVO_TEST_STOP_AT="after-record", **slow_redelivery
+    )
+    try:
+        send(job_id)
+        wait_for("the worker to reach its first release", stopped(first, home))
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        stop_worker(first)
+    assert home.job(job_id).status == "running"
+    second = start_worker(
+        home, PRIVEVO_STALE_AFTER_S="3", PRIVEVO_SWEEP_INTERVAL_S="1", **slow_redelivery
+    )
+    try:
+        job = wait_for("the job to end", final(home, job_id))
+    finally:
+        stop_worker(second)
+    assert job.status == "succeeded", worker_logs(home)
+    releases = home.releases(job_id)
+    assert [r.mechanism for r in releases] == ["iteration-1/histogram", "iteration-2/histogram"]
+    assert len(home.events(job_id, "release")) == ITERATIONS
+    assert home.events(job_id, "requeued")[0] == {"stale_after_s": 3}
+    # The dead worker's message is still unacknowledged: Redis never handed it out again.
+    assert redis_db.hlen("unacked") == 1
+    check_results(home, job_id)
+
+
+def test_the_embedded_broker_gets_its_folders_when_a_worker_starts(
+    celery_app_module: ModuleType, home: Home
+) -> None:
+    settings = Settings(home=home.root, broker_url="filesystem://")
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    assert not settings.broker_folder.exists()
+    worker = start_worker(home, PRIVEVO_BROKER_URL="filesystem://")
+    try:
+        wait_for("the worker's broker folders", (settings.broker_folder / "control").is_dir)
+        celery_enqueue(settings)(job_id, home.job(job_id).spec)
+        job = wait_for("the job to end", final(home, job_id))
+    finally:
+        stop_worker(worker)
+    assert job.status == "succeeded", worker_logs(home)
 
 
 def test_a_job_canceled_while_running_stops_and_keeps_its_charge(

@@ -6,13 +6,19 @@ import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import Dataset, create_dataset, create_tenant
+from pe_core.privacy import DpEvent
+from service.db import Dataset, Job, create_dataset, create_tenant, write_transaction
+from service.db.models import utcnow
 
 T = TypeVar("T")
+
+VOTES = DpEvent("discrete_gaussian", sigma=2.0, description="votes")
+"""The DP event the release tests record."""
 
 
 def sha256_of(text: str) -> str:
@@ -62,3 +68,9 @@ def run_together(
 
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(one, range(count)))
+
+
+def silence(session: Session, job_id: str, seconds: float) -> None:
+    """Moves a job's last heartbeat ``seconds`` into the past, as if its worker had died then."""
+    with write_transaction(session):
+        session.get_one(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=seconds)

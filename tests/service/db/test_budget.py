@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from sqlalchemy.orm import Session
@@ -23,7 +24,7 @@ from service.db import (
     remaining,
     reserve,
 )
-from tests.service.db.support import new_dataset, new_tenant, sha256_of
+from tests.service.db.support import VOTES, new_dataset, new_tenant, sha256_of
 
 DELTA = 1e-6
 
@@ -114,8 +115,8 @@ def test_finalize_charges_what_the_releases_spent_and_refunds_the_rest(
     tenant = new_tenant(db_session)
     dataset = new_dataset(db_session, tenant)
     job = reserve(db_session, tenant, dataset.id, 0.8, DELTA, None, {}, iterations=3)
-    record_release(db_session, job.id, 1, "votes", 0.25, sha256_of("v1"), "r/1.npz")
-    record_release(db_session, job.id, 2, "votes", 0.125, sha256_of("v2"), "r/2.npz")
+    record_release(db_session, job.id, 1, "votes", 0.25, sha256_of("v1"), "r/1.npz", event=VOTES)
+    record_release(db_session, job.id, 2, "votes", 0.125, sha256_of("v2"), "r/2.npz", event=VOTES)
     running = remaining(db_session, tenant, dataset.id)
     assert (running.epsilon_spent, running.epsilon_reserved) == (0.375, 0.8 - 0.375)
     assert (running.delta_spent, running.delta_reserved) == (DELTA, 0.0)
@@ -154,16 +155,51 @@ def test_a_release_is_recorded_once_and_returned_to_later_writers(db_session: Se
     tenant = new_tenant(db_session)
     dataset = new_dataset(db_session, tenant)
     job = reserve(db_session, tenant, dataset.id, 0.5, DELTA, None, {}, iterations=2)
-    first, created = record_release(db_session, job.id, 1, "votes", 0.2, sha256_of("a"), "a")
+    first, created = record_release(
+        db_session, job.id, 1, "votes", 0.2, sha256_of("a"), "a", event=VOTES
+    )
     assert created
-    again, created = record_release(db_session, job.id, 1, "votes", 0.2, sha256_of("b"), "b")
+    again, created = record_release(
+        db_session, job.id, 1, "votes", 0.2, sha256_of("b"), "b", event=VOTES
+    )
     assert not created
     assert (again.id, again.sha256, again.storage_path) == (first.id, sha256_of("a"), "a")
     assert get_job(db_session, tenant, job.id).epsilon_spent == 0.2
     with pytest.raises(ReleaseConflict, match=re.escape("recorded with epsilon 0.2,")):
-        record_release(db_session, job.id, 1, "votes", 0.3, sha256_of("a"), "a")
-    _, created = record_release(db_session, job.id, 1, "label_counts", 0.1, sha256_of("c"), None)
+        record_release(db_session, job.id, 1, "votes", 0.3, sha256_of("a"), "a", event=VOTES)
+    _, created = record_release(
+        db_session, job.id, 1, "label_counts", 0.1, sha256_of("c"), None, event=VOTES
+    )
     assert created
+
+
+def test_a_release_keeps_its_dp_event_and_refuses_another(db_session: Session) -> None:
+    tenant = new_tenant(db_session)
+    dataset = new_dataset(db_session, tenant)
+    job = reserve(db_session, tenant, dataset.id, 0.5, DELTA, None, {}, iterations=2)
+    record_release(db_session, job.id, 1, "votes", 0.2, sha256_of("a"), None, event=VOTES)
+    again, created = record_release(
+        db_session, job.id, 1, "votes", 0.2, sha256_of("a"), None, event=VOTES
+    )
+    assert not created
+    assert again.event == {
+        "mechanism": "discrete_gaussian",
+        "sigma": 2.0,
+        "sensitivity": 1,
+        "count": 1,
+        "description": "votes",
+    }
+    with pytest.raises(ReleaseConflict, match="recorded with DP event"):
+        record_release(
+            db_session,
+            job.id,
+            1,
+            "votes",
+            0.2,
+            sha256_of("a"),
+            None,
+            event=replace(VOTES, sigma=3.0),
+        )
 
 
 def test_releases_cannot_exceed_the_reservation(db_session: Session) -> None:
@@ -171,9 +207,11 @@ def test_releases_cannot_exceed_the_reservation(db_session: Session) -> None:
     dataset = new_dataset(db_session, tenant)
     job = reserve(db_session, tenant, dataset.id, 0.3, DELTA, None, {}, iterations=3)
     for iteration in (1, 2, 3):  # 0.1 three times sums to 0.30000000000000004: still fits
-        record_release(db_session, job.id, iteration, "votes", 0.1, sha256_of("x"), None)
+        record_release(
+            db_session, job.id, iteration, "votes", 0.1, sha256_of("x"), None, event=VOTES
+        )
     with pytest.raises(ReservationExceeded, match=re.escape("above the 0.3 it reserved")):
-        record_release(db_session, job.id, 4, "votes", 0.01, sha256_of("x"), None)
+        record_release(db_session, job.id, 4, "votes", 0.01, sha256_of("x"), None, event=VOTES)
     assert finalize(db_session, job.id, "succeeded").epsilon_charged == 0.3
 
 
@@ -181,13 +219,15 @@ def test_no_release_is_recorded_after_the_job_ends(db_session: Session) -> None:
     tenant = new_tenant(db_session)
     dataset = new_dataset(db_session, tenant)
     job = reserve(db_session, tenant, dataset.id, 0.5, DELTA, None, {}, iterations=2)
-    record_release(db_session, job.id, 1, "votes", 0.2, sha256_of("v"), None)
+    record_release(db_session, job.id, 1, "votes", 0.2, sha256_of("v"), None, event=VOTES)
     canceled = cancel(db_session, tenant, job.id)
     assert (canceled.status, canceled.epsilon_charged) == ("canceled", 0.2)
     with pytest.raises(JobFinished, match="canceled"):
-        record_release(db_session, job.id, 2, "votes", 0.2, sha256_of("w"), None)
+        record_release(db_session, job.id, 2, "votes", 0.2, sha256_of("w"), None, event=VOTES)
     # A redelivered task asking for a release made before the cancel still gets it back.
-    _, created = record_release(db_session, job.id, 1, "votes", 0.2, sha256_of("v"), None)
+    _, created = record_release(
+        db_session, job.id, 1, "votes", 0.2, sha256_of("v"), None, event=VOTES
+    )
     assert not created
     assert remaining(db_session, tenant, dataset.id).epsilon_remaining == pytest.approx(0.8)
 
@@ -205,6 +245,8 @@ def test_record_release_validates_its_arguments(db_session: Session) -> None:
     ]
     for iteration, mechanism, epsilon, digest in bad:
         with pytest.raises(ValueError):
-            record_release(db_session, job.id, iteration, mechanism, epsilon, digest, None)
+            record_release(
+                db_session, job.id, iteration, mechanism, epsilon, digest, None, event=VOTES
+            )
     with pytest.raises(ValueError, match="final status"):
         finalize(db_session, job.id, "running")

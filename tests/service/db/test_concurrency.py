@@ -20,9 +20,18 @@ from service.db import (
     read_transaction,
     record_release,
     remaining,
+    requeue_stale_jobs,
     reserve,
+    update_progress,
 )
-from tests.service.db.support import new_dataset, new_tenant, run_together, sha256_of
+from tests.service.db.support import (
+    VOTES,
+    new_dataset,
+    new_tenant,
+    run_together,
+    sha256_of,
+    silence,
+)
 
 THREADS = 8
 
@@ -74,7 +83,9 @@ def test_concurrent_writers_of_one_release_record_it_once(
         job = reserve(session, tenant, dataset.id, 0.5, 1e-7, None, {}, iterations=2)
 
     def release(session: Session, index: int) -> tuple[Release, bool]:
-        return record_release(session, job.id, 1, "votes", 0.1, sha256_of(str(index)), None)
+        return record_release(
+            session, job.id, 1, "votes", 0.1, sha256_of(str(index)), None, event=VOTES
+        )
 
     outcomes = run_together(db_factory, THREADS, release)
     results = [o for o in outcomes if isinstance(o, tuple)]
@@ -99,7 +110,9 @@ def test_a_cancel_racing_releases_charges_exactly_the_recorded_ones(
     def release_or_cancel(session: Session, index: int) -> object:
         if index == 0:
             return cancel(session, tenant, job.id)
-        return record_release(session, job.id, index, "votes", 0.125, sha256_of("v"), None)
+        return record_release(
+            session, job.id, index, "votes", 0.125, sha256_of("v"), None, event=VOTES
+        )
 
     outcomes = run_together(db_factory, THREADS, release_or_cancel)
     recorded = [o for o in outcomes[1:] if isinstance(o, tuple)]
@@ -111,3 +124,20 @@ def test_a_cancel_racing_releases_charges_exactly_the_recorded_ones(
     assert len(rows) == len(recorded)
     assert canceled.epsilon_charged == 0.125 * len(recorded)
     assert canceled.delta_charged == (1e-7 if recorded else 0.0)
+
+
+def test_concurrent_sweeps_claim_a_stale_job_once(db_factory: sessionmaker[Session]) -> None:
+    with db_factory() as session:
+        tenant = new_tenant(session)
+        dataset = new_dataset(session, tenant, data="sweep race")
+        job = reserve(session, tenant, dataset.id, 0.5, 1e-7, None, {}, iterations=2)
+        update_progress(session, job.id, iteration=0, phase="starting")
+        silence(session, job.id, 7200)
+
+    def sweep(session: Session, _index: int) -> list[Job]:
+        return requeue_stale_jobs(session, stale_after_s=3600)
+
+    outcomes = run_together(db_factory, THREADS, sweep)
+    assert all(isinstance(o, list) for o in outcomes), outcomes
+    claimed = [job.id for outcome in outcomes if isinstance(outcome, list) for job in outcome]
+    assert claimed == [job.id]
