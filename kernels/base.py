@@ -47,6 +47,30 @@ class NearestNeighbourBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class VotingBackend(NearestNeighbourBackend, Protocol):
+    """A backend that also counts votes itself, without returning per-record neighbours.
+
+    ``vote_histogram`` uses ``votes`` where a backend has it (a GPU kernel that adds votes with
+    atomics moves m counts to the host instead of n k indices).
+    """
+
+    def votes(
+        self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
+    ) -> NDArray[np.int64]:
+        """Vote counts with ``vote_histogram``'s contract.
+
+        Args:
+            private: (n, d) float32 private embeddings, checked by the caller.
+            synthetic: (m, d) float32 synthetic embeddings, m >= 1.
+            k: neighbours per record, >= 1.
+
+        Returns:
+            (m,) int64 counts equal to the bincount of ``search``'s neighbours.
+        """
+        ...
+
+
 BACKEND_REGISTRY: Registry[NearestNeighbourBackend] = Registry("nearest-neighbour backend")
 
 
@@ -120,6 +144,8 @@ def vote_histogram(
         )
     if private.shape[0] == 0:
         return np.zeros(n_synthetic, dtype=np.int64)
+    if isinstance(backend, VotingBackend):
+        return backend.votes(private, synthetic, k)
     neighbours = backend.search(private, synthetic, k)
     return np.bincount(neighbours[neighbours >= 0], minlength=n_synthetic).astype(np.int64)
 

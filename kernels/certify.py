@@ -40,9 +40,23 @@ included) has f <= that, hence D[i, j] <= f - c_i + tol_i <= v_i + 2 tol_i. So
 reference answer. The threshold is rounded up to fp32, so comparing fp32 values against it is
 exact. Distances are usually spread far wider than 2 tol_i (about 1e-3 for unit vectors in 512
 dimensions), so most rows have exactly k candidates and the re-rank costs little.
+
+Rounded inputs (``rounded_input_error_bound``). A GPU kernel may round x and y to bfloat16 or
+float16 (relative error at most u_r, absolute error at most eta_r where results are subnormal or
+flushed) and compute ``t - 2 x~.y~`` with the fp32 norms t of the unrounded y. Products of two
+such values are exact in fp32, so the fp32 part is form (a) on the rounded inputs, with
+||x~|| <= (1 + u_r) ||x|| + sqrt(d) eta_r; tensor cores accumulate with truncation and late
+normalisation (Fasi, Higham, Mikaitis and Pranesh, "Numerical behavior of NVIDIA tensor cores",
+PeerJ Comput. Sci. 7:e330, 2021), which at most doubles each rounding error, so that part is
+scaled by an accumulation factor (4, twice what truncation needs). The rounding itself moves the
+dot product by |x~.y~ - x.y| <= (2 u_r + u_r^2) ||x|| ||y|| + eta_r sqrt(d) (1 + u_r)
+(||x|| + ||y||) + d eta_r^2 (expand (x + dx).(y + dy) with |dx_k| <= u_r |x_k| + eta_r and
+Cauchy-Schwarz), and the distance by twice that, kept with the same safety factor 2.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,6 +121,66 @@ def distance_error_bound(
         * (1.0 + np.sqrt(private_sq_norms) + np.sqrt(max_synthetic_sq_norm))
     )
     return _SAFETY * (rounding + underflow)
+
+
+@dataclass(frozen=True)
+class RoundedInputs:
+    """A format fp32 inputs are rounded to before a distance GEMM, and how that GEMM accumulates.
+
+    Attributes:
+        name: the format's torch dtype name ("float32", "bfloat16", "float16").
+        unit_roundoff: u_r, the relative error of rounding a normal fp32 value to nearest.
+        underflow: eta_r, the absolute rounding error where the result is subnormal or flushed.
+        max_abs: the largest magnitude that rounds to a finite value.
+        accumulation_factor: scale on the fp32 accumulation bound (1 for IEEE fp32 FMA, 4 for
+            tensor-core MMA, see the module docstring).
+    """
+
+    name: str
+    unit_roundoff: float
+    underflow: float
+    max_abs: float
+    accumulation_factor: float
+
+
+FLOAT32 = RoundedInputs("float32", 0.0, 0.0, float(np.finfo(np.float32).max), 1.0)
+# bf16 has fp32's exponent range; its subnormals may be flushed (error below 2^-126).
+BFLOAT16 = RoundedInputs("bfloat16", 2.0**-8, 2.0**-126, float(np.finfo(np.float32).max), 4.0)
+# fp16 keeps subnormals (spacing 2^-24) on NVIDIA tensor cores; rounding errs by at most 2^-25.
+FLOAT16 = RoundedInputs("float16", 2.0**-11, 2.0**-24, 65504.0, 4.0)
+
+
+def rounded_input_error_bound(
+    private_sq_norms: NDArray[np.float64],
+    max_synthetic_sq_norm: float,
+    dim: int,
+    rounding: RoundedInputs,
+) -> NDArray[np.float64]:
+    """``distance_error_bound`` for ``t - 2 x~.y~`` on inputs rounded to ``rounding``.
+
+    Reduces to ``distance_error_bound`` for ``FLOAT32`` (nothing is rounded); see the module
+    docstring for the other formats.
+
+    Args:
+        private_sq_norms: (b,) float64 ||x_i||^2 of the unrounded private rows.
+        max_synthetic_sq_norm: max_j ||y_j||^2 over the unrounded synthetic rows.
+        dim: the embedding dimension d.
+        rounding: the input format and accumulation.
+
+    Returns:
+        (b,) float64 tol_i.
+    """
+    u, eta = rounding.unit_roundoff, rounding.underflow
+    x_norm = np.sqrt(private_sq_norms)
+    y_norm = float(np.sqrt(max_synthetic_sq_norm))
+    spread = np.sqrt(dim) * eta
+    accumulation = rounding.accumulation_factor * distance_error_bound(
+        ((1 + u) * x_norm + spread) ** 2, ((1 + u) * y_norm + spread) ** 2, dim
+    )
+    dot_shift = (
+        (2 * u + u * u) * x_norm * y_norm + spread * (1 + u) * (x_norm + y_norm) + dim * eta * eta
+    )
+    return accumulation + _SAFETY * 2.0 * dot_shift
 
 
 def certified_threshold(

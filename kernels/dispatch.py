@@ -1,8 +1,9 @@
 """Chooses a nearest-neighbour backend by problem size and device, once per job.
 
 The choice is recorded in job metadata by the caller, so ``resolve_backend`` returns the name
-with the backend. All registered backends give identical results (each equals
-``reference_search`` bit for bit), so the choice only affects speed and memory.
+(and device) with the backend. All registered backends give identical results (each equals
+``reference_search`` bit for bit), so the choice only affects speed and memory: the fused Triton
+kernel on CUDA devices, torch-blocked on other torch devices, the fastest exact path on CPU.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ while faiss needs less than half the working memory (43 vs 101 MiB), so faiss st
 below the crossover.
 """
 
-DEVICE_BACKENDS = frozenset({"torch-blocked"})
+DEVICE_BACKENDS = frozenset({"torch-blocked", "triton"})
 """Backends that run their distance pass on a non-CPU torch device."""
 
-_OPTIONAL_MODULES = {"faiss": "faiss"}
+_OPTIONAL_MODULES = {"faiss": "faiss", "triton": "triton"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class ResolvedBackend:
 
     name: str
     backend: NearestNeighbourBackend
+    device: str = "cpu"
+
+
+def default_device() -> str:
+    """ "cuda" where torch sees a CUDA device, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def available_backends() -> frozenset[str]:
@@ -68,8 +77,9 @@ def choose_backend(
         available: backend names to choose from; default ``available_backends()``.
 
     Returns:
-        A registered backend name: torch-blocked off CPU; on CPU faiss below
-        ``FAISS_MAX_DIM``, numpy-blocked at or above it or when faiss is missing.
+        A registered backend name: triton on CUDA devices (torch-blocked without triton and on
+        other devices); on CPU faiss below ``FAISS_MAX_DIM``, numpy-blocked at or above it or
+        when faiss is missing.
 
     Raises:
         ValueError: no available backend suits the device.
@@ -78,6 +88,8 @@ def choose_backend(
         raise ValueError(f"sizes must be >= 0, got n={n_private} m={n_synthetic} d={dim}")
     names = available_backends() if available is None else frozenset(available)
     if device != "cpu":
+        if "triton" in names and device.split(":")[0] == "cuda":
+            return "triton"
         if "torch-blocked" not in names:
             raise ValueError(f"no available nearest-neighbour backend runs on {device!r}")
         return "torch-blocked"
@@ -92,7 +104,7 @@ def choose_backend(
 
 
 def resolve_backend(
-    name: str, n_private: int, n_synthetic: int, dim: int, *, device: str = "cpu"
+    name: str, n_private: int, n_synthetic: int, dim: int, *, device: str | None = None
 ) -> ResolvedBackend:
     """Creates the named backend, choosing one by size and device for ``"auto"``.
 
@@ -101,21 +113,24 @@ def resolve_backend(
         n_private: private records n (used by "auto").
         n_synthetic: synthetic samples m (used by "auto").
         dim: embedding dimension d (used by "auto").
-        device: "cpu" or a torch device; only device backends accept another device.
+        device: "cpu" or a torch device; only device backends accept another device. None:
+            ``default_device()`` for "auto" and device backends, "cpu" for the others.
 
     Returns:
-        The backend and the name it was created under.
+        The backend, the name it was created under and its device.
 
     Raises:
         UnknownNameError: the name is neither registered nor "auto"; lists valid names.
         ValueError: the backend cannot run on ``device``.
     """
+    if device is None:
+        device = default_device() if name == AUTO or name in DEVICE_BACKENDS else "cpu"
     chosen = choose_backend(n_private, n_synthetic, dim, device=device) if name == AUTO else name
-    if device == "cpu":
-        return ResolvedBackend(chosen, create_backend(chosen))
-    if chosen not in DEVICE_BACKENDS:
+    if chosen in DEVICE_BACKENDS:
+        return ResolvedBackend(chosen, create_backend(chosen, device=device), device)
+    if device != "cpu":
         raise ValueError(
             f"backend {chosen!r} runs on CPU only; use one of {sorted(DEVICE_BACKENDS)} or "
             f"'auto' for device {device!r}"
         )
-    return ResolvedBackend(chosen, create_backend(chosen, device=device))
+    return ResolvedBackend(chosen, create_backend(chosen), device)

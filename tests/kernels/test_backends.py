@@ -214,3 +214,31 @@ def test_torch_device_selection_path_on_cpu(max_block_bytes: int) -> None:
         kernel.select_with_numpy = False
         got = blocked_search(private, synthetic, k, kernel, max_block_bytes)
         np.testing.assert_array_equal(got, reference_search(private, synthetic, k))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("chunk_bytes", [1, 700, None])
+@pytest.mark.parametrize("max_block_bytes", [1, 4096, None])
+def test_numpy_workers_and_chunks(
+    threads: int, chunk_bytes: int | None, max_block_bytes: int | None, monkeypatch
+) -> None:
+    # 1 byte: one row per chunk; 700 bytes: a few rows per chunk; None: one chunk per worker.
+    # Three workers on blocks of one row leave two of them without rows.
+    from kernels import blocked
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(blocked, "_CHUNK_BYTES", chunk_bytes)
+    config = {} if max_block_bytes is None else {"max_block_bytes": max_block_bytes}
+    backend = blocked.NumpyBlockedBackend(threads=threads, **config)
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal((10, 7)).astype(np.float32)
+    synthetic = np.concatenate([base, base[:4], rng.standard_normal((9, 7)).astype(np.float32)])
+    private = np.concatenate([base[2:6], rng.standard_normal((25, 7)).astype(np.float32)])
+    _check(backend, private, synthetic)
+
+
+def test_numpy_needs_a_thread() -> None:
+    from kernels.blocked import NumpyBlockedBackend
+
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        NumpyBlockedBackend(threads=0)

@@ -7,6 +7,7 @@ import kernels
 from kernels.base import (
     BACKEND_REGISTRY,
     NearestNeighbourBackend,
+    VotingBackend,
     create_backend,
     dedupe_rows,
     vote_histogram,
@@ -16,7 +17,13 @@ from pe_core.registry import UnknownNameError
 
 
 def test_import_registers_every_backend() -> None:
-    assert set(BACKEND_REGISTRY.names()) >= {"reference", "numpy-blocked", "torch-blocked", "faiss"}
+    assert set(BACKEND_REGISTRY.names()) >= {
+        "reference",
+        "numpy-blocked",
+        "torch-blocked",
+        "faiss",
+        "triton",
+    }
     assert kernels.BACKEND_REGISTRY is BACKEND_REGISTRY
 
 
@@ -47,6 +54,23 @@ def test_vote_histogram_counts_each_record_min_k_m_times(n: int, m: int, k: int)
     assert votes.sum() == n * min(k, m)
     neighbours = reference_search(private, synthetic, k)
     np.testing.assert_array_equal(votes, np.bincount(neighbours[neighbours >= 0], minlength=m))
+
+
+def test_vote_histogram_uses_a_backends_own_votes() -> None:
+    class Counting:
+        name = "counting"
+
+        def search(self, private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
+            raise AssertionError("search must not be called when votes exists")
+
+        def votes(self, private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
+            return np.arange(len(synthetic), dtype=np.int64)
+
+    backend = Counting()
+    assert isinstance(backend, VotingBackend)
+    assert not isinstance(create_backend("numpy-blocked"), VotingBackend)
+    votes = vote_histogram(backend, np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), 1)
+    np.testing.assert_array_equal(votes, [0, 1, 2, 3])
 
 
 def test_vote_histogram_of_no_records_is_zero() -> None:

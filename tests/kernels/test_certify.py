@@ -5,10 +5,15 @@ import pytest
 
 from kernels import certify
 from kernels.certify import (
+    BFLOAT16,
+    FLOAT16,
+    FLOAT32,
+    RoundedInputs,
     certified_threshold,
     certify_candidates,
     distance_error_bound,
     rerank,
+    rounded_input_error_bound,
     sq_norms64,
 )
 from kernels.reference import exact_sq_dist
@@ -47,6 +52,49 @@ def test_bound_covers_every_fp32_evaluation_order(dim: int, scale: float, offset
     assert np.all(np.abs(shifted - (exact - s64[:, None])) <= tol)
     assert np.all(np.abs(full - exact) <= tol)
     assert np.all(np.abs(direct - exact) <= tol)
+
+
+@pytest.mark.parametrize("rounding", [BFLOAT16, FLOAT16], ids=lambda r: r.name)
+@pytest.mark.parametrize(("dim", "scale", "offset"), _CASES)
+def test_rounded_input_bound_covers_rounded_gemms(
+    rounding: RoundedInputs, dim: int, scale: float, offset: float
+) -> None:
+    import torch
+
+    rng = np.random.default_rng(dim + 7)
+    private = (offset + scale * rng.standard_normal((40, dim))).astype(np.float32)
+    synthetic = (offset + scale * rng.standard_normal((50, dim))).astype(np.float32)
+    synthetic[1] = private[0]
+    dtype = getattr(torch, rounding.name)
+
+    def rounded(rows: np.ndarray) -> np.ndarray:
+        return torch.from_numpy(rows).to(dtype).float().numpy()
+
+    s64, t64 = sq_norms64(private), sq_norms64(synthetic)
+    tol = rounded_input_error_bound(s64, float(t64.max()), dim, rounding)[:, None]
+    rows = np.repeat(np.arange(40), 50)
+    cols = np.tile(np.arange(50), 40)
+    exact = exact_sq_dist(private[rows], synthetic[cols]).reshape(40, 50)
+    # What the kernel computes: fp32 norms of the unrounded y, a GEMM of rounded inputs.
+    t32 = np.einsum("ij,ij->i", synthetic, synthetic)
+    shifted = t32[None, :] - np.float32(2) * (rounded(private) @ rounded(synthetic).T)
+    error = np.abs(shifted - (exact - s64[:, None]))
+    assert np.all(error <= tol)
+    # Not vacuous: the rounding moves distances by more than the fp32 bound allows.
+    if scale == 1.0 and dim <= 130:
+        assert np.any(error > distance_error_bound(s64, float(t64.max()), dim)[:, None])
+
+
+def test_rounded_input_bound_reduces_to_the_fp32_bound() -> None:
+    norms = np.array([0.0, 1.0, 3e4])
+    np.testing.assert_allclose(
+        rounded_input_error_bound(norms, 2.0, 130, FLOAT32),
+        distance_error_bound(norms, 2.0, 130),
+        rtol=1e-12,
+    )
+    wider = rounded_input_error_bound(norms, 2.0, 130, FLOAT16)
+    assert np.all(wider > distance_error_bound(norms, 2.0, 130))
+    assert np.all(rounded_input_error_bound(norms, 2.0, 130, BFLOAT16)[1:] > wider[1:])
 
 
 def test_bound_is_small_for_unit_vectors() -> None:

@@ -13,7 +13,7 @@ from kernels.dispatch import (
 )
 from pe_core.registry import UnknownNameError
 
-ALL = ("reference", "numpy-blocked", "torch-blocked", "faiss")
+ALL = ("reference", "numpy-blocked", "torch-blocked", "faiss", "triton")
 NO_FAISS = ("reference", "numpy-blocked", "torch-blocked")
 
 
@@ -31,10 +31,25 @@ def test_cpu_without_faiss_picks_numpy_blocked() -> None:
     assert choose_backend(100_000, 10_000, 512, available=NO_FAISS) == "numpy-blocked"
 
 
-def test_gpu_picks_torch_blocked() -> None:
-    assert choose_backend(100_000, 10_000, 512, device="cuda", available=ALL) == "torch-blocked"
+def test_cuda_picks_triton() -> None:
+    assert choose_backend(100_000, 10_000, 512, device="cuda", available=ALL) == "triton"
+    assert choose_backend(10, 10, 4, device="cuda:1", available=ALL) == "triton"
+
+
+def test_other_devices_and_cuda_without_triton_pick_torch_blocked() -> None:
+    assert choose_backend(100_000, 10_000, 512, device="cuda", available=NO_FAISS) == (
+        "torch-blocked"
+    )
+    assert choose_backend(10, 10, 4, device="mps", available=ALL) == "torch-blocked"
     with pytest.raises(ValueError, match="cuda"):
         choose_backend(10, 10, 4, device="cuda", available=("numpy-blocked", "faiss"))
+
+
+def test_cpu_never_picks_triton() -> None:
+    assert choose_backend(100_000, 10_000, 512, available=ALL) == "faiss"
+    assert choose_backend(100_000, 10_000, 512, available=("numpy-blocked", "triton")) == (
+        "numpy-blocked"
+    )
 
 
 def test_no_cpu_backend_is_an_error() -> None:
@@ -50,20 +65,41 @@ def test_negative_sizes_are_refused() -> None:
 def test_available_backends_follow_the_optional_import(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {"reference", "numpy-blocked", "torch-blocked"} <= available_backends()
     monkeypatch.setattr(dispatch.importlib.util, "find_spec", lambda name: None)
-    assert "faiss" not in available_backends()
+    assert not {"faiss", "triton"} & available_backends()
     assert choose_backend(1000, 1000, 64) == "numpy-blocked"
+    assert choose_backend(1000, 1000, 64, device="cuda") == "torch-blocked"
+
+
+def test_default_device_follows_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dispatch.default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dispatch.default_device() == "cpu"
+
+
+def test_resolve_without_a_device_uses_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "default_device", lambda: "cuda:3")
+    monkeypatch.setattr(dispatch, "available_backends", lambda: frozenset(NO_FAISS))
+    resolved = resolve_backend("auto", 10, 10, 8)
+    assert (resolved.name, resolved.device) == ("torch-blocked", "cuda:3")
+    assert resolved.backend.device == "cuda:3"  # type: ignore[attr-defined]
+    # A CPU-only backend asked for by name stays on the CPU.
+    assert resolve_backend("numpy-blocked", 10, 10, 8).device == "cpu"
 
 
 def test_resolve_auto_returns_the_chosen_name_with_the_backend() -> None:
-    resolved = resolve_backend("auto", 1000, 100, 4096)
+    resolved = resolve_backend("auto", 1000, 100, 4096, device="cpu")
     assert isinstance(resolved, ResolvedBackend)
     assert resolved.name == "numpy-blocked" == resolved.backend.name
+    assert resolved.device == "cpu"
     private = np.zeros((2, 4096), np.float32)
     assert resolved.backend.search(private, np.ones((3, 4096), np.float32), 1).shape == (2, 1)
 
 
 def test_resolve_a_named_backend() -> None:
-    resolved = resolve_backend("torch-blocked", 10, 10, 8)
+    resolved = resolve_backend("torch-blocked", 10, 10, 8, device="cpu")
     assert resolved.name == resolved.backend.name == "torch-blocked"
 
 
@@ -77,7 +113,8 @@ def test_resolve_cpu_only_backend_on_a_device_is_refused() -> None:
         resolve_backend("numpy-blocked", 10, 10, 8, device="cuda")
 
 
-def test_resolve_auto_on_a_device_configures_torch() -> None:
+def test_resolve_auto_on_cuda_configures_triton() -> None:
+    pytest.importorskip("triton")
     resolved = resolve_backend("auto", 10, 10, 8, device="cuda:1")
-    assert resolved.name == "torch-blocked"
+    assert (resolved.name, resolved.device) == ("triton", "cuda:1")
     assert resolved.backend.device == "cuda:1"  # type: ignore[attr-defined]
