@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import inspect
 import logging
+import math
 import os
 import random
 import threading
@@ -236,7 +237,8 @@ def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
     try:

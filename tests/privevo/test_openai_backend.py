@@ -208,6 +208,7 @@ def test_retry_after_forms() -> None:
     assert _retry_after("2.5") == 2.5
     assert _retry_after("-1") == 0.0
     assert _retry_after(None) is None and _retry_after("soon") is None
+    assert _retry_after("nan") is None and _retry_after("inf") is None
     past = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
     assert _retry_after(past) == 0.0
     future = format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
