@@ -63,7 +63,29 @@ section_diffusion() {
   timeout 240 "$PY" scripts/gpu_check_diffusion.py "${flags[@]}" || return 1
 }
 
-SECTIONS=(nn_kernels diffusion)
+# The llm API's vLLM backend, where vLLM is installed (it pins its own torch, so GPU images
+# only): a few random samples from a local model folder named by PRIVEVO_VLLM_MODEL.
+section_vllm() {
+  if ((DRY_RUN)) || ! "$PY" -c 'import vllm' 2>/dev/null || [[ -z ${PRIVEVO_VLLM_MODEL:-} ]]; then
+    echo "vllm: skipped: needs a CUDA machine with vllm installed and PRIVEVO_VLLM_MODEL set"
+    return 0
+  fi
+  timeout 240 "$PY" - <<'PYTHON' || return 1
+import os, time
+import numpy as np
+from pe_core.apis import create_api
+api = create_api("llm", label_names=("sport", "tech"), backend="vllm",
+                 backend_config={"model": os.environ["PRIVEVO_VLLM_MODEL"]})
+start = time.perf_counter()
+samples = api.random(0, 64, np.random.default_rng(0))
+seconds = time.perf_counter() - start
+assert len(samples) == 64 and all(samples.texts), "empty vLLM answers"
+print(f"vllm: 64 random samples in {seconds:.1f} s ({api.usage.generated_tokens / seconds:.0f} tokens/s)")
+print("vllm:", samples.texts[0][:120])
+PYTHON
+}
+
+SECTIONS=(nn_kernels diffusion vllm)
 
 for section in "${SECTIONS[@]}"; do
   echo "=== gpu_check: $section$( ((DRY_RUN)) && echo ' (CPU dry run)')"
