@@ -12,17 +12,19 @@ fp32 distances, selection temporaries, candidate mask and min(k, m) candidates p
 least one row). Rows with more candidates (near-ties within the certified window) add
 ``RERANK_BYTES_PER_CANDIDATE`` each; only massive ties make that noticeable.
 
-The numpy path splits a block over one worker thread per core, each with a one-thread BLAS, and
-each worker runs GEMM and selection on cache-sized chunks of its rows: the selection passes then
-read distances from cache instead of memory, and overlap the other core's GEMM instead of idling
-it (numpy's reductions are single-threaded). At (n 1e5, m 1e4, d 512) on 2 cores that takes the
-exact search from 1.17x to below the time of plain FAISS ``IndexFlatL2``
-(``benchmarks/nn_histogram.py``).
+The numpy path runs one worker thread per core, each with a one-thread BLAS and its own buffers;
+workers take blocks as they become free and run GEMM, selection and re-rank on them. numpy's
+selection passes and the re-rank are single-threaded, so with one BLAS spanning all cores the
+other cores idle through them; with a worker per core they overlap the other workers' GEMMs. On
+2 cores that takes the exact search from 1.17-1.22x the time of plain FAISS ``IndexFlatL2`` to
+0.94-1.00x at (n 1e5, m 1e4, d 512), and to 0.95-1.06x from d 64 to 2048
+(``benchmarks/nn_histogram.py``; ``kernels.dispatch.CPU_BACKEND`` has the figures).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -47,8 +49,9 @@ _Candidates = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]
 class _CandidateKernel(Protocol):
     """The library-specific half of a blocked search, built once per synthetic set."""
 
-    bytes_per_pair: int
-    """Working bytes per (private row, synthetic row) cell of a block."""
+    def pair_bytes(self, kept: int) -> int:
+        """Working bytes per (private row, synthetic row) cell of a block, for min(k, m) = kept."""
+        ...
 
     def candidates(
         self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
@@ -57,12 +60,24 @@ class _CandidateKernel(Protocol):
         ...
 
 
+def _block_layout(
+    n_synthetic: int, dim: int, kept: int, pair_bytes: int, max_block_bytes: int
+) -> tuple[int, int]:
+    """(private rows per block, bytes for the exact re-rank's chunks) within a memory budget."""
+    # Per private row: its pairs, its (usually min(k, m)) candidates and a float32 copy of it.
+    row_bytes = n_synthetic * pair_bytes + kept * RERANK_BYTES_PER_CANDIDATE + dim * 4
+    # A quarter of the budget goes to the exact re-rank's chunks, the rest to the fp32 block.
+    rerank_bytes = max_block_bytes // 4
+    return max(1, (max_block_bytes - rerank_bytes) // row_bytes), rerank_bytes
+
+
 def blocked_search(
     private: NDArray[np.float32],
     synthetic: NDArray[np.float32],
     k: int,
     kernel: _CandidateKernel,
     max_block_bytes: int,
+    max_synthetic_sq_norm: float | None = None,
 ) -> NDArray[np.int64]:
     """Runs ``kernel`` over blocks of private rows and re-ranks each block's candidates.
 
@@ -72,6 +87,7 @@ def blocked_search(
         k: neighbours per row.
         kernel: the fp32 candidate generator.
         max_block_bytes: working-memory bound of one block.
+        max_synthetic_sq_norm: max_j ||y_j||^2 in float64 if already known.
 
     Returns:
         (n, k) int64 indices sorted by (exact distance, index), padded with -1 when m < k.
@@ -82,12 +98,11 @@ def blocked_search(
     if n == 0 or n_synthetic == 0:
         return out
     kept = min(k, n_synthetic)
-    max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
-    # Per private row: its pairs, its (usually min(k, m)) candidates and a float32 copy of it.
-    row_bytes = n_synthetic * kernel.bytes_per_pair + kept * RERANK_BYTES_PER_CANDIDATE + dim * 4
-    # A quarter of the budget goes to the exact re-rank's chunks, the rest to the fp32 block.
-    rerank_bytes = max_block_bytes // 4
-    block_rows = max(1, min(n, (max_block_bytes - rerank_bytes) // row_bytes))
+    if max_synthetic_sq_norm is None:
+        max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
+    block_rows, rerank_bytes = _block_layout(
+        n_synthetic, dim, kept, kernel.pair_bytes(kept), max_block_bytes
+    )
     for start in range(0, n, block_rows):
         block = private[start : start + block_rows]
         tol = distance_error_bound(sq_norms64(block), max_synthetic_sq_norm, dim)
@@ -129,12 +144,12 @@ def _group_min_kth(dist: NDArray[np.float32], kept: int) -> NDArray[np.float32]:
     return np.partition(minima, kept - 1, axis=1)[:, kept - 1]
 
 
-# Per worker, a chunk's fp32 distances and mask stay within ~4 MiB: both workers' chunks fit in
-# the shared L3 cache of small servers (32 MiB on the 2-core benchmark machine) with room for the
-# packed GEMM panels.
-_CHUNK_BYTES = 4 * 2**20
-
 _BLAS = ThreadpoolController()
+
+# A worker's block stays below glibc's largest mmap threshold (32 MiB), so its buffers come from
+# the heap again on the next search instead of fresh pages (about 2 us of page fault per 4 KiB),
+# and near the 400-1600 GEMM rows where BLAS runs at full speed at m = 1e4.
+_WORKER_BLOCK_BYTES = 32 * 2**20
 
 
 def default_threads() -> int:
@@ -142,79 +157,49 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class _NumpyKernel:
-    # fp32 distances, the candidate mask, and group minima (plus their partition copy) that
-    # take 1/_GROUPS of a row each.
-    bytes_per_pair = 4 + 1 + 1
+def _augmented(synthetic: NDArray[np.float32]) -> NDArray[np.float32]:
+    """(m, d + 1) rows [y, ||y||^2], so one GEMM with rows [-2x, 1] gives ||y||^2 - 2 x.y.
 
-    def __init__(
-        self,
-        synthetic: NDArray[np.float32],
-        n_private: int,
-        workers: int,
-        pool: ThreadPoolExecutor | None,
-    ) -> None:
-        n_synthetic, dim = synthetic.shape
-        # One GEMM gives ||y||^2 - 2 x.y directly: [-2x, 1] . [y, ||y||^2], saving a pass over
-        # the distances; the norm is one more term of the same sum, so the error bound holds.
-        self.augmented = np.empty((n_synthetic, dim + 1), dtype=np.float32)
-        self.augmented[:, :dim] = synthetic
-        np.einsum("ij,ij->i", synthetic, synthetic, out=self.augmented[:, dim])
-        self.pool = pool
-        # Per chunk row: fp32 distances and a boolean mask (5 bytes per pair), the scaled row.
-        per_worker = -(-n_private // workers)
-        row_bytes = n_synthetic * 5 + (dim + 1) * 4
-        self.chunk_rows = max(1, min(per_worker, _CHUNK_BYTES // row_bytes))
-        # One set of buffers per worker, reused across chunks and blocks: fresh buffers of this
+    That saves a pass over the distances; the norm is one more term of the same sum, so the error
+    bound holds.
+    """
+    n_synthetic, dim = synthetic.shape
+    augmented = np.empty((n_synthetic, dim + 1), dtype=np.float32)
+    augmented[:, :dim] = synthetic
+    np.einsum("ij,ij->i", synthetic, synthetic, out=augmented[:, dim])
+    return augmented
+
+
+class _NumpyKernel:
+    def __init__(self, augmented: NDArray[np.float32]) -> None:
+        self.augmented = augmented
+        # Reused across blocks (the first block is the largest): fresh per-block buffers of this
         # size fragment the heap and make peak memory creep up with n.
-        self._buffers = [
-            (
-                np.ones((self.chunk_rows, dim + 1), dtype=np.float32),
-                np.empty((self.chunk_rows, n_synthetic), dtype=np.float32),
-                np.empty((self.chunk_rows, n_synthetic), dtype=bool),
-            )
-            for _ in range(workers)
-        ]
+        self._rows = np.empty((0, augmented.shape[1]), dtype=np.float32)
+        self._dist = np.empty((0, augmented.shape[0]), dtype=np.float32)
+        self._mask = np.empty((0, augmented.shape[0]), dtype=bool)
+
+    @staticmethod
+    def pair_bytes(kept: int) -> int:
+        # fp32 distances; for k > 1 also the candidate mask and group minima (plus their
+        # partition copy) that take 1/_GROUPS of a row each.
+        return 4 if kept == 1 else 4 + 1 + 1
 
     def candidates(
         self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
     ) -> _Candidates:
-        if self.pool is None:
-            return self._worker_candidates(0, block, tol, kept)
-        cuts = np.linspace(0, len(block), len(self._buffers) + 1).astype(int).tolist()
-
-        def part(worker: int) -> _Candidates:
-            lo, hi = cuts[worker], cuts[worker + 1]
-            rows, cols, values = self._worker_candidates(worker, block[lo:hi], tol[lo:hi], kept)
-            return rows + lo, cols, values
-
-        # BLAS threads would compete with the workers, one per core already.
-        with _BLAS.limit(limits=1, user_api="blas"):
-            return _concatenate(list(self.pool.map(part, range(len(self._buffers)))))
-
-    def _worker_candidates(
-        self, worker: int, private_rows: NDArray[np.float32], tol: NDArray[np.float64], kept: int
-    ) -> _Candidates:
-        augmented_rows, dist, mask = self._buffers[worker]
-        found = []
-        for start in range(0, len(private_rows), self.chunk_rows):
-            chunk = private_rows[start : start + self.chunk_rows]
-            count = len(chunk)
-            # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
-            np.multiply(chunk, np.float32(-2.0), out=augmented_rows[:count, :-1])
-            np.matmul(augmented_rows[:count], self.augmented.T, out=dist[:count])
-            rows, cols, values = _select_candidates(
-                dist[:count], mask[:count], tol[start : start + count], kept
-            )
-            found.append((rows + start, cols, values))
-        return _concatenate(found)
-
-
-def _concatenate(parts: list[_Candidates]) -> _Candidates:
-    if not parts:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    rows, cols, values = zip(*parts, strict=True)
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
+        rows = block.shape[0]
+        if self._dist.shape[0] < rows:
+            self._rows = np.empty((rows, self._rows.shape[1]), dtype=np.float32)
+            self._rows[:, -1] = 1.0
+            self._dist = np.empty((rows, self._dist.shape[1]), dtype=np.float32)
+        if kept > 1 and self._mask.shape[0] < rows:
+            self._mask = np.empty((rows, self._mask.shape[1]), dtype=bool)
+        augmented_rows, dist = self._rows[:rows], self._dist[:rows]
+        # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
+        np.multiply(block, np.float32(-2.0), out=augmented_rows[:, :-1])
+        np.matmul(augmented_rows, self.augmented.T, out=dist)
+        return _select_candidates(dist, self._mask[:rows], tol, kept)
 
 
 def _select_candidates(
@@ -223,15 +208,14 @@ def _select_candidates(
     """The certified candidates of a C-contiguous block of fp32 distances, using ``mask``.
 
     Args:
-        dist: (b, m) fp32 distances (shifted by a per-row constant).
-        mask: (b, m) boolean scratch space.
+        dist: (b, m) fp32 distances (shifted by a per-row constant), m >= 2; used as scratch
+            space and restored.
+        mask: (b, m) boolean scratch space (unused for kept = 1).
         tol: (b,) float64 error bounds.
         kept: min(k, m).
     """
     if kept == 1:
-        threshold = certified_threshold(dist.min(axis=1), tol)
-        np.less_equal(dist, threshold[:, None], out=mask)
-        return _flat_pairs(dist, np.flatnonzero(mask))
+        return _nearest_candidates(dist, tol)
     # A full partition costs as much as the GEMM; instead shortlist below a cheap upper bound
     # of the k-th value (a superset of the certified set) and certify that.
     upper = certified_threshold(_group_min_kth(dist, kept), tol)
@@ -239,6 +223,31 @@ def _select_candidates(
     rows, cols, values = _flat_pairs(dist, np.flatnonzero(mask))
     rows, cols, values, _ = certify_candidates(rows, cols, values, len(dist), kept, tol)
     return rows, cols, values
+
+
+def _nearest_candidates(dist: NDArray[np.float32], tol: NDArray[np.float64]) -> _Candidates:
+    """``_select_candidates`` for k = 1, in two passes over ``dist`` and no mask over the block.
+
+    Most rows have a single candidate: their nearest fp32 value lies more than 2 tol_i below the
+    next one. Hiding each row's nearest value and taking the minimum again finds the rows with a
+    second candidate; only those are scanned for their whole certified set.
+    """
+    rows = np.arange(len(dist))
+    nearest = dist.argmin(axis=1)
+    best = dist[rows, nearest]
+    threshold = certified_threshold(best, tol)
+    dist[rows, nearest] = np.inf
+    crowded = np.flatnonzero(dist.min(axis=1) <= threshold)
+    dist[rows, nearest] = best
+    within_rows, within_cols = np.nonzero(dist[crowded] <= threshold[crowded, None])
+    within_rows = crowded[within_rows]
+    alone = np.ones(len(dist), dtype=bool)
+    alone[crowded] = False
+    return (
+        np.concatenate([rows[alone], within_rows]).astype(np.int64),
+        np.concatenate([nearest[alone], within_cols]).astype(np.int64),
+        np.concatenate([best[alone], dist[within_rows, within_cols]]),
+    )
 
 
 def _flat_pairs(dist: NDArray[np.float32], flat: NDArray[np.intp]) -> _Candidates:
@@ -251,7 +260,8 @@ class NumpyBlockedBackend:
     """Exact k-NN by blocked numpy (BLAS) fp32 GEMM plus a certified float64 re-rank.
 
     Args:
-        max_block_bytes: working-memory bound of one block of private rows (~128 MB default).
+        max_block_bytes: working-memory bound of the blocks of all workers together (~128 MB
+            default); each worker's share is also capped at ``_WORKER_BLOCK_BYTES``.
         threads: worker threads, each with a one-thread BLAS; default: the usable CPU cores.
     """
 
@@ -269,12 +279,37 @@ class NumpyBlockedBackend:
         self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
     ) -> NDArray[np.int64]:
         check_search_inputs(private, synthetic, k)
+        augmented = _augmented(synthetic)
+        budget = min(self.max_block_bytes // self.threads, _WORKER_BLOCK_BYTES)
         if self.threads == 1:
-            kernel = _NumpyKernel(synthetic, len(private), 1, None)
-            return blocked_search(private, synthetic, k, kernel, self.max_block_bytes)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="numpy-blocked") as pool:
-            kernel = _NumpyKernel(synthetic, len(private), self.threads, pool)
-            return blocked_search(private, synthetic, k, kernel, self.max_block_bytes)
+            return blocked_search(private, synthetic, k, _NumpyKernel(augmented), budget)
+        # Blocks go to whichever worker is free, so a core slowed by another process delays
+        # only its current block. Each worker keeps its own kernel buffers for the whole call.
+        n_synthetic, dim = synthetic.shape
+        kept = min(k, n_synthetic)
+        rows, _ = _block_layout(n_synthetic, dim, kept, _NumpyKernel.pair_bytes(kept), budget)
+        max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
+        local = threading.local()
+
+        def block(start: int) -> NDArray[np.int64]:
+            if not hasattr(local, "kernel"):
+                local.kernel = _NumpyKernel(augmented)
+            return blocked_search(
+                private[start : start + rows],
+                synthetic,
+                k,
+                local.kernel,
+                budget,
+                max_synthetic_sq_norm,
+            )
+
+        # One BLAS thread per worker: the workers already occupy every core.
+        with (
+            _BLAS.limit(limits=1, user_api="blas"),
+            ThreadPoolExecutor(self.threads, thread_name_prefix="numpy-blocked") as pool,
+        ):
+            found = list(pool.map(block, range(0, len(private), rows)))
+        return np.concatenate(found) if found else np.full((0, k), -1, dtype=np.int64)
 
 
 def _check_ieee_fp32_matmul(torch: Any, device_type: str) -> None:
@@ -299,9 +334,10 @@ def _as_tensor(torch: Any, array: NDArray[np.float32], device: Any) -> Any:
 
 
 class _TorchKernel:
-    # As the numpy kernel on CPU; on a device, top-k keeps only (rows, k) outputs instead of
-    # group minima.
-    bytes_per_pair = 4 + 1 + 1
+    def pair_bytes(self, kept: int) -> int:
+        # fp32 distances and the candidate mask; group minima (a sixth of a byte) on CPU, on a
+        # device top-k keeps only (rows, k) outputs instead.
+        return 4 + 1 + 1
 
     def __init__(self, torch: Any, synthetic: NDArray[np.float32], device: str) -> None:
         self.torch = torch

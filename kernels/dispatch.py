@@ -16,15 +16,15 @@ from kernels.base import BACKEND_REGISTRY, NearestNeighbourBackend, create_backe
 
 AUTO = "auto"
 
-FAISS_MAX_DIM = 1024
-"""The faiss backend is picked below this dimension, numpy-blocked at or above it.
+CPU_BACKEND = "numpy-blocked"
+"""The CPU pick at every size: one worker per core, each GEMM + selection + exact re-rank.
 
-Plain fp32 searches on 2 cores (PE-NOTES): at (n 1e5, m 1e4, d 512) FAISS IndexFlatL2 5.55 s
-beats a blocked numpy GEMM 6.3 s; at (n 1e4, m 1e4, d 2048) numpy 2.09 s beats FAISS 2.40 s.
-With the exact re-rank (benchmarks/nn_histogram.py, shared machine, best of 3) the two exact
-backends run within ~5% of each other at d 64-512 (d 512: faiss 4.68 s, numpy-blocked 4.55 s)
-while faiss needs less than half the working memory (43 vs 101 MiB), so faiss stays the pick
-below the crossover.
+Exact votes on 2 cores as a ratio to plain (inexact) FAISS ``IndexFlatL2`` in the same run
+(benchmarks/nn_histogram.py, median of 3 interleaved rounds on a shared machine, so +-5%): at
+(n 1e5, m 1e4) d 64 0.96, d 128 0.95, d 256 1.02, d 512 0.94-1.00, against 1.40, 1.21, 1.26 and
+1.06-1.16 for the exact faiss backend; at (n 1e4, m 1e4, d 2048) 1.02-1.06 against 1.16-1.20.
+It holds more working memory (about 50-70 MiB against 25-42 MiB there), well inside
+``max_block_bytes``.
 """
 
 DEVICE_BACKENDS = frozenset({"torch-blocked", "triton"})
@@ -78,8 +78,7 @@ def choose_backend(
 
     Returns:
         A registered backend name: triton on CUDA devices (torch-blocked without triton and on
-        other devices); on CPU faiss below ``FAISS_MAX_DIM``, numpy-blocked at or above it or
-        when faiss is missing.
+        other devices), ``CPU_BACKEND`` on CPU.
 
     Raises:
         ValueError: no available backend suits the device.
@@ -93,14 +92,12 @@ def choose_backend(
         if "torch-blocked" not in names:
             raise ValueError(f"no available nearest-neighbour backend runs on {device!r}")
         return "torch-blocked"
-    if "faiss" in names and dim < FAISS_MAX_DIM:
-        return "faiss"
-    if "numpy-blocked" not in names:
+    if CPU_BACKEND not in names:
         raise ValueError(
             f"no CPU nearest-neighbour backend available among {sorted(names)}; "
-            "numpy-blocked should always be registered (import kernels)"
+            f"{CPU_BACKEND} should always be registered (import kernels)"
         )
-    return "numpy-blocked"
+    return CPU_BACKEND
 
 
 def resolve_backend(

@@ -216,20 +216,14 @@ def test_torch_device_selection_path_on_cpu(max_block_bytes: int) -> None:
         np.testing.assert_array_equal(got, reference_search(private, synthetic, k))
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("chunk_bytes", [1, 700, None])
+@pytest.mark.parametrize("threads", [1, 3, 40])
 @pytest.mark.parametrize("max_block_bytes", [1, 4096, None])
-def test_numpy_workers_and_chunks(
-    threads: int, chunk_bytes: int | None, max_block_bytes: int | None, monkeypatch
-) -> None:
-    # 1 byte: one row per chunk; 700 bytes: a few rows per chunk; None: one chunk per worker.
-    # Three workers on blocks of one row leave two of them without rows.
-    from kernels import blocked
+def test_numpy_worker_threads(threads: int, max_block_bytes: int | None) -> None:
+    # Workers take blocks as they come free: 40 workers leave most idle.
+    from kernels.blocked import NumpyBlockedBackend
 
-    if chunk_bytes is not None:
-        monkeypatch.setattr(blocked, "_CHUNK_BYTES", chunk_bytes)
     config = {} if max_block_bytes is None else {"max_block_bytes": max_block_bytes}
-    backend = blocked.NumpyBlockedBackend(threads=threads, **config)
+    backend = NumpyBlockedBackend(threads=threads, **config)
     rng = np.random.default_rng(9)
     base = rng.standard_normal((10, 7)).astype(np.float32)
     synthetic = np.concatenate([base, base[:4], rng.standard_normal((9, 7)).astype(np.float32)])

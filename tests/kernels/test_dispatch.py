@@ -5,7 +5,7 @@ import pytest
 
 from kernels import dispatch
 from kernels.dispatch import (
-    FAISS_MAX_DIM,
+    CPU_BACKEND,
     ResolvedBackend,
     available_backends,
     choose_backend,
@@ -17,18 +17,10 @@ ALL = ("reference", "numpy-blocked", "torch-blocked", "faiss", "triton")
 NO_FAISS = ("reference", "numpy-blocked", "torch-blocked")
 
 
-def test_cpu_picks_faiss_below_the_crossover_dimension() -> None:
-    assert choose_backend(100_000, 10_000, 512, available=ALL) == "faiss"
-    assert choose_backend(100_000, 10_000, FAISS_MAX_DIM - 1, available=ALL) == "faiss"
-
-
-def test_cpu_picks_numpy_blocked_at_high_dimension() -> None:
-    assert choose_backend(10_000, 10_000, 2048, available=ALL) == "numpy-blocked"
-    assert choose_backend(10_000, 10_000, FAISS_MAX_DIM, available=ALL) == "numpy-blocked"
-
-
-def test_cpu_without_faiss_picks_numpy_blocked() -> None:
-    assert choose_backend(100_000, 10_000, 512, available=NO_FAISS) == "numpy-blocked"
+@pytest.mark.parametrize("dim", [1, 64, 512, 2048, 8192])
+def test_cpu_picks_numpy_blocked_at_every_size(dim: int) -> None:
+    assert choose_backend(100_000, 10_000, dim, available=ALL) == CPU_BACKEND == "numpy-blocked"
+    assert choose_backend(10, 3, dim, available=NO_FAISS) == "numpy-blocked"
 
 
 def test_cuda_picks_triton() -> None:
@@ -45,8 +37,7 @@ def test_other_devices_and_cuda_without_triton_pick_torch_blocked() -> None:
         choose_backend(10, 10, 4, device="cuda", available=("numpy-blocked", "faiss"))
 
 
-def test_cpu_never_picks_triton() -> None:
-    assert choose_backend(100_000, 10_000, 512, available=ALL) == "faiss"
+def test_cpu_never_picks_triton_or_faiss() -> None:
     assert choose_backend(100_000, 10_000, 512, available=("numpy-blocked", "triton")) == (
         "numpy-blocked"
     )
