@@ -102,6 +102,19 @@ def _to_uint8(images: Any) -> NDArray[np.uint8]:
     return array.cpu().numpy().astype(np.uint8)
 
 
+def _in_batches(
+    n: int,
+    batch_size: int,
+    image_shape: tuple[int, int, int],
+    fn: Callable[[slice], NDArray[np.uint8]],
+) -> NDArray[np.uint8]:
+    """uint8 (n, H, W, C) images made ``batch_size`` at a time by ``fn(slice of 0..n)``."""
+    out = np.empty((n, *image_shape), dtype=np.uint8)
+    for lo in range(0, n, batch_size):
+        out[lo : lo + batch_size] = fn(slice(lo, min(n, lo + batch_size)))
+    return out
+
+
 class _PixelUNet:
     """Deterministic DDIM sampling and SDEdit on a pixel-space ``UNet2DModel``.
 
@@ -207,13 +220,6 @@ class _PixelUNet:
             return None
         return self._torch.tensor(list(conditions), dtype=self._torch.int64, device=self.device)
 
-    def _batched(self, fn: Callable[[slice], NDArray[np.uint8]], n: int) -> NDArray[np.uint8]:
-        height, width, channels = self.image_shape
-        out = np.empty((n, height, width, channels), dtype=np.uint8)
-        for lo in range(0, n, self.batch_size):
-            out[lo : lo + self.batch_size] = fn(slice(lo, min(n, lo + self.batch_size)))
-        return out
-
     def sample(self, conditions: Sequence[Any], seeds: Sequence[int]) -> NDArray[np.uint8]:
         last = len(self.alphas) - 1
 
@@ -221,7 +227,7 @@ class _PixelUNet:
             x = self._noise(seeds[part])
             return _to_uint8(self._run(x, self._classes(conditions[part]), last, self.steps))
 
-        return self._batched(batch, len(seeds))
+        return _in_batches(len(seeds), self.batch_size, self.image_shape, batch)
 
     def edit(
         self,
@@ -247,7 +253,7 @@ class _PixelUNet:
             x = a_start.sqrt() * x0 + (1 - a_start).sqrt() * noise
             return _to_uint8(self._run(x, self._classes(conditions[part]), start, steps))
 
-        return self._batched(batch, len(seeds))
+        return _in_batches(len(seeds), self.batch_size, self.image_shape, batch)
 
 
 class _TextToImage:
@@ -281,11 +287,13 @@ class _TextToImage:
         return [self._torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def _collect(self, n: int, run: Callable[[slice], Any]) -> NDArray[np.uint8]:
-        parts = []
-        for lo in range(0, n, self.batch_size):
-            images = run(slice(lo, min(n, lo + self.batch_size))).images
-            parts.append(np.rint(np.asarray(images) * 255).clip(0, 255).astype(np.uint8))
-        return np.concatenate(parts) if parts else np.zeros((0, *self.image_shape), np.uint8)
+        """Runs a pipeline call per batch; its float images in [0, 1] become uint8."""
+
+        def batch(part: slice) -> NDArray[np.uint8]:
+            images = np.asarray(run(part).images)
+            return np.rint(images * 255).clip(0, 255).astype(np.uint8)
+
+        return _in_batches(n, self.batch_size, self.image_shape, batch)
 
     def sample(self, conditions: Sequence[Any], seeds: Sequence[int]) -> NDArray[np.uint8]:
         return self._collect(
