@@ -274,14 +274,47 @@ def _kernel_votes(torch: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any
     return counts
 
 
-def _tile_alternatives() -> dict[str, list[Any]]:
+def _tile_alternatives(sweep: bool) -> dict[str, list[Any]]:
+    """Tile sizes timed beside each precision's default: a few, or a broad sweep."""
     from kernels.triton_impl import Tiles
 
-    return {
-        "float32": [Tiles(128, 64, 32, 8), Tiles(64, 128, 16, 4), Tiles(32, 64, 32, 4)],
-        "bfloat16": [Tiles(128, 128, 64, 8), Tiles(64, 64, 64, 4)],
-        "float16": [Tiles(128, 128, 64, 8)],
-    }
+    if not sweep:
+        return {
+            "float32": [Tiles(64, 64, 32, 4), Tiles(128, 128, 16, 8)],
+            "bfloat16": [Tiles(128, 64, 64, 8), Tiles(128, 128, 64, 8)],
+            "float16": [Tiles(128, 128, 64, 8)],
+        }
+    # fp32 dots run on CUDA cores (register-blocked FMA): wide tiles, short depth slices.
+    fp32 = [
+        Tiles(m, n, d, warps, stages)
+        for m, n, d, warps, stages in [
+            (128, 64, 32, 8, 3),
+            (64, 128, 32, 4, 3),
+            (128, 128, 32, 8, 3),
+            (128, 128, 16, 8, 3),
+            (128, 128, 16, 8, 4),
+            (128, 128, 32, 4, 2),
+            (256, 64, 16, 8, 3),
+            (64, 256, 16, 8, 3),
+            (128, 64, 16, 4, 4),
+            (64, 64, 64, 4, 2),
+            (32, 64, 32, 4, 3),
+        ]
+    ]
+    # Low precision runs on tensor cores: deeper slices, more warps, more stages.
+    half = [
+        Tiles(m, n, d, warps, stages)
+        for m, n, d, warps, stages in [
+            (128, 128, 64, 8, 3),
+            (64, 64, 64, 4, 3),
+            (64, 128, 64, 4, 3),
+            (128, 128, 32, 8, 4),
+            (128, 256, 64, 8, 3),
+            (256, 128, 64, 8, 3),
+            (128, 64, 128, 8, 2),
+        ]
+    ]
+    return {"float32": fp32, "bfloat16": half, "float16": half[:1]}
 
 
 def _faiss_gpu_votes(private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
@@ -461,7 +494,7 @@ def _device_size(
         dtype = getattr(torch, rounding.name)
         tile_choices = [backend.tiles]
         if device.startswith("cuda"):
-            tile_choices += _tile_alternatives()[rounding.name]
+            tile_choices += _tile_alternatives(args.sweep)[rounding.name]
         for tiles in tile_choices:
             tag = f"{label} {tiles.block_m}x{tiles.block_n}x{tiles.block_d}/{tiles.num_warps}w"
             device_paths[tag] = partial(
@@ -504,6 +537,11 @@ def main() -> None:
         "--check",
         action="store_true",
         help="device mode: first check Triton exactness; exit 1 on a failure",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="device mode: time the kernel at many tile sizes (tuning the defaults)",
     )
     parser.add_argument("--n-private", type=int, default=None)
     parser.add_argument("--n-synthetic", type=int, default=None)

@@ -2,8 +2,8 @@
 
 The choice is recorded in job metadata by the caller, so ``resolve_backend`` returns the name
 (and device) with the backend. All registered backends give identical results (each equals
-``reference_search`` bit for bit), so the choice only affects speed and memory: the fused Triton
-kernel on CUDA devices, torch-blocked on other torch devices, the fastest exact path on CPU.
+``reference_search`` bit for bit), so the choice only affects speed and memory: the path measured
+fastest on each kind of device (``DEVICE_BACKEND``, ``CPU_BACKEND``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ Exact votes on 2 cores as a ratio to plain (inexact) FAISS ``IndexFlatL2`` in th
 1.06-1.16 for the exact faiss backend; at (n 1e4, m 1e4, d 2048) 1.02-1.06 against 1.16-1.20.
 It holds more working memory (about 50-70 MiB against 25-42 MiB there), well inside
 ``max_block_bytes``.
+"""
+
+DEVICE_BACKEND = "torch-blocked"
+"""The pick on CUDA and other torch devices: cuBLAS fp32 GEMM blocks and the certified re-rank.
+
+Measured on an H200 end to end (host arrays in, counts out; benchmarks/results/h200-2026-11-29.md):
+0.29 s against 0.49-0.53 s for the fused ``triton`` kernel at (n 1e5, m 1e4, d 512), 0.22 against
+0.39 at (1e4, 1e4, 2048) and 2.7 against 2.9 at (1e6, 1e4, 512). The fp32 Triton kernel alone
+runs at 33% of cuBLAS SGEMM's rate (2.4x the time of a plain GEMM + argmin); its bf16 variant is
+5x faster than that but its certified window leaves most rows of such data to the fp32 pass.
+``triton`` stays selectable by name.
 """
 
 DEVICE_BACKENDS = frozenset({"torch-blocked", "triton"})
@@ -77,8 +88,7 @@ def choose_backend(
         available: backend names to choose from; default ``available_backends()``.
 
     Returns:
-        A registered backend name: triton on CUDA devices (torch-blocked without triton and on
-        other devices), ``CPU_BACKEND`` on CPU.
+        A registered backend name: ``DEVICE_BACKEND`` on torch devices, ``CPU_BACKEND`` on CPU.
 
     Raises:
         ValueError: no available backend suits the device.
@@ -87,11 +97,9 @@ def choose_backend(
         raise ValueError(f"sizes must be >= 0, got n={n_private} m={n_synthetic} d={dim}")
     names = available_backends() if available is None else frozenset(available)
     if device != "cpu":
-        if "triton" in names and device.split(":")[0] == "cuda":
-            return "triton"
-        if "torch-blocked" not in names:
+        if DEVICE_BACKEND not in names:
             raise ValueError(f"no available nearest-neighbour backend runs on {device!r}")
-        return "torch-blocked"
+        return DEVICE_BACKEND
     if CPU_BACKEND not in names:
         raise ValueError(
             f"no CPU nearest-neighbour backend available among {sorted(names)}; "

@@ -192,18 +192,22 @@ class TritonBackend:
         block_rows = max(1, min(n, (self.max_block_bytes - rerank_bytes) // row_bytes))
         for start in range(0, n, block_rows):
             block = private[start : start + block_rows]
+            # The block goes to the device once; a later pass takes its pending rows there.
+            block32 = _to_device(torch, block, self.device)
+            block_sq_norms = sq_norms64(block)
             pending = np.arange(len(block))
             for pass_rounding, y in passes:
-                rows = block[pending]
-                sq_norms = sq_norms64(rows)
+                every_row = pending.size == len(block)
+                rows = block if every_row else block[pending]
+                sq_norms = block_sq_norms if every_row else block_sq_norms[pending]
                 tol = rounded_input_error_bound(sq_norms, max_synthetic_sq_norm, dim, pass_rounding)
                 window = certified_threshold(
                     np.zeros(len(rows), np.float32),
                     tol + _SLACK * (sq_norms + max_synthetic_sq_norm + 2.0 * tol),
                 )
-                x = _to_device(torch, rows, self.device).to(y.dtype)
+                x = block32 if every_row else block32[torch.from_numpy(pending).to(self.device)]
                 values, indices, settled = self._impl.shortlists(
-                    x,
+                    x.to(y.dtype),
                     y,
                     y_sq,
                     torch.from_numpy(window).to(self.device),
@@ -320,6 +324,12 @@ def _check_range(
 
 
 def _to_device(torch: Any, array: NDArray[np.float32], device: str) -> Any:
-    # Contiguous rows for the kernel's unit column stride; a copy also frees read-only inputs
-    # from torch.from_numpy's warning.
-    return torch.from_numpy(np.array(array, dtype=np.float32, order="C")).to(device)
+    """A float32 tensor of C-contiguous rows (the kernel's unit column stride) on ``device``.
+
+    Copies on the host only when the rows are strided or read-only (torch.from_numpy warns on
+    read-only arrays); a C-contiguous float32 block goes straight to the device. On the CPU (the
+    interpreter) the tensor shares the array's memory; the kernel only reads it.
+    """
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = np.array(array, dtype=np.float32, order="C")
+    return torch.from_numpy(array).to(device)

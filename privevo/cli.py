@@ -97,7 +97,8 @@ def run(
     text_column: Annotated[str | None, typer.Option(help="Text column [default: text]")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column [default: label]")] = None,
     nn_backend: Annotated[
-        str | None, typer.Option(help="auto | numpy-blocked | torch-blocked | faiss")
+        str | None,
+        typer.Option(help="auto | numpy-blocked | torch-blocked | faiss | triton (CUDA only)"),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of generation and selection")] = None,
     insecure_test_noise: Annotated[

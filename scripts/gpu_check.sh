@@ -39,7 +39,7 @@ section_nn_kernels() {
     timeout 120 "$PY" benchmarks/nn_histogram.py --device cpu --tiny --check || return 1
     return 0
   fi
-  timeout 180 "$PY" benchmarks/nn_histogram.py --device cuda --check --repeats 3 \
+  timeout 240 "$PY" benchmarks/nn_histogram.py --device cuda --check --repeats 3 \
     --n-private 100000 --n-synthetic 10000 --dim 512 || return 1
   timeout 60 "$PY" benchmarks/nn_histogram.py --device cuda --repeats 3 \
     --n-private 10000 --n-synthetic 10000 --dim 2048 || return 1
