@@ -41,17 +41,30 @@ reference answer. The threshold is rounded up to fp32, so comparing fp32 values 
 exact. Distances are usually spread far wider than 2 tol_i (about 1e-3 for unit vectors in 512
 dimensions), so most rows have exactly k candidates and the re-rank costs little.
 
-Rounded inputs (``rounded_input_error_bound``). A GPU kernel may round x and y to bfloat16 or
-float16 (relative error at most u_r, absolute error at most eta_r where results are subnormal or
-flushed) and compute ``t - 2 x~.y~`` with the fp32 norms t of the unrounded y. Products of two
-such values are exact in fp32, so the fp32 part is form (a) on the rounded inputs, with
-||x~|| <= (1 + u_r) ||x|| + sqrt(d) eta_r; tensor cores accumulate with truncation and late
-normalisation (Fasi, Higham, Mikaitis and Pranesh, "Numerical behavior of NVIDIA tensor cores",
-PeerJ Comput. Sci. 7:e330, 2021), which at most doubles each rounding error, so that part is
-scaled by an accumulation factor (4, twice what truncation needs). The rounding itself moves the
-dot product by |x~.y~ - x.y| <= (2 u_r + u_r^2) ||x|| ||y|| + eta_r sqrt(d) (1 + u_r)
-(||x|| + ||y||) + d eta_r^2 (expand (x + dx).(y + dy) with |dx_k| <= u_r |x_k| + eta_r and
-Cauchy-Schwarz), and the distance by twice that, kept with the same safety factor 2.
+The fused kernel (``tiled_dot_error_bound``). The Triton kernel knows its own summation order,
+so its bound is much tighter than the order-free one above. It computes ``t32 - 2 x.y`` where t32
+is ||y_j||^2 summed in float64 and rounded once to fp32, and x.y is summed in chunks of ``block_d``
+coordinates: each chunk is one ``tl.dot`` started from zero, and the chunk sums are added one by
+one into the running value. A term then passes through at most p * block_d roundings inside its
+chunk (p products per coordinate, see below) and ceil(d / block_d) in the running sum, instead
+of 2d + 2: for d = 512 and block_d = 16, 48 roundings instead of 1026. The inputs may first be
+rounded to bfloat16 or float16 (relative error at most u_r, absolute error at most eta_r where
+results are subnormal or flushed); products of two such values are exact in fp32, and tensor
+cores accumulate with truncation and late normalisation (Fasi, Higham, Mikaitis and Pranesh,
+"Numerical behavior of NVIDIA tensor cores", PeerJ Comput. Sci. 7:e330, 2021), which at most
+doubles each rounding error, so a chunk's bound is scaled by an accumulation factor (4, twice
+what truncation needs). Rounding the inputs moves the dot product by |x~.y~ - x.y| <=
+(2 u_r + u_r^2) ||x|| ||y|| + eta_r sqrt(d) (1 + u_r) (||x|| + ||y||) + d eta_r^2 (expand
+(x + dx).(y + dy) with |dx_k| <= u_r |x_k| + eta_r and Cauchy-Schwarz).
+
+Split inputs ("bfloat16x3"). Each input is split into two bfloat16 parts, x_hi = bf16(x) and
+x_lo = bf16(x - x_hi) (the difference is exact in fp32), and the kernel sums the p = 3 products
+x_hi y_hi + x_hi y_lo + x_lo y_hi on tensor cores. With u = 2^-8, |x - x_hi - x_lo| <= u^2 |x|
+and |x_lo| <= u (1 + u) |x|, so the three products differ from x.y by at most
+(2 u^2 + u^4 + u^2 (1 + u)^2) ||x|| ||y|| (the dropped x_lo y_lo included) and their absolute
+values sum to at most (1 + u)^2 (1 + 2 u) ||x|| ||y||. Values so small that a part is subnormal
+or flushed lose less than 2^-126 per rounding, product or sum (at most 16 d + 16 of them, each
+at most 2^-126 (1 + ||x|| + ||y||)^2). The accuracy is close to fp32's at tensor-core speed.
 """
 
 from __future__ import annotations
@@ -93,6 +106,13 @@ def sq_norms64(rows: NDArray[np.float32]) -> NDArray[np.float64]:
     return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
 
 
+def _check_fp32_range(private_sq_norms: NDArray[np.float64], max_synthetic_sq_norm: float) -> None:
+    if private_sq_norms.size and float(private_sq_norms.max()) > _MAX_SQ_NORM:
+        raise ValueError("private embeddings are too large for fp32 distances; rescale them")
+    if max_synthetic_sq_norm > _MAX_SQ_NORM:
+        raise ValueError("synthetic embeddings are too large for fp32 distances; rescale them")
+
+
 def distance_error_bound(
     private_sq_norms: NDArray[np.float64], max_synthetic_sq_norm: float, dim: int
 ) -> NDArray[np.float64]:
@@ -109,10 +129,7 @@ def distance_error_bound(
     Raises:
         ValueError: norms so large that fp32 distances could overflow, or an absurd d.
     """
-    if private_sq_norms.size and float(private_sq_norms.max()) > _MAX_SQ_NORM:
-        raise ValueError("private embeddings are too large for fp32 distances; rescale them")
-    if max_synthetic_sq_norm > _MAX_SQ_NORM:
-        raise ValueError("synthetic embeddings are too large for fp32 distances; rescale them")
+    _check_fp32_range(private_sq_norms, max_synthetic_sq_norm)
     scale = 2.0 * (private_sq_norms + max_synthetic_sq_norm)
     rounding = (_gamma(2 * dim + 2, _U32) + _gamma(dim + 2, _U64)) * scale
     underflow = (
@@ -128,12 +145,13 @@ class RoundedInputs:
     """A format fp32 inputs are rounded to before a distance GEMM, and how that GEMM accumulates.
 
     Attributes:
-        name: the format's torch dtype name ("float32", "bfloat16", "float16").
+        name: the precision's name: the torch dtype name of the format, or "bfloat16x3".
         unit_roundoff: u_r, the relative error of rounding a normal fp32 value to nearest.
         underflow: eta_r, the absolute rounding error where the result is subnormal or flushed.
         max_abs: the largest magnitude that rounds to a finite value.
         accumulation_factor: scale on the fp32 accumulation bound (1 for IEEE fp32 FMA, 4 for
             tensor-core MMA, see the module docstring).
+        split: inputs are split into high and low parts of the format, three products each.
     """
 
     name: str
@@ -141,6 +159,12 @@ class RoundedInputs:
     underflow: float
     max_abs: float
     accumulation_factor: float
+    split: bool = False
+
+    @property
+    def storage(self) -> str:
+        """The torch dtype name of the values the kernel reads."""
+        return "bfloat16" if self.split else self.name
 
 
 FLOAT32 = RoundedInputs("float32", 0.0, 0.0, float(np.finfo(np.float32).max), 1.0)
@@ -148,39 +172,65 @@ FLOAT32 = RoundedInputs("float32", 0.0, 0.0, float(np.finfo(np.float32).max), 1.
 BFLOAT16 = RoundedInputs("bfloat16", 2.0**-8, 2.0**-126, float(np.finfo(np.float32).max), 4.0)
 # fp16 keeps subnormals (spacing 2^-24) on NVIDIA tensor cores; rounding errs by at most 2^-25.
 FLOAT16 = RoundedInputs("float16", 2.0**-11, 2.0**-24, 65504.0, 4.0)
+BFLOAT16X3 = RoundedInputs(
+    "bfloat16x3", 2.0**-8, 2.0**-126, float(np.finfo(np.float32).max), 4.0, split=True
+)
 
 
-def rounded_input_error_bound(
+def tiled_dot_error_bound(
     private_sq_norms: NDArray[np.float64],
     max_synthetic_sq_norm: float,
     dim: int,
+    block_d: int,
     rounding: RoundedInputs,
 ) -> NDArray[np.float64]:
-    """``distance_error_bound`` for ``t - 2 x~.y~`` on inputs rounded to ``rounding``.
+    """Per-row bound tol_i on the fused kernel's |fp32 distance - (exact distance - ||x_i||^2)|.
 
-    Reduces to ``distance_error_bound`` for ``FLOAT32`` (nothing is rounded); see the module
-    docstring for the other formats.
+    The kernel's form is described in the module docstring: fp32 ||y||^2 rounded from float64,
+    minus twice x.y summed in chunks of ``block_d`` coordinates, on inputs rounded (or split)
+    to ``rounding``.
 
     Args:
         private_sq_norms: (b,) float64 ||x_i||^2 of the unrounded private rows.
         max_synthetic_sq_norm: max_j ||y_j||^2 over the unrounded synthetic rows.
         dim: the embedding dimension d.
+        block_d: coordinates per chunk (the kernel's ``BLOCK_D``).
         rounding: the input format and accumulation.
 
     Returns:
         (b,) float64 tol_i.
+
+    Raises:
+        ValueError: norms so large that fp32 distances could overflow, or an absurd d.
     """
+    _check_fp32_range(private_sq_norms, max_synthetic_sq_norm)
     u, eta = rounding.unit_roundoff, rounding.underflow
     x_norm = np.sqrt(private_sq_norms)
     y_norm = float(np.sqrt(max_synthetic_sq_norm))
-    spread = np.sqrt(dim) * eta
-    accumulation = rounding.accumulation_factor * distance_error_bound(
-        ((1 + u) * x_norm + spread) ** 2, ((1 + u) * y_norm + spread) ** 2, dim
-    )
-    dot_shift = (
-        (2 * u + u * u) * x_norm * y_norm + spread * (1 + u) * (x_norm + y_norm) + dim * eta * eta
-    )
-    return accumulation + _SAFETY * 2.0 * dot_shift
+    # Cauchy-Schwarz: sum_k |x_k y_k| <= ||x|| ||y|| for every synthetic row.
+    dot_scale = x_norm * y_norm
+    # shift: |rounded inputs' dot - x.y|; products: sum of the kernel's |products| (>= every
+    # partial sum it forms).
+    if rounding.split:
+        terms = 3
+        shift = (2 * u * u + u**4 + (u * (1 + u)) ** 2) * dot_scale
+        products = (1 + u) ** 2 * (1 + 2 * u) * dot_scale
+    else:
+        terms = 1
+        spread = np.sqrt(dim) * eta * (1 + u) * (x_norm + y_norm) + dim * eta**2
+        shift = (2 * u + u * u) * dot_scale + spread
+        products = (1 + u) ** 2 * dot_scale + spread
+    within_chunk = rounding.accumulation_factor * _gamma(terms * block_d, _U32)
+    across_chunks = _gamma(-(-dim // block_d), _U32)
+    # |computed dot - rounded inputs' dot|: a chunk's own roundings, then the running sum's.
+    summing = (within_chunk + across_chunks * (1 + within_chunk)) * products
+    computed_dot = products + summing
+    norm = (_U32 + _gamma(dim, _U64)) * (1 + _U32) * max_synthetic_sq_norm
+    # The final fp32 subtraction t32 - 2 (dot): one rounding of a value at most this large.
+    final = _U32 * ((1 + _U32) ** 2 * max_synthetic_sq_norm + 2 * computed_dot)
+    reference = _gamma(dim + 2, _U64) * 2.0 * (private_sq_norms + max_synthetic_sq_norm)
+    underflow = (16 * dim + 16) * _FP32_TINY * (1.0 + x_norm + y_norm) ** 2
+    return _SAFETY * (norm + 2.0 * (summing + shift) + final + reference + underflow)
 
 
 def certified_threshold(

@@ -10,6 +10,10 @@ and ``threshold_i`` the certified bound of ``kernels.certify`` (v_i + 2 tol_i ro
 - otherwise the shortlist may be cut short, and the row falls back to the blocked numpy path.
 
 FAISS is an optional extra (``pip install 'privevo[faiss]'``), imported when a backend is built.
+Its PyPI wheels (1.12 to 1.15 at least) bundle OpenBLAS 0.3.15, which does not recognise CPUs
+newer than 2021 (Sapphire and Emerald Rapids) and runs generic SSE3 kernels there, about 5x
+slower; set ``OPENBLAS_CORETYPE=SkylakeX`` (AVX-512) or ``Haswell`` (AVX2) before the process
+starts on such machines. ``benchmarks/nn_histogram.py`` does so for its FAISS runs.
 """
 
 from __future__ import annotations

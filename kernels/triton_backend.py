@@ -14,13 +14,17 @@ whatever n and m. A private row then ends in one of three ways, and every way is
    inputs such rows get an fp32 pass of the kernel first, and whatever is still cut short goes
    to the exact ``torch-blocked`` backend on the same device.
 
-Precision. "float32" runs ``tl.dot`` in IEEE fp32 (never TF32, whose 10-bit mantissa the bound
-does not cover). "bfloat16" and "float16" round the inputs and use tensor cores with fp32
-accumulation; ``kernels.certify.rounded_input_error_bound`` widens the window for that, and the
-rows it leaves unsure take the fp32 pass, so votes still equal ``reference_search``. The wider
-window leaves more rows to the fp32 pass (about 2^-7 relative for bf16 against 2^-22 d for fp32),
-so low precision pays only where distances are well separated. Float16 refuses inputs beyond
-its range (|value| > 65504).
+Precision. The window comes from ``kernels.certify.tiled_dot_error_bound``, which knows the
+kernel's summation order (one chunk per ``block_d`` slice): for unit vectors in 512 dimensions
+it is about 1.2e-5, 40x below the order-free fp32 bound, so almost every row settles in the
+kernel. "float32" runs ``tl.dot`` in IEEE fp32 (never TF32, whose 10-bit mantissa the bound does
+not cover) on CUDA cores. "bfloat16x3" splits each input into two bfloat16 parts and sums three
+tensor-core products per coordinate: accuracy near fp32's (window about 2.8e-4 there; about 2% of
+rows of random unit vectors take the fp32 pass) at tensor-core speed. "bfloat16" and "float16"
+round the inputs once: their windows (about 3e-2 and 4e-3) leave most rows of such data to the
+fp32 pass, so they pay only where distances are well separated. The rows a rounded pass leaves
+unsure take the fp32 pass, so votes always equal ``reference_search``. Float16 refuses inputs
+beyond its range (|value| > 65504).
 
 Noise. The original design asked for Gaussian noise fused into this kernel (Philox floats added
 to the counts on the GPU). The counts stay integer and go to the host's exact discrete-Gaussian
@@ -45,6 +49,7 @@ from kernels.base import check_search_inputs
 from kernels.blocked import TorchBlockedBackend
 from kernels.certify import (
     BFLOAT16,
+    BFLOAT16X3,
     FLOAT16,
     FLOAT32,
     RERANK_BYTES_PER_CANDIDATE,
@@ -52,8 +57,8 @@ from kernels.certify import (
     certified_threshold,
     certify_candidates,
     rerank,
-    rounded_input_error_bound,
     sq_norms64,
+    tiled_dot_error_bound,
 )
 from kernels.reference import DEFAULT_MAX_BLOCK_BYTES
 from pe_core.errors import import_optional
@@ -66,7 +71,7 @@ SHORTLIST_EXTRA = 3
 re-rank of near-ties without the fallback."""
 
 PRECISIONS: dict[str, RoundedInputs] = {
-    rounding.name: rounding for rounding in (FLOAT32, BFLOAT16, FLOAT16)
+    rounding.name: rounding for rounding in (FLOAT32, BFLOAT16X3, BFLOAT16, FLOAT16)
 }
 
 # The in-kernel test ``after > kth + window`` rounds one fp32 sum, by at most 2^-24 (|kth| +
@@ -81,7 +86,7 @@ class TritonBackend:
 
     Args:
         device: a CUDA torch device ("cuda", "cuda:1"); "cpu" only under TRITON_INTERPRET=1.
-        precision: "float32", "bfloat16" or "float16": the ``tl.dot`` input format.
+        precision: "float32", "bfloat16x3", "bfloat16" or "float16": the ``tl.dot`` inputs.
         max_block_bytes: working-memory bound (device and host) of one block of private rows.
         tiles: tile sizes overriding the per-precision default (``triton_impl.DEFAULT_TILES``).
 
@@ -117,13 +122,15 @@ class TritonBackend:
         self.device = device
         self.precision = precision
         self.max_block_bytes = max_block_bytes
-        if tiles is None:
-            tiles = (
-                triton_impl.INTERPRETER_TILES
-                if triton_impl.INTERPRETING
-                else triton_impl.DEFAULT_TILES[precision]
-            )
-        self.tiles = tiles
+
+        def default_tiles(precision: str) -> Tiles:
+            if triton_impl.INTERPRETING:
+                return triton_impl.INTERPRETER_TILES
+            return triton_impl.DEFAULT_TILES[precision]
+
+        self.tiles = default_tiles(precision) if tiles is None else tiles
+        # Rows a low-precision pass leaves cut short take an fp32 pass with fp32's tiles.
+        self._fp32_tiles = default_tiles("float32")
         self._fallback = TorchBlockedBackend(max_block_bytes, device=device)
 
     def search(
@@ -180,14 +187,18 @@ class TritonBackend:
         _check_range(private, synthetic, rounding)
         shortlist = min(n_synthetic, k + SHORTLIST_EXTRA)
         y32 = _to_device(torch, synthetic, self.device)
-        y_sq = (y32 * y32).sum(dim=1)
-        # Synthetic rows in each pass's format: the requested one, then fp32 for cut-short rows.
-        passes = [(rounding, y32.to(getattr(torch, rounding.name)))]
+        synthetic_sq_norms = sq_norms64(synthetic)
+        # Summed in float64 and rounded once, as tiled_dot_error_bound assumes.
+        y_sq = torch.from_numpy(synthetic_sq_norms.astype(np.float32)).to(self.device)
+        max_synthetic_sq_norm = float(synthetic_sq_norms.max())
+        # The requested precision, then an fp32 pass for the rows it leaves cut short.
+        passes = [(rounding, self.tiles, kernel_inputs(torch, y32, rounding))]
         if rounding is not FLOAT32:
-            passes.append((FLOAT32, y32))
-        max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
-        # Per private row: its fp32 and rounded copies, the kernel outputs, host candidates.
-        row_bytes = dim * 6 + shortlist * (8 + RERANK_BYTES_PER_CANDIDATE) + 16
+            passes.append((FLOAT32, self._fp32_tiles, (y32, None)))
+        # Per private row on the device: its fp32 copy and, at most, a pending-row copy or the
+        # two split parts with the fp32 difference between them; the kernel outputs; host
+        # candidates.
+        row_bytes = dim * 12 + shortlist * (8 + RERANK_BYTES_PER_CANDIDATE) + 16
         rerank_bytes = self.max_block_bytes // 4
         block_rows = max(1, min(n, (self.max_block_bytes - rerank_bytes) // row_bytes))
         for start in range(0, n, block_rows):
@@ -196,25 +207,29 @@ class TritonBackend:
             block32 = _to_device(torch, block, self.device)
             block_sq_norms = sq_norms64(block)
             pending = np.arange(len(block))
-            for pass_rounding, y in passes:
+            for pass_rounding, tiles, (y, y_lo) in passes:
                 every_row = pending.size == len(block)
                 rows = block if every_row else block[pending]
                 sq_norms = block_sq_norms if every_row else block_sq_norms[pending]
-                tol = rounded_input_error_bound(sq_norms, max_synthetic_sq_norm, dim, pass_rounding)
+                tol = tiled_dot_error_bound(
+                    sq_norms, max_synthetic_sq_norm, dim, tiles.block_d, pass_rounding
+                )
                 window = certified_threshold(
                     np.zeros(len(rows), np.float32),
                     tol + _SLACK * (sq_norms + max_synthetic_sq_norm + 2.0 * tol),
                 )
-                x = block32 if every_row else block32[torch.from_numpy(pending).to(self.device)]
+                x32 = block32 if every_row else block32[torch.from_numpy(pending).to(self.device)]
+                x, x_lo = kernel_inputs(torch, x32, pass_rounding)
                 values, indices, settled = self._impl.shortlists(
-                    x.to(y.dtype),
+                    x,
                     y,
                     y_sq,
                     torch.from_numpy(window).to(self.device),
                     k,
                     shortlist,
                     counts,
-                    self.tiles,
+                    tiles,
+                    lows=None if x_lo is None else (x_lo, y_lo),
                 )
                 # Settled rows have voted already; a search ranks every row on the host.
                 open_rows = (
@@ -308,6 +323,15 @@ def _deliver(
         out[rows] = answers
     if host_counts is not None:
         host_counts += np.bincount(answers[answers >= 0], minlength=host_counts.size)
+
+
+def kernel_inputs(torch: Any, rows: Any, rounding: RoundedInputs) -> tuple[Any, Any | None]:
+    """fp32 rows as the kernel reads them: rounded to the format, or split into (high, low)."""
+    high = rows.to(getattr(torch, rounding.storage))
+    if not rounding.split:
+        return high, None
+    # rows - high is exact in fp32; rounding it again leaves at most u^2 |x| out.
+    return high, (rows - high.to(torch.float32)).to(high.dtype)
 
 
 def _check_range(

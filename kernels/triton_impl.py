@@ -1,11 +1,13 @@
 """The fused Triton vote kernel: tiled distances, a running shortlist per row, atomic votes.
 
 One program owns ``block_m`` private rows. It streams the synthetic rows in tiles of ``block_n``,
-computes the tile's shifted squared distances ``D = ||y||^2 - 2 x.y`` with ``tl.dot`` over
-``block_d`` slices of the embedding (the per-row constant ||x||^2 does not change a row's
-ranking, form (a) of ``kernels.certify``), and merges the tile into a running shortlist of the
-row's S smallest values, ties to the lowest index. The (n, m) distance matrix never exists:
-device memory is the inputs plus (n, S) outputs.
+computes the tile's shifted squared distances ``D = ||y||^2 - 2 x.y`` (the per-row constant
+||x||^2 does not change a row's ranking), summing x.y one ``tl.dot`` per ``block_d`` slice of the
+embedding, each started from zero and added once to the running sum: the order that
+``kernels.certify.tiled_dot_error_bound`` bounds, far tighter than an order-free bound. With
+split inputs (``lows``) each slice sums x_hi.y_hi + x_hi.y_lo + x_lo.y_hi. The kernel then merges
+the tile into a running shortlist of the row's S smallest values, ties to the lowest index. The
+(n, m) distance matrix never exists: device memory is the inputs plus (n, S) outputs.
 
 At the end each row's shortlist is stored sorted by (value, index), and the row is *settled*
 when its (k+1)-th value exceeds its k-th value plus a per-row window (at least twice the
@@ -37,7 +39,9 @@ _NO_INDEX = tl.constexpr(2**31 - 1)
 @triton.jit(do_not_specialize=["n_rows", "n_cols"])
 def _shortlist_kernel(
     x_ptr,
+    x_lo_ptr,
     y_ptr,
+    y_lo_ptr,
     y_sq_ptr,
     window_ptr,
     values_ptr,
@@ -53,6 +57,7 @@ def _shortlist_kernel(
     SHORTLIST: tl.constexpr,
     SLOTS: tl.constexpr,
     VOTE: tl.constexpr,
+    SPLIT: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -67,28 +72,42 @@ def _shortlist_kernel(
     # Distinct placeholder indices, so exactly one slot is "the worst" even before any insert.
     best = tl.full((BLOCK_M, SLOTS), float("inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_M, SLOTS), tl.int32) + (_NO_INDEX - slots)
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
+    x_offsets = rows.to(tl.int64)[:, None] * stride_x
     for start in range(0, n_cols, BLOCK_N):
         cols = start + lanes
         col_ok = cols < n_cols
-        y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
+        y_offsets = cols.to(tl.int64)[None, :] * stride_y
+        # -2 x.y, summed one chunk of BLOCK_D coordinates at a time (kernels.certify's
+        # tiled_dot_error_bound counts on this order).
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, dim, BLOCK_D):
             d_ok = (k0 + depth) < dim
-            x = tl.load(
-                x_rows + (k0 + depth)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
-            )
-            y = tl.load(
-                y_cols + (k0 + depth)[:, None], mask=d_ok[:, None] & col_ok[None, :], other=0.0
-            )
+            x_mask = row_ok[:, None] & d_ok[None, :]
+            y_mask = d_ok[:, None] & col_ok[None, :]
+            x_at = x_offsets + (k0 + depth)[None, :]
+            y_at = y_offsets + (k0 + depth)[:, None]
+            x = tl.load(x_ptr + x_at, mask=x_mask, other=0.0)
+            y = tl.load(y_ptr + y_at, mask=y_mask, other=0.0)
             if UPCAST:
                 # The interpreter mishandles bf16 dots; widening is exact, products stay exact.
                 x = x.to(tl.float32)
                 y = y.to(tl.float32)
             # IEEE fp32 (never TF32) for fp32 inputs; ignored for bf16/fp16 tensor-core dots.
-            acc = tl.dot(x, y, acc, input_precision="ieee")
+            # The chunk starts from zero: its roundings stay within BLOCK_D (3 BLOCK_D) terms.
+            chunk = tl.dot(x, y, input_precision="ieee")
+            if SPLIT:
+                x_lo = tl.load(x_lo_ptr + x_at, mask=x_mask, other=0.0)
+                y_lo = tl.load(y_lo_ptr + y_at, mask=y_mask, other=0.0)
+                if UPCAST:
+                    x_lo = x_lo.to(tl.float32)
+                    y_lo = y_lo.to(tl.float32)
+                chunk = tl.dot(x, y_lo, chunk, input_precision="ieee")
+                chunk = tl.dot(x_lo, y, chunk, input_precision="ieee")
+            # One rounding per chunk. Scaling by -2 is exact, and it keeps triton from folding
+            # this add into the dot's accumulator (which would sum all d terms in one chain).
+            acc = acc - 2.0 * chunk
         y_sq = tl.load(y_sq_ptr + cols, mask=col_ok, other=0.0)
-        dist = tl.where(col_ok[None, :], y_sq[None, :] - 2.0 * acc, float("inf"))
+        dist = tl.where(col_ok[None, :], y_sq[None, :] + acc, float("inf"))
         # Take the tile's SHORTLIST smallest in (value, index) order; each replaces the row's
         # worst entry if strictly smaller. Equal values never replace: every index already in
         # the shortlist came from an earlier tile or an earlier extraction, so it is lower.
@@ -159,6 +178,8 @@ DEFAULT_TILES = {
     "float32": Tiles(64, 128, 16, num_warps=4, num_stages=3),
     "bfloat16": Tiles(64, 128, 64, num_warps=4, num_stages=3),
     "float16": Tiles(64, 128, 64, num_warps=4, num_stages=3),
+    # Not yet timed on a GPU: bf16's shape, with half the depth for three products per slice.
+    "bfloat16x3": Tiles(64, 128, 32, num_warps=4, num_stages=3),
 }
 INTERPRETER_TILES = Tiles(16, 16, 16, num_warps=1, num_stages=1)
 """Small tiles for ``TRITON_INTERPRET=1``, where every program runs as numpy on the CPU."""
@@ -173,18 +194,21 @@ def shortlists(
     shortlist: int,
     counts: Any | None,
     tiles: Tiles,
+    lows: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any, Any]:
     """Runs the kernel: each private row's ``shortlist`` smallest shifted distances.
 
     Args:
         x: (n, d) private rows, a torch tensor (float32, bfloat16 or float16), unit stride.
         y: (m, d) synthetic rows, same dtype and device, unit stride.
-        y_sq: (m,) float32 ||y_j||^2 of the unrounded synthetic rows.
+        y_sq: (m,) float32 ||y_j||^2 of the unrounded synthetic rows, rounded once to fp32.
         window: (n,) float32 settle windows (see the module docstring).
         k: neighbours per row, k < shortlist.
         shortlist: S, entries kept per row, k < S <= m.
         counts: (m,) int32 vote counts to add settled rows' votes to, or None.
         tiles: tile sizes.
+        lows: split inputs: the low parts ``(x_lo, y_lo)`` (same shapes and dtype) of x and y,
+            which then hold the high parts; the kernel sums x.y_lo + x_lo.y besides x.y.
 
     Returns:
         ``(values, indices, settled)``: (n, S) float32 shifted distances sorted by (value,
@@ -196,10 +220,11 @@ def shortlists(
     n_cols = y.shape[0]
     if not 0 < k < shortlist <= n_cols:
         raise ValueError(f"need 0 < k < shortlist <= m, got k={k} S={shortlist} m={n_cols}")
-    if x.dtype != y.dtype or y_sq.dtype != torch.float32:
+    parts = (x, y) if lows is None else (x, y, *lows)
+    if any(part.dtype != x.dtype for part in parts) or y_sq.dtype != torch.float32:
         raise TypeError(
-            f"x and y must share a dtype and y_sq be float32, got {x.dtype}, "
-            f"{y.dtype}, {y_sq.dtype}"
+            f"x and y (and their low parts) must share a dtype and y_sq be float32, got "
+            f"{[part.dtype for part in parts]}, {y_sq.dtype}"
         )
     values = torch.empty((n_rows, shortlist), dtype=torch.float32, device=x.device)
     indices = torch.empty((n_rows, shortlist), dtype=torch.int32, device=x.device)
@@ -210,7 +235,9 @@ def shortlists(
     # Triton launches on the current CUDA device, which need not be the tensors' one.
     on_device = torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext()
     with on_device:
-        _launch(grid, x, y, y_sq, window, values, indices, settled, counts, k, shortlist, tiles)
+        _launch(
+            grid, x, y, y_sq, window, values, indices, settled, counts, k, shortlist, tiles, lows
+        )
     return values, indices, settled.bool()
 
 
@@ -227,11 +254,15 @@ def _launch(
     k: int,
     shortlist: int,
     tiles: Tiles,
+    lows: tuple[Any, Any] | None,
 ) -> None:
     n_rows, dim = x.shape
+    x_lo, y_lo = (x, y) if lows is None else lows
     _shortlist_kernel[grid](
         x,
+        x_lo,
         y,
+        y_lo,
         y_sq,
         window,
         values,
@@ -247,6 +278,7 @@ def _launch(
         SHORTLIST=shortlist,
         SLOTS=triton.next_power_of_2(shortlist),
         VOTE=counts is not None,
+        SPLIT=lows is not None,
         UPCAST=INTERPRETING and x.dtype != y_sq.dtype,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,

@@ -6,6 +6,7 @@ import pytest
 from kernels import certify
 from kernels.certify import (
     BFLOAT16,
+    BFLOAT16X3,
     FLOAT16,
     FLOAT32,
     RoundedInputs,
@@ -13,8 +14,8 @@ from kernels.certify import (
     certify_candidates,
     distance_error_bound,
     rerank,
-    rounded_input_error_bound,
     sq_norms64,
+    tiled_dot_error_bound,
 )
 from kernels.reference import exact_sq_dist
 
@@ -54,47 +55,73 @@ def test_bound_covers_every_fp32_evaluation_order(dim: int, scale: float, offset
     assert np.all(np.abs(direct - exact) <= tol)
 
 
-@pytest.mark.parametrize("rounding", [BFLOAT16, FLOAT16], ids=lambda r: r.name)
-@pytest.mark.parametrize(("dim", "scale", "offset"), _CASES)
-def test_rounded_input_bound_covers_rounded_gemms(
-    rounding: RoundedInputs, dim: int, scale: float, offset: float
-) -> None:
+def _kernel_order(
+    private: np.ndarray, synthetic: np.ndarray, block_d: int, rounding: RoundedInputs
+) -> np.ndarray:
+    """The fused kernel's arithmetic in numpy: t32 + sum over slices of -2 (slice dot), fp32."""
     import torch
 
-    rng = np.random.default_rng(dim + 7)
+    def parts(rows: np.ndarray) -> list[np.ndarray]:
+        high = torch.from_numpy(rows).to(getattr(torch, rounding.storage))
+        if not rounding.split:
+            return [high.float().numpy()]
+        low = (torch.from_numpy(rows) - high.float()).to(high.dtype)
+        return [high.float().numpy(), low.float().numpy()]
+
+    x, y = parts(private), parts(synthetic)
+    pairs = [(0, 0), (0, 1), (1, 0)] if rounding.split else [(0, 0)]
+    acc = np.zeros((len(private), len(synthetic)), np.float32)
+    for k0 in range(0, private.shape[1], block_d):
+        cut = slice(k0, k0 + block_d)
+        # Products of rounded values are exact in fp32; the slice's sum rounds in fp32.
+        products = [x[a][:, None, cut] * y[b][None, :, cut] for a, b in pairs]
+        chunk = np.concatenate(products, axis=2).sum(axis=2, dtype=np.float32)
+        acc = acc - np.float32(2) * chunk
+    t32 = sq_norms64(synthetic).astype(np.float32)
+    return t32[None, :] + acc
+
+
+_ROUNDINGS = [FLOAT32, BFLOAT16, FLOAT16, BFLOAT16X3]
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS, ids=lambda r: r.name)
+@pytest.mark.parametrize("block_d", [16, 64])
+@pytest.mark.parametrize(("dim", "scale", "offset"), _CASES)
+def test_tiled_bound_covers_the_kernels_arithmetic(
+    rounding: RoundedInputs, block_d: int, dim: int, scale: float, offset: float
+) -> None:
+    rng = np.random.default_rng(dim + block_d)
     private = (offset + scale * rng.standard_normal((40, dim))).astype(np.float32)
     synthetic = (offset + scale * rng.standard_normal((50, dim))).astype(np.float32)
     synthetic[1] = private[0]
-    dtype = getattr(torch, rounding.name)
-
-    def rounded(rows: np.ndarray) -> np.ndarray:
-        return torch.from_numpy(rows).to(dtype).float().numpy()
-
     s64, t64 = sq_norms64(private), sq_norms64(synthetic)
-    tol = rounded_input_error_bound(s64, float(t64.max()), dim, rounding)[:, None]
+    tol = tiled_dot_error_bound(s64, float(t64.max()), dim, block_d, rounding)[:, None]
     rows = np.repeat(np.arange(40), 50)
     cols = np.tile(np.arange(50), 40)
     exact = exact_sq_dist(private[rows], synthetic[cols]).reshape(40, 50)
-    # What the kernel computes: fp32 norms of the unrounded y, a GEMM of rounded inputs.
-    t32 = np.einsum("ij,ij->i", synthetic, synthetic)
-    shifted = t32[None, :] - np.float32(2) * (rounded(private) @ rounded(synthetic).T)
-    error = np.abs(shifted - (exact - s64[:, None]))
+    error = np.abs(_kernel_order(private, synthetic, block_d, rounding) - (exact - s64[:, None]))
     assert np.all(error <= tol)
-    # Not vacuous: the rounding moves distances by more than the fp32 bound allows.
-    if scale == 1.0 and dim <= 130:
-        assert np.any(error > distance_error_bound(s64, float(t64.max()), dim)[:, None])
+    # Not vacuous: rounding the inputs moves distances by more than fp32 arithmetic would.
+    if rounding.unit_roundoff and not rounding.split and scale == 1.0 and dim <= 130:
+        fp32_tol = tiled_dot_error_bound(s64, float(t64.max()), dim, block_d, FLOAT32)
+        assert np.any(error > fp32_tol[:, None])
 
 
-def test_rounded_input_bound_reduces_to_the_fp32_bound() -> None:
-    norms = np.array([0.0, 1.0, 3e4])
-    np.testing.assert_allclose(
-        rounded_input_error_bound(norms, 2.0, 130, FLOAT32),
-        distance_error_bound(norms, 2.0, 130),
-        rtol=1e-12,
+def test_tiled_bound_is_far_below_the_order_free_one() -> None:
+    ones = np.ones(1)
+    order_free = distance_error_bound(ones, 1.0, 512)[0]
+    # Golden values (unit vectors, d 512): 48 roundings per term instead of 1026.
+    assert tiled_dot_error_bound(ones, 1.0, 512, 16, FLOAT32)[0] == pytest.approx(1.19e-5, 0.01)
+    assert order_free == pytest.approx(4.89e-4, 0.01)
+    split = tiled_dot_error_bound(ones, 1.0, 512, 32, BFLOAT16X3)[0]
+    assert split == pytest.approx(2.81e-4, 0.01)
+    assert split < order_free < tiled_dot_error_bound(ones, 1.0, 512, 64, BFLOAT16)[0]
+    # Deeper slices put more terms in each chunk's own sum.
+    norms = np.array([1.0, 3e4])
+    assert np.all(
+        tiled_dot_error_bound(norms, 2.0, 2048, 16, FLOAT32)
+        < tiled_dot_error_bound(norms, 2.0, 2048, 256, FLOAT32)
     )
-    wider = rounded_input_error_bound(norms, 2.0, 130, FLOAT16)
-    assert np.all(wider > distance_error_bound(norms, 2.0, 130))
-    assert np.all(rounded_input_error_bound(norms, 2.0, 130, BFLOAT16)[1:] > wider[1:])
 
 
 def test_bound_is_small_for_unit_vectors() -> None:

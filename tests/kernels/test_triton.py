@@ -113,14 +113,20 @@ def test_small_blocks_of_private_rows(max_block_bytes: int) -> None:
     _check(_backend(max_block_bytes=max_block_bytes), private, synthetic, (1, 2))
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+# Spacing of a cluster of near-ties: inside the low-precision pass's window, outside fp32's.
+_NEAR_TIE_SPACING = {"bfloat16": 1e-3, "float16": 1e-3, "bfloat16x3": 1e-5}
+
+
+@pytest.mark.parametrize("precision", sorted(_NEAR_TIE_SPACING))
 def test_low_precision_matches_reference(precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
     dtypes: list[Any] = []
+    split: list[bool] = []
     original = triton_impl.shortlists
 
-    def spy(x: Any, *args: Any) -> Any:
+    def spy(x: Any, *args: Any, **kwargs: Any) -> Any:
         dtypes.append(x.dtype)
-        return original(x, *args)
+        split.append(kwargs.get("lows") is not None)
+        return original(x, *args, **kwargs)
 
     monkeypatch.setattr(triton_impl, "shortlists", spy)
     rng = np.random.default_rng(3)
@@ -128,19 +134,23 @@ def test_low_precision_matches_reference(precision: str, monkeypatch: pytest.Mon
     synthetic = prepare_embeddings(rng.standard_normal((35, 40)), "cosine")
     synthetic[7] = synthetic[30]
     private[0] = synthetic[30]
-    # Eight points whose distances from the origin differ by ~2e-3: one cluster of near-ties
-    # for the rounded pass (window ~1e-2), well apart for the fp32 one (window ~1e-4).
+    # Eight points at nearly equal distances from the origin: one cluster of near-ties for the
+    # low-precision pass, well apart for the fp32 one.
     private[1] = 0.0
     synthetic[rng.permutation(8) + 10] = np.eye(40, dtype=np.float32)[0] * (
-        1 + 1e-3 * np.arange(8, dtype=np.float32)[:, None]
+        1 + _NEAR_TIE_SPACING[precision] * np.arange(8, dtype=np.float32)[:, None]
     )
     _check(_backend(precision=precision), private, synthetic, (1, 2))
     # The rounded pass leaves the near-ties cut short; those rows take the fp32 pass.
-    assert dtypes[0] == getattr(torch, precision)
+    assert dtypes[0] == (torch.bfloat16 if precision == "bfloat16x3" else getattr(torch, precision))
+    assert split[0] == (precision == "bfloat16x3")
     assert torch.float32 in dtypes
 
 
-def test_well_separated_rows_all_vote_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("precision", ["float32", "bfloat16x3"])
+def test_well_separated_rows_all_vote_on_the_device(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(4)
     synthetic = rng.standard_normal((40, 20)).astype(np.float32)
     private = synthetic[rng.integers(0, 40, size=30)] + np.float32(1e-3)
@@ -152,8 +162,8 @@ def test_well_separated_rows_all_vote_on_the_device(monkeypatch: pytest.MonkeyPa
         return original(rows, *args)
 
     monkeypatch.setattr(triton_backend, "_rerank_shortlists", spy)
-    _check(_backend(), private, synthetic, (1,))
-    # search() ranks every row on the host; votes() sent none there.
+    _check(_backend(precision=precision), private, synthetic, (1,))
+    # search() ranks every row on the host; votes() sent none there, nor to an fp32 pass.
     assert on_host == [30]
 
 

@@ -7,6 +7,8 @@ the main pytest process (not under ``TRITON_INTERPRET=1``, where kernels are not
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 triton = pytest.importorskip(
@@ -22,14 +24,13 @@ from kernels import triton_impl  # noqa: E402
 if triton_impl.INTERPRETING:
     pytest.skip("TRITON_INTERPRET=1 replaces compilation", allow_module_level=True)
 
-_POINTERS = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16"}
+_POINTERS = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "bfloat16x3": "*bf16"}
 
 
 def _compile_for_hopper(precision: str, k: int, shortlist: int) -> dict[str, str]:
     tiles = triton_impl.DEFAULT_TILES[precision]
     signature = {
-        "x_ptr": _POINTERS[precision],
-        "y_ptr": _POINTERS[precision],
+        **dict.fromkeys(("x_ptr", "x_lo_ptr", "y_ptr", "y_lo_ptr"), _POINTERS[precision]),
         "y_sq_ptr": "*fp32",
         "window_ptr": "*fp32",
         "values_ptr": "*fp32",
@@ -43,6 +44,7 @@ def _compile_for_hopper(precision: str, k: int, shortlist: int) -> dict[str, str
         "SHORTLIST": shortlist,
         "SLOTS": triton.next_power_of_2(shortlist),
         "VOTE": True,
+        "SPLIT": precision == "bfloat16x3",
         "UPCAST": False,
         "BLOCK_M": tiles.block_m,
         "BLOCK_N": tiles.block_n,
@@ -66,9 +68,21 @@ def _compile_for_hopper(precision: str, k: int, shortlist: int) -> dict[str, str
     return compiled.asm
 
 
-@pytest.mark.parametrize(("precision", "k", "shortlist"), [("float32", 1, 4), ("bfloat16", 3, 6)])
+@pytest.mark.parametrize(
+    ("precision", "k", "shortlist"),
+    [("float32", 1, 4), ("bfloat16", 3, 6), ("bfloat16x3", 1, 4)],
+)
 def test_kernel_compiles_for_sm90(precision: str, k: int, shortlist: int) -> None:
     asm = _compile_for_hopper(precision, k, shortlist)
+    # The error bound counts on each slice's sum starting from zero: triton must not have
+    # folded the running sum into the dots' accumulator (tiled_dot_error_bound).
+    zeros = set(
+        re.findall(r"(%\w+) = arith\.constant dense<0\.000000e\+00> : tensor<\w+xf32>", asm["ttir"])
+    )
+    accumulators = re.findall(r"tt\.dot %\w+, %\w+, (%\w+)", asm["ttir"])
+    assert len(accumulators) == (3 if precision == "bfloat16x3" else 1)
+    assert accumulators[0] in zeros
+    assert not set(accumulators[1:]) & zeros
     ptx = asm["ptx"]
     assert asm["cubin"]
     assert "red.global" in ptx or "atom.global" in ptx  # the votes
