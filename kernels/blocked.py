@@ -378,19 +378,30 @@ class _TorchKernel:
         return rows_np, cols_np, dist.reshape(-1)[flat].cpu().numpy()
 
 
+DEVICE_MAX_BLOCK_BYTES = 2**30
+"""Default block bound on a GPU. Each block waits for the device three times and copies its
+candidates back; at (n 1e5, m 1e4, d 512) the CPU default makes 65 blocks of about 1,550 rows,
+and on an H200 this path took 0.29 s end to end where a plain device GEMM + argmin takes 0.025 s.
+1 GiB makes that 8 blocks (not yet timed on a GPU); device memory is rarely that short."""
+
+
 class TorchBlockedBackend:
     """Exact k-NN by blocked torch fp32 GEMM (CPU or GPU) plus a certified float64 re-rank.
 
     Args:
-        max_block_bytes: working-memory bound of one block of private rows (~128 MB default).
+        max_block_bytes: working-memory bound of one block of private rows; default ~128 MB on
+            the CPU, ``DEVICE_MAX_BLOCK_BYTES`` on other devices.
         device: torch device for the GEMM ("cpu", "cuda", ...); the re-rank runs on CPU.
     """
 
     name = "torch-blocked"
 
-    def __init__(self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES, device: str = "cpu") -> None:
+    def __init__(self, max_block_bytes: int | None = None, device: str = "cpu") -> None:
         import torch
 
+        if max_block_bytes is None:
+            on_cpu = torch.device(device).type == "cpu"
+            max_block_bytes = DEFAULT_MAX_BLOCK_BYTES if on_cpu else DEVICE_MAX_BLOCK_BYTES
         self._torch = torch
         self.max_block_bytes = max_block_bytes
         self.device = device

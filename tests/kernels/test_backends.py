@@ -236,3 +236,14 @@ def test_numpy_needs_a_thread() -> None:
 
     with pytest.raises(ValueError, match="threads must be >= 1"):
         NumpyBlockedBackend(threads=0)
+
+
+def test_torch_blocks_are_larger_on_a_device_by_default() -> None:
+    from kernels.blocked import DEVICE_MAX_BLOCK_BYTES, TorchBlockedBackend
+    from kernels.reference import DEFAULT_MAX_BLOCK_BYTES
+
+    assert TorchBlockedBackend().max_block_bytes == DEFAULT_MAX_BLOCK_BYTES
+    # Only stored here: the device is first touched by a search.
+    assert TorchBlockedBackend(device="cuda:1").max_block_bytes == DEVICE_MAX_BLOCK_BYTES
+    assert DEVICE_MAX_BLOCK_BYTES > DEFAULT_MAX_BLOCK_BYTES
+    assert TorchBlockedBackend(4096, device="cuda").max_block_bytes == 4096
