@@ -224,6 +224,23 @@ def test_receive_form_refuses_the_file_as_soon_as_it_passes_the_limit(
     assert leftovers(storage) == []
 
 
+def test_receive_form_refuses_endless_part_headers(storage: LocalStorage) -> None:
+    pulled: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"'.encode()
+        for _ in range(1024):  # a header value that never ends, 64 KiB at a time
+            pulled.append(1)
+            yield b"; x" * (64 * 1024 // 3)
+
+    # python-multipart caps a header line at 4 KiB (and a part at 8 headers).
+    with pytest.raises(UploadRejected, match="Maximum header size exceeded") as caught:
+        receive(body(), storage, 64 * MiB)
+    assert caught.value.status_code == 400
+    assert len(pulled) == 1  # refused within the first chunk past the limit
+    assert leftovers(storage) == []
+
+
 def test_format_bytes() -> None:
     assert format_bytes(0) == "0 bytes"
     assert format_bytes(1023) == "1023 bytes"
