@@ -292,20 +292,12 @@ def _torch_argmin_votes(torch: Any, x: Any, y: Any, rows_per_block: int) -> Any:
     return counts
 
 
-def _kernel_votes(
-    torch: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any, rounding: Any
-) -> Any:
-    """One launch of the fused kernel (k = 1, shortlist 4) on resident fp32 tensors."""
+def _kernel_votes(torch: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any) -> Any:
+    """One launch of the fused kernel (k = 1, shortlist 4) on resident kernel inputs."""
     from kernels import triton_impl
-    from kernels.triton_backend import kernel_inputs
 
-    (x_in, x_lo), (y_in, y_lo) = (
-        kernel_inputs(torch, x, rounding),
-        kernel_inputs(torch, y, rounding),
-    )
-    lows = None if x_lo is None else (x_lo, y_lo)
     counts = torch.zeros(y.shape[0], dtype=torch.int32, device=y.device)
-    triton_impl.shortlists(x_in, y_in, y_sq, window, 1, 4, counts, tiles, lows=lows)
+    triton_impl.shortlists(x, y, y_sq, window, 1, 4, counts, tiles)
     return counts
 
 
@@ -503,7 +495,7 @@ def _device_size(
     """Times every device path at one size and prints both tables; True if exact paths agree."""
     import kernels
     from kernels.certify import sq_norms64, tiled_dot_error_bound
-    from kernels.triton_backend import PRECISIONS
+    from kernels.triton_backend import PRECISIONS, kernel_inputs
 
     n, m, dim = size
     rng = np.random.default_rng(args.seed)
@@ -535,6 +527,8 @@ def _device_size(
         if backend.name != "triton":
             continue
         rounding = PRECISIONS[backend.precision]
+        x_in = kernel_inputs(torch, x, rounding, synthetic=False)
+        y_in = kernel_inputs(torch, y, rounding, synthetic=True)
         tile_choices = [backend.tiles]
         if device.startswith("cuda"):
             tile_choices += _tile_alternatives(args.sweep)[rounding.name]
@@ -544,7 +538,7 @@ def _device_size(
             )
             window = torch.from_numpy((3 * tol).astype(np.float32)).to(device)
             tag = f"{label} {tiles.block_m}x{tiles.block_n}x{tiles.block_d}/{tiles.num_warps}w"
-            device_paths[tag] = partial(_kernel_votes, torch, x, y, y_sq, window, tiles, rounding)
+            device_paths[tag] = partial(_kernel_votes, torch, x_in, y_in, y_sq, window, tiles)
     for group in (paths, device_paths):
         for call in group.values():
             _synchronised(torch, device, call)  # compile and warm up outside the timings

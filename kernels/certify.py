@@ -45,9 +45,9 @@ The fused kernel (``tiled_dot_error_bound``). The Triton kernel knows its own su
 so its bound is much tighter than the order-free one above. It computes ``t32 - 2 x.y`` where t32
 is ||y_j||^2 summed in float64 and rounded once to fp32, and x.y is summed in chunks of ``block_d``
 coordinates: each chunk is one ``tl.dot`` started from zero, and the chunk sums are added one by
-one into the running value. A term then passes through at most p * block_d roundings inside its
-chunk (p products per coordinate, see below) and ceil(d / block_d) in the running sum, instead
-of 2d + 2: for d = 512 and block_d = 16, 48 roundings instead of 1026. The inputs may first be
+one into the running value. A term then passes through at most block_d roundings inside its
+chunk and ceil(d / block_d) in the running sum, instead of 2d + 2: for d = 512 and block_d = 16,
+48 roundings instead of 1026. The inputs may first be
 rounded to bfloat16 or float16 (relative error at most u_r, absolute error at most eta_r where
 results are subnormal or flushed); products of two such values are exact in fp32, and tensor
 cores accumulate with truncation and late normalisation (Fasi, Higham, Mikaitis and Pranesh,
@@ -58,9 +58,11 @@ what truncation needs). Rounding the inputs moves the dot product by |x~.y~ - x.
 (x + dx).(y + dy) with |dx_k| <= u_r |x_k| + eta_r and Cauchy-Schwarz).
 
 Split inputs ("bfloat16x3"). Each input is split into two bfloat16 parts, x_hi = bf16(x) and
-x_lo = bf16(x - x_hi) (the difference is exact in fp32), and the kernel sums the p = 3 products
-x_hi y_hi + x_hi y_lo + x_lo y_hi on tensor cores. With u = 2^-8, |x - x_hi - x_lo| <= u^2 |x|
-and |x_lo| <= u (1 + u) |x|, so the three products differ from x.y by at most
+x_lo = bf16(x - x_hi) (the difference is exact in fp32), laid out as 3 d columns
+x_hi | x_hi | x_lo against y_hi | y_lo | y_hi, so the kernel's sum over slices of those columns
+is the sum of the three products x_hi y_hi + x_hi y_lo + x_lo y_hi, on tensor cores, in
+ceil(3 d / block_d) chunks. With u = 2^-8, |x - x_hi - x_lo| <= u^2 |x| and
+|x_lo| <= u (1 + u) |x|, so the three products differ from x.y by at most
 (2 u^2 + u^4 + u^2 (1 + u)^2) ||x|| ||y|| (the dropped x_lo y_lo included) and their absolute
 values sum to at most (1 + u)^2 (1 + 2 u) ||x|| ||y||. Values so small that a part is subnormal
 or flushed lose less than 2^-126 per rounding, product or sum (at most 16 d + 16 of them, each
@@ -212,16 +214,16 @@ def tiled_dot_error_bound(
     # shift: |rounded inputs' dot - x.y|; products: sum of the kernel's |products| (>= every
     # partial sum it forms).
     if rounding.split:
-        terms = 3
+        columns = 3 * dim
         shift = (2 * u * u + u**4 + (u * (1 + u)) ** 2) * dot_scale
         products = (1 + u) ** 2 * (1 + 2 * u) * dot_scale
     else:
-        terms = 1
+        columns = dim
         spread = np.sqrt(dim) * eta * (1 + u) * (x_norm + y_norm) + dim * eta**2
         shift = (2 * u + u * u) * dot_scale + spread
         products = (1 + u) ** 2 * dot_scale + spread
-    within_chunk = rounding.accumulation_factor * _gamma(terms * block_d, _U32)
-    across_chunks = _gamma(-(-dim // block_d), _U32)
+    within_chunk = rounding.accumulation_factor * _gamma(block_d, _U32)
+    across_chunks = _gamma(-(-columns // block_d), _U32)
     # |computed dot - rounded inputs' dot|: a chunk's own roundings, then the running sum's.
     summing = (within_chunk + across_chunks * (1 + within_chunk)) * products
     computed_dot = products + summing

@@ -19,7 +19,7 @@ kernel's summation order (one chunk per ``block_d`` slice): for unit vectors in 
 it is about 1.2e-5, 40x below the order-free fp32 bound, so almost every row settles in the
 kernel. "float32" runs ``tl.dot`` in IEEE fp32 (never TF32, whose 10-bit mantissa the bound does
 not cover) on CUDA cores. "bfloat16x3" splits each input into two bfloat16 parts and sums three
-tensor-core products per coordinate: accuracy near fp32's (window about 2.8e-4 there; about 2% of
+tensor-core products per coordinate: accuracy near fp32's (window about 2.5e-4 there; about 2% of
 rows of random unit vectors take the fp32 pass) at tensor-core speed. "bfloat16" and "float16"
 round the inputs once: their windows (about 3e-2 and 4e-3) leave most rows of such data to the
 fp32 pass, so they pay only where distances are well separated. The rows a rounded pass leaves
@@ -192,13 +192,15 @@ class TritonBackend:
         y_sq = torch.from_numpy(synthetic_sq_norms.astype(np.float32)).to(self.device)
         max_synthetic_sq_norm = float(synthetic_sq_norms.max())
         # The requested precision, then an fp32 pass for the rows it leaves cut short.
-        passes = [(rounding, self.tiles, kernel_inputs(torch, y32, rounding))]
+        passes = [(rounding, self.tiles, kernel_inputs(torch, y32, rounding, synthetic=True))]
         if rounding is not FLOAT32:
-            passes.append((FLOAT32, self._fp32_tiles, (y32, None)))
-        # Per private row on the device: its fp32 copy and, at most, a pending-row copy or the
-        # two split parts with the fp32 difference between them; the kernel outputs; host
-        # candidates.
-        row_bytes = dim * 12 + shortlist * (8 + RERANK_BYTES_PER_CANDIDATE) + 16
+            passes.append((FLOAT32, self._fp32_tiles, y32))
+        # Per private row on the device: its fp32 copy and a pending-row or rounded copy (a
+        # split also holds its parts, their fp32 difference and the 3 d laid-out columns); the
+        # kernel outputs; host candidates.
+        row_bytes = (
+            dim * (24 if rounding.split else 12) + shortlist * (8 + RERANK_BYTES_PER_CANDIDATE) + 16
+        )
         rerank_bytes = self.max_block_bytes // 4
         block_rows = max(1, min(n, (self.max_block_bytes - rerank_bytes) // row_bytes))
         for start in range(0, n, block_rows):
@@ -207,7 +209,7 @@ class TritonBackend:
             block32 = _to_device(torch, block, self.device)
             block_sq_norms = sq_norms64(block)
             pending = np.arange(len(block))
-            for pass_rounding, tiles, (y, y_lo) in passes:
+            for pass_rounding, tiles, y in passes:
                 every_row = pending.size == len(block)
                 rows = block if every_row else block[pending]
                 sq_norms = block_sq_norms if every_row else block_sq_norms[pending]
@@ -219,9 +221,8 @@ class TritonBackend:
                     tol + _SLACK * (sq_norms + max_synthetic_sq_norm + 2.0 * tol),
                 )
                 x32 = block32 if every_row else block32[torch.from_numpy(pending).to(self.device)]
-                x, x_lo = kernel_inputs(torch, x32, pass_rounding)
                 values, indices, settled = self._impl.shortlists(
-                    x,
+                    kernel_inputs(torch, x32, pass_rounding, synthetic=False),
                     y,
                     y_sq,
                     torch.from_numpy(window).to(self.device),
@@ -229,7 +230,6 @@ class TritonBackend:
                     shortlist,
                     counts,
                     tiles,
-                    lows=None if x_lo is None else (x_lo, y_lo),
                 )
                 # Settled rows have voted already; a search ranks every row on the host.
                 open_rows = (
@@ -325,13 +325,20 @@ def _deliver(
         host_counts += np.bincount(answers[answers >= 0], minlength=host_counts.size)
 
 
-def kernel_inputs(torch: Any, rows: Any, rounding: RoundedInputs) -> tuple[Any, Any | None]:
-    """fp32 rows as the kernel reads them: rounded to the format, or split into (high, low)."""
+def kernel_inputs(torch: Any, rows: Any, rounding: RoundedInputs, *, synthetic: bool) -> Any:
+    """fp32 rows as the kernel reads them: rounded to the format, or split and laid out.
+
+    A split lays the private rows out as x_hi | x_hi | x_lo and the synthetic ones as
+    y_hi | y_lo | y_hi (3 d columns), so the kernel's one dot per column slice sums the three
+    products of ``kernels.certify``'s split scheme.
+    """
     high = rows.to(getattr(torch, rounding.storage))
     if not rounding.split:
-        return high, None
+        return high
     # rows - high is exact in fp32; rounding it again leaves at most u^2 |x| out.
-    return high, (rows - high.to(torch.float32)).to(high.dtype)
+    low = (rows - high.to(torch.float32)).to(high.dtype)
+    parts = (high, low, high) if synthetic else (high, high, low)
+    return torch.cat(parts, dim=1)
 
 
 def _check_range(

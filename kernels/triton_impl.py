@@ -5,7 +5,8 @@ computes the tile's shifted squared distances ``D = ||y||^2 - 2 x.y`` (the per-r
 ||x||^2 does not change a row's ranking), summing x.y one ``tl.dot`` per ``block_d`` slice of the
 embedding, each started from zero and added once to the running sum: the order that
 ``kernels.certify.tiled_dot_error_bound`` bounds, far tighter than an order-free bound. With
-split inputs (``lows``) each slice sums x_hi.y_hi + x_hi.y_lo + x_lo.y_hi. The kernel then merges
+split inputs the caller lays x_hi | x_hi | x_lo against y_hi | y_lo | y_hi along the embedding,
+so the same sum covers x_hi.y_hi + x_hi.y_lo + x_lo.y_hi. The kernel then merges
 the tile into a running shortlist of the row's S smallest values, ties to the lowest index. The
 (n, m) distance matrix never exists: device memory is the inputs plus (n, S) outputs.
 
@@ -39,9 +40,7 @@ _NO_INDEX = tl.constexpr(2**31 - 1)
 @triton.jit(do_not_specialize=["n_rows", "n_cols"])
 def _shortlist_kernel(
     x_ptr,
-    x_lo_ptr,
     y_ptr,
-    y_lo_ptr,
     y_sq_ptr,
     window_ptr,
     values_ptr,
@@ -57,7 +56,6 @@ def _shortlist_kernel(
     SHORTLIST: tl.constexpr,
     SLOTS: tl.constexpr,
     VOTE: tl.constexpr,
-    SPLIT: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -93,16 +91,8 @@ def _shortlist_kernel(
                 x = x.to(tl.float32)
                 y = y.to(tl.float32)
             # IEEE fp32 (never TF32) for fp32 inputs; ignored for bf16/fp16 tensor-core dots.
-            # The chunk starts from zero: its roundings stay within BLOCK_D (3 BLOCK_D) terms.
+            # The chunk starts from zero: its roundings stay within BLOCK_D terms.
             chunk = tl.dot(x, y, input_precision="ieee")
-            if SPLIT:
-                x_lo = tl.load(x_lo_ptr + x_at, mask=x_mask, other=0.0)
-                y_lo = tl.load(y_lo_ptr + y_at, mask=y_mask, other=0.0)
-                if UPCAST:
-                    x_lo = x_lo.to(tl.float32)
-                    y_lo = y_lo.to(tl.float32)
-                chunk = tl.dot(x, y_lo, chunk, input_precision="ieee")
-                chunk = tl.dot(x_lo, y, chunk, input_precision="ieee")
             # One rounding per chunk. Scaling by -2 is exact, and it keeps triton from folding
             # this add into the dot's accumulator (which would sum all d terms in one chain).
             acc = acc - 2.0 * chunk
@@ -178,8 +168,8 @@ DEFAULT_TILES = {
     "float32": Tiles(64, 128, 16, num_warps=4, num_stages=3),
     "bfloat16": Tiles(64, 128, 64, num_warps=4, num_stages=3),
     "float16": Tiles(64, 128, 64, num_warps=4, num_stages=3),
-    # Not yet timed on a GPU: bf16's shape, with half the depth for three products per slice.
-    "bfloat16x3": Tiles(64, 128, 32, num_warps=4, num_stages=3),
+    # Not yet timed on a GPU: bf16's shape (the split runs bf16 dots over 3 d columns).
+    "bfloat16x3": Tiles(64, 128, 64, num_warps=4, num_stages=3),
 }
 INTERPRETER_TILES = Tiles(16, 16, 16, num_warps=1, num_stages=1)
 """Small tiles for ``TRITON_INTERPRET=1``, where every program runs as numpy on the CPU."""
@@ -194,7 +184,6 @@ def shortlists(
     shortlist: int,
     counts: Any | None,
     tiles: Tiles,
-    lows: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any, Any]:
     """Runs the kernel: each private row's ``shortlist`` smallest shifted distances.
 
@@ -207,8 +196,6 @@ def shortlists(
         shortlist: S, entries kept per row, k < S <= m.
         counts: (m,) int32 vote counts to add settled rows' votes to, or None.
         tiles: tile sizes.
-        lows: split inputs: the low parts ``(x_lo, y_lo)`` (same shapes and dtype) of x and y,
-            which then hold the high parts; the kernel sums x.y_lo + x_lo.y besides x.y.
 
     Returns:
         ``(values, indices, settled)``: (n, S) float32 shifted distances sorted by (value,
@@ -220,11 +207,10 @@ def shortlists(
     n_cols = y.shape[0]
     if not 0 < k < shortlist <= n_cols:
         raise ValueError(f"need 0 < k < shortlist <= m, got k={k} S={shortlist} m={n_cols}")
-    parts = (x, y) if lows is None else (x, y, *lows)
-    if any(part.dtype != x.dtype for part in parts) or y_sq.dtype != torch.float32:
+    if x.dtype != y.dtype or y_sq.dtype != torch.float32:
         raise TypeError(
-            f"x and y (and their low parts) must share a dtype and y_sq be float32, got "
-            f"{[part.dtype for part in parts]}, {y_sq.dtype}"
+            f"x and y must share a dtype and y_sq be float32, got {x.dtype}, "
+            f"{y.dtype}, {y_sq.dtype}"
         )
     values = torch.empty((n_rows, shortlist), dtype=torch.float32, device=x.device)
     indices = torch.empty((n_rows, shortlist), dtype=torch.int32, device=x.device)
@@ -235,9 +221,7 @@ def shortlists(
     # Triton launches on the current CUDA device, which need not be the tensors' one.
     on_device = torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext()
     with on_device:
-        _launch(
-            grid, x, y, y_sq, window, values, indices, settled, counts, k, shortlist, tiles, lows
-        )
+        _launch(grid, x, y, y_sq, window, values, indices, settled, counts, k, shortlist, tiles)
     return values, indices, settled.bool()
 
 
@@ -254,15 +238,11 @@ def _launch(
     k: int,
     shortlist: int,
     tiles: Tiles,
-    lows: tuple[Any, Any] | None,
 ) -> None:
     n_rows, dim = x.shape
-    x_lo, y_lo = (x, y) if lows is None else lows
     _shortlist_kernel[grid](
         x,
-        x_lo,
         y,
-        y_lo,
         y_sq,
         window,
         values,
@@ -278,7 +258,6 @@ def _launch(
         SHORTLIST=shortlist,
         SLOTS=triton.next_power_of_2(shortlist),
         VOTE=counts is not None,
-        SPLIT=lows is not None,
         UPCAST=INTERPRETING and x.dtype != y_sq.dtype,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
