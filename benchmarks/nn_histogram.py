@@ -312,47 +312,41 @@ def _tile_alternatives(sweep: bool) -> dict[str, list[Any]]:
             "float16": [Tiles(128, 128, 64, 8)],
             "bfloat16x3": [Tiles(64, 128, 16, 4), Tiles(128, 128, 32, 8)],
         }
-    # fp32 dots run on CUDA cores (register-blocked FMA): wide tiles, short depth slices.
+    # (block_m, block_n, block_d, warps, stages). fp32 dots run on CUDA cores (register-blocked
+    # FMA): wide tiles, short depth slices.
     fp32 = [
-        Tiles(m, n, d, warps, stages)
-        for m, n, d, warps, stages in [
-            (128, 64, 32, 8, 3),
-            (64, 128, 32, 4, 3),
-            (128, 128, 32, 8, 3),
-            (128, 128, 16, 8, 3),
-            (128, 128, 16, 8, 4),
-            (128, 128, 32, 4, 2),
-            (256, 64, 16, 8, 3),
-            (64, 256, 16, 8, 3),
-            (128, 64, 16, 4, 4),
-            (64, 64, 64, 4, 2),
-            (32, 64, 32, 4, 3),
-        ]
+        (128, 64, 32, 8, 3),
+        (64, 128, 32, 4, 3),
+        (128, 128, 32, 8, 3),
+        (128, 128, 16, 8, 3),
+        (128, 128, 16, 8, 4),
+        (128, 128, 32, 4, 2),
+        (256, 64, 16, 8, 3),
+        (64, 256, 16, 8, 3),
+        (128, 64, 16, 4, 4),
+        (64, 64, 64, 4, 2),
+        (32, 64, 32, 4, 3),
     ]
-    # Low precision runs on tensor cores: deeper slices, more warps, more stages.
+    # Low precision runs on tensor cores: deeper slices, more warps, more stages. The split
+    # runs the same bf16 dots over its 3 d columns.
     half = [
-        Tiles(m, n, d, warps, stages)
-        for m, n, d, warps, stages in [
-            (128, 128, 64, 8, 3),
-            (64, 64, 64, 4, 3),
-            (64, 128, 64, 4, 3),
-            (128, 128, 32, 8, 4),
-            (128, 256, 64, 8, 3),
-            (256, 128, 64, 8, 3),
-            (128, 64, 128, 8, 2),
-        ]
+        (128, 128, 64, 8, 3),
+        (64, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (128, 128, 32, 8, 4),
+        (128, 256, 64, 8, 3),
+        (256, 128, 64, 8, 3),
+        (128, 64, 128, 8, 2),
     ]
-    split = [
-        Tiles(m, n, d, warps, stages)
-        for m, n, d, warps, stages in [
-            (64, 128, 16, 4, 3),
-            (128, 128, 32, 8, 3),
-            (64, 64, 32, 4, 3),
-            (128, 64, 32, 8, 3),
-            (64, 128, 64, 4, 3),
+    return {
+        name: [Tiles(*shape) for shape in shapes]
+        for name, shapes in [
+            ("float32", fp32),
+            ("bfloat16", half),
+            ("float16", half[:1]),
+            ("bfloat16x3", half),
         ]
-    ]
-    return {"float32": fp32, "bfloat16": half, "float16": half[:1], "bfloat16x3": split}
+    }
 
 
 def _faiss_gpu_votes(private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
