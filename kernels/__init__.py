@@ -20,7 +20,13 @@ from kernels.base import (
     vote_histogram,
 )
 from kernels.blocked import NumpyBlockedBackend, TorchBlockedBackend
-from kernels.dispatch import ResolvedBackend, choose_backend, default_device, resolve_backend
+from kernels.dispatch import (
+    BackendUnavailableError,
+    ResolvedBackend,
+    choose_backend,
+    default_device,
+    resolve_backend,
+)
 from kernels.faiss_backend import FaissBackend
 from kernels.reference import ReferenceBackend, exact_sq_dist, reference_search
 from kernels.triton_backend import TritonBackend
@@ -33,6 +39,7 @@ register_backend(TritonBackend.name, TritonBackend)
 
 __all__ = [
     "BACKEND_REGISTRY",
+    "BackendUnavailableError",
     "FaissBackend",
     "NearestNeighbourBackend",
     "NumpyBlockedBackend",

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kernels.base import BACKEND_REGISTRY, NearestNeighbourBackend, create_backend
+from pe_core.errors import PrivevoError
 
 AUTO = "auto"
 
@@ -44,6 +45,10 @@ DEVICE_BACKENDS = frozenset({"torch-blocked", "triton"})
 """Backends that run their distance pass on a non-CPU torch device."""
 
 _OPTIONAL_MODULES = {"faiss": "faiss", "triton": "triton"}
+
+
+class BackendUnavailableError(PrivevoError, ValueError):
+    """A named backend cannot run on the requested device (e.g. triton without CUDA)."""
 
 
 @dataclass(frozen=True)
@@ -128,16 +133,21 @@ def resolve_backend(
 
     Raises:
         UnknownNameError: the name is neither registered nor "auto"; lists valid names.
-        ValueError: the backend cannot run on ``device``.
+        BackendUnavailableError: the backend cannot run on ``device``; says what to use.
     """
     if device is None:
         device = default_device() if name == AUTO or name in DEVICE_BACKENDS else "cpu"
     chosen = choose_backend(n_private, n_synthetic, dim, device=device) if name == AUTO else name
-    if chosen in DEVICE_BACKENDS:
-        return ResolvedBackend(chosen, create_backend(chosen, device=device), device)
-    if device != "cpu":
-        raise ValueError(
+    if chosen not in DEVICE_BACKENDS and device != "cpu":
+        raise BackendUnavailableError(
             f"backend {chosen!r} runs on CPU only; use one of {sorted(DEVICE_BACKENDS)} or "
             f"'auto' for device {device!r}"
         )
-    return ResolvedBackend(chosen, create_backend(chosen), device)
+    config = {"device": device} if chosen in DEVICE_BACKENDS else {}
+    try:
+        backend = create_backend(chosen, **config)
+    except PrivevoError:
+        raise
+    except ValueError as exc:  # the backend's own refusal, e.g. triton without CUDA
+        raise BackendUnavailableError(f"nn_backend {chosen!r}: {exc}") from None
+    return ResolvedBackend(chosen, backend, device)

@@ -185,7 +185,13 @@ class PrivateEvolution:
         self.job = job
         self.api = api
         self.embedder = CachedEmbedder(embedder)
-        self.backend: kernels.ResolvedBackend | None = None
+        # A named backend is built now, so a wrong name or device fails before any generation;
+        # "auto" waits for the sizes (the first vote).
+        self.backend: kernels.ResolvedBackend | None = (
+            None
+            if job.nn_backend == kernels.dispatch.AUTO
+            else kernels.resolve_backend(job.nn_backend, 0, 0, 0)
+        )
         self.noise = noise
         self.seed = seed
         self.checkpoints = CheckpointStore(state_dir / "checkpoints")
@@ -272,7 +278,7 @@ class PrivateEvolution:
         )
         callbacks.on_phase(t, "vote")
         if self.backend is None:
-            # Chosen once per job, when the sizes are known; the name goes into the report.
+            # "auto": chosen once per job, when the sizes are known; the name goes into the report.
             self.backend = kernels.resolve_backend(
                 job.nn_backend,
                 n_private=sum(len(p) for p in private_by_label),

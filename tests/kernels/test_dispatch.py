@@ -7,6 +7,7 @@ from kernels import dispatch
 from kernels.dispatch import (
     CPU_BACKEND,
     DEVICE_BACKEND,
+    BackendUnavailableError,
     ResolvedBackend,
     available_backends,
     choose_backend,
@@ -97,8 +98,19 @@ def test_resolve_unknown_name_lists_valid_ones() -> None:
 
 
 def test_resolve_cpu_only_backend_on_a_device_is_refused() -> None:
-    with pytest.raises(ValueError, match="CPU only"):
+    with pytest.raises(BackendUnavailableError, match="CPU only"):
         resolve_backend("numpy-blocked", 10, 10, 8, device="cuda")
+
+
+def test_resolve_triton_on_the_cpu_is_a_privevo_error() -> None:
+    pytest.importorskip("triton")
+    from kernels import triton_impl
+
+    if triton_impl.INTERPRETING:
+        pytest.skip("the interpreter lets triton run on the CPU")
+    # A PrivevoError, so the CLI prints it as a one-line error, not a traceback.
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA device"):
+        resolve_backend("triton", 10, 10, 8, device="cpu")
 
 
 def test_resolve_auto_on_cuda_configures_the_device_backend() -> None:

@@ -199,6 +199,9 @@ def test_existing_output_needs_resume_and_resume_finishes(image_run):
         (["--label-fractions", "a=b"], "--label-fractions"),
         (["--label-fractions", "0=1,1=1"], "missing ['2', '3'"),
         (["--embedding", "minilm"], "text"),
+        (["--nn-backend", "foo"], "valid names: faiss, numpy-blocked"),
+        # Without CUDA (the interpreter is for tests), refused before anything is generated.
+        (["--nn-backend", "triton"], "needs a CUDA device"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, image_run, args, message):
@@ -207,7 +210,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_run, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "o" / "synthetic").exists()
+    assert not (tmp_path / "o").exists()
 
 
 def test_eval_data_overlapping_private_is_refused(tmp_path, image_run):
