@@ -512,7 +512,7 @@ def _device_size(
         paths[label] = partial(kernels.vote_histogram, backend, private, synthetic, args.k)
     # Device only: the fused kernel (k = 1, S = 4) on resident tensors, vs the peer's loop; on
     # CUDA also at other tile sizes, to show what tuning the untuned defaults could gain.
-    synthetic_sq_norms = sq_norms64(synthetic)
+    private_sq_norms, synthetic_sq_norms = sq_norms64(private), sq_norms64(synthetic)
     y_sq = torch.from_numpy(synthetic_sq_norms.astype(np.float32)).to(device)
     device_paths: dict[str, Callable[[], Any]] = {
         TORCH_PEER: lambda: _torch_argmin_votes(torch, x, y, block)
@@ -528,7 +528,7 @@ def _device_size(
             tile_choices += _tile_alternatives(args.sweep)[rounding.name]
         for tiles in tile_choices:
             tol = tiled_dot_error_bound(
-                sq_norms64(private), float(synthetic_sq_norms.max()), dim, tiles.block_d, rounding
+                private_sq_norms, float(synthetic_sq_norms.max()), dim, tiles.block_d, rounding
             )
             window = torch.from_numpy((3 * tol).astype(np.float32)).to(device)
             tag = f"{label} {tiles.block_m}x{tiles.block_n}x{tiles.block_d}/{tiles.num_warps}w"

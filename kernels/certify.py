@@ -47,15 +47,15 @@ is ||y_j||^2 summed in float64 and rounded once to fp32, and x.y is summed in ch
 coordinates: each chunk is one ``tl.dot`` started from zero, and the chunk sums are added one by
 one into the running value. A term then passes through at most block_d roundings inside its
 chunk and ceil(d / block_d) in the running sum, instead of 2d + 2: for d = 512 and block_d = 16,
-48 roundings instead of 1026. The inputs may first be
-rounded to bfloat16 or float16 (relative error at most u_r, absolute error at most eta_r where
-results are subnormal or flushed); products of two such values are exact in fp32, and tensor
-cores accumulate with truncation and late normalisation (Fasi, Higham, Mikaitis and Pranesh,
-"Numerical behavior of NVIDIA tensor cores", PeerJ Comput. Sci. 7:e330, 2021), which at most
-doubles each rounding error, so a chunk's bound is scaled by an accumulation factor (4, twice
-what truncation needs). Rounding the inputs moves the dot product by |x~.y~ - x.y| <=
-(2 u_r + u_r^2) ||x|| ||y|| + eta_r sqrt(d) (1 + u_r) (||x|| + ||y||) + d eta_r^2 (expand
-(x + dx).(y + dy) with |dx_k| <= u_r |x_k| + eta_r and Cauchy-Schwarz).
+48 roundings instead of 1026. The inputs may first be rounded to bfloat16 or float16 (relative
+error at most u_r, absolute error at most eta_r where results are subnormal or flushed);
+products of two such values are exact in fp32, and tensor cores accumulate with truncation and
+late normalisation (Fasi, Higham, Mikaitis and Pranesh, "Numerical behavior of NVIDIA tensor
+cores", PeerJ Comput. Sci. 7:e330, 2021), which at most doubles each rounding error, so a
+chunk's bound is scaled by an accumulation factor (4, twice what truncation needs). Rounding
+the inputs moves the dot product by |x~.y~ - x.y| <= (2 u_r + u_r^2) ||x|| ||y|| +
+eta_r sqrt(d) (1 + u_r) (||x|| + ||y||) + d eta_r^2 (expand (x + dx).(y + dy) with
+|dx_k| <= u_r |x_k| + eta_r and Cauchy-Schwarz).
 
 Split inputs ("bfloat16x3"). Each input is split into two bfloat16 parts, x_hi = bf16(x) and
 x_lo = bf16(x - x_hi) (the difference is exact in fp32), laid out as 3 d columns

@@ -6,9 +6,9 @@ computes the tile's shifted squared distances ``D = ||y||^2 - 2 x.y`` (the per-r
 embedding, each started from zero and added once to the running sum: the order that
 ``kernels.certify.tiled_dot_error_bound`` bounds, far tighter than an order-free bound. With
 split inputs the caller lays x_hi | x_hi | x_lo against y_hi | y_lo | y_hi along the embedding,
-so the same sum covers x_hi.y_hi + x_hi.y_lo + x_lo.y_hi. The kernel then merges
-the tile into a running shortlist of the row's S smallest values, ties to the lowest index. The
-(n, m) distance matrix never exists: device memory is the inputs plus (n, S) outputs.
+so the same sum covers x_hi.y_hi + x_hi.y_lo + x_lo.y_hi. The kernel then merges the tile into
+a running shortlist of the row's S smallest values, ties to the lowest index. The (n, m)
+distance matrix never exists: device memory is the inputs plus (n, S) outputs.
 
 At the end each row's shortlist is stored sorted by (value, index), and the row is *settled*
 when its (k+1)-th value exceeds its k-th value plus a per-row window (at least twice the
@@ -70,22 +70,22 @@ def _shortlist_kernel(
     # Distinct placeholder indices, so exactly one slot is "the worst" even before any insert.
     best = tl.full((BLOCK_M, SLOTS), float("inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_M, SLOTS), tl.int32) + (_NO_INDEX - slots)
-    x_offsets = rows.to(tl.int64)[:, None] * stride_x
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
     for start in range(0, n_cols, BLOCK_N):
         cols = start + lanes
         col_ok = cols < n_cols
-        y_offsets = cols.to(tl.int64)[None, :] * stride_y
+        y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
         # -2 x.y, summed one chunk of BLOCK_D coordinates at a time (kernels.certify's
         # tiled_dot_error_bound counts on this order).
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, dim, BLOCK_D):
             d_ok = (k0 + depth) < dim
-            x_mask = row_ok[:, None] & d_ok[None, :]
-            y_mask = d_ok[:, None] & col_ok[None, :]
-            x_at = x_offsets + (k0 + depth)[None, :]
-            y_at = y_offsets + (k0 + depth)[:, None]
-            x = tl.load(x_ptr + x_at, mask=x_mask, other=0.0)
-            y = tl.load(y_ptr + y_at, mask=y_mask, other=0.0)
+            x = tl.load(
+                x_rows + (k0 + depth)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
+            )
+            y = tl.load(
+                y_cols + (k0 + depth)[:, None], mask=d_ok[:, None] & col_ok[None, :], other=0.0
+            )
             if UPCAST:
                 # The interpreter mishandles bf16 dots; widening is exact, products stay exact.
                 x = x.to(tl.float32)
