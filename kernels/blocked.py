@@ -327,24 +327,36 @@ def _check_ieee_fp32_matmul(torch: Any, device_type: str) -> None:
         )
 
 
-def _as_tensor(torch: Any, array: NDArray[np.float32], device: Any) -> Any:
-    # torch.from_numpy shares memory but warns on read-only arrays (frozen Samples); copy those.
-    tensor = torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
-    return tensor.to(device)
+def device_rows(torch: Any, array: NDArray[np.float32], device: Any) -> Any:
+    """A float32 tensor of C-contiguous rows (unit column stride, as kernels read) on ``device``.
+
+    Copies on the host only when the rows are strided or read-only (torch.from_numpy warns on
+    read-only arrays, e.g. frozen Samples); a C-contiguous float32 block goes straight to the
+    device. On the CPU the tensor shares the array's memory; callers only read it.
+    """
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = np.array(array, dtype=np.float32, order="C")
+    return torch.from_numpy(array).to(device)
 
 
-class _TorchKernel:
+class TorchKernel:
+    """The torch half of ``blocked_search``: fp32 GEMM blocks and candidate selection.
+
+    Args:
+        torch: the torch module.
+        rows: (m, d) float32 tensor of the synthetic rows, on the device the GEMMs run on.
+    """
+
     def pair_bytes(self, kept: int) -> int:
         # fp32 distances and the candidate mask; group minima (a sixth of a byte) on CPU, on a
         # device top-k keeps only (rows, k) outputs instead.
         return 4 + 1 + 1
 
-    def __init__(self, torch: Any, synthetic: NDArray[np.float32], device: str) -> None:
+    def __init__(self, torch: Any, rows: Any) -> None:
         self.torch = torch
-        self.device = torch.device(device)
+        self.device = rows.device
         # numpy's selection passes over shared memory are faster than torch's on CPU.
         self.select_with_numpy = self.device.type == "cpu"
-        rows = _as_tensor(torch, synthetic, self.device)
         # The same augmented GEMM as the numpy kernel: [-2x, 1] . [y, ||y||^2].
         self.augmented = torch.cat([rows, (rows * rows).sum(dim=1, keepdim=True)], dim=1)
         # Reused across blocks, as in the numpy kernel.
@@ -363,7 +375,7 @@ class _TorchKernel:
             self._mask = torch.empty(self._dist.shape, dtype=torch.bool, device=self.device)
         augmented_rows, dist, mask = self._rows[:rows], self._dist[:rows], self._mask[:rows]
         # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
-        torch.mul(_as_tensor(torch, block, self.device), -2.0, out=augmented_rows[:, :-1])
+        torch.mul(device_rows(torch, block, self.device), -2.0, out=augmented_rows[:, :-1])
         torch.mm(augmented_rows, self.augmented.T, out=dist)
         if self.select_with_numpy:
             return _select_candidates(dist.numpy(), mask.numpy(), tol, kept)
@@ -385,6 +397,12 @@ and on an H200 this path took 0.29 s end to end where a plain device GEMM + argm
 1 GiB makes that 8 blocks (not yet timed on a GPU); device memory is rarely that short."""
 
 
+def default_block_bytes(torch: Any, device: str) -> int:
+    """A device backend's default block bound: ``DEVICE_MAX_BLOCK_BYTES`` off the CPU."""
+    on_cpu = torch.device(device).type == "cpu"
+    return DEFAULT_MAX_BLOCK_BYTES if on_cpu else DEVICE_MAX_BLOCK_BYTES
+
+
 class TorchBlockedBackend:
     """Exact k-NN by blocked torch fp32 GEMM (CPU or GPU) plus a certified float64 re-rank.
 
@@ -399,11 +417,10 @@ class TorchBlockedBackend:
     def __init__(self, max_block_bytes: int | None = None, device: str = "cpu") -> None:
         import torch
 
-        if max_block_bytes is None:
-            on_cpu = torch.device(device).type == "cpu"
-            max_block_bytes = DEFAULT_MAX_BLOCK_BYTES if on_cpu else DEVICE_MAX_BLOCK_BYTES
         self._torch = torch
-        self.max_block_bytes = max_block_bytes
+        self.max_block_bytes = (
+            default_block_bytes(torch, device) if max_block_bytes is None else max_block_bytes
+        )
         self.device = device
 
     def search(
@@ -411,5 +428,5 @@ class TorchBlockedBackend:
     ) -> NDArray[np.int64]:
         check_search_inputs(private, synthetic, k)
         _check_ieee_fp32_matmul(self._torch, self._torch.device(self.device).type)
-        kernel = _TorchKernel(self._torch, synthetic, self.device)
+        kernel = TorchKernel(self._torch, device_rows(self._torch, synthetic, self.device))
         return blocked_search(private, synthetic, k, kernel, self.max_block_bytes)

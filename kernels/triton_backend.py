@@ -10,21 +10,25 @@ whatever n and m. A private row then ends in one of three ways, and every way is
 2. *re-ranked on the host*: its shortlist holds every synthetic row within the certified
    threshold (the S-th value exceeds it, or S = m), so ``kernels.certify.rerank`` of the
    shortlist gives the reference answer, as in the FAISS backend;
-3. *cut short*: more rows tie within the threshold than the shortlist holds; with low-precision
-   inputs such rows get an fp32 pass of the kernel first, and whatever is still cut short goes
-   to the exact ``torch-blocked`` backend on the same device.
+3. *cut short*: more rows tie within the threshold than the shortlist holds (or, with rounded
+   inputs, the wide window holds more than the shortlist); these go to an exact pass on the same
+   device: cuBLAS fp32 GEMM blocks and the certified re-rank of ``kernels.blocked``. It replaced
+   an fp32 pass of this kernel: a few thousand rows make a launch of a few dozen programs, which
+   takes as long as a full wave of the GPU (22 ms at (n 1e4, m 1e4, d 2048) on an H200).
 
 Precision. The window comes from ``kernels.certify.tiled_dot_error_bound``, which knows the
-kernel's summation order (one chunk per ``block_d`` slice): for unit vectors in 512 dimensions
-it is about 1.2e-5, 40x below the order-free fp32 bound, so almost every row settles in the
-kernel. "float32" runs ``tl.dot`` in IEEE fp32 (never TF32, whose 10-bit mantissa the bound does
-not cover) on CUDA cores. "bfloat16x3" splits each input into two bfloat16 parts and sums three
-tensor-core products per coordinate: accuracy near fp32's (window about 2.5e-4 there; about 2% of
-rows of random unit vectors take the fp32 pass) at tensor-core speed. "bfloat16" and "float16"
-round the inputs once: their windows (about 3e-2 and 4e-3) leave most rows of such data to the
-fp32 pass, so they pay only where distances are well separated. The rows a rounded pass leaves
-unsure take the fp32 pass, so votes always equal ``reference_search``. Float16 refuses inputs
-beyond its range (|value| > 65504).
+kernel's summation order (one chunk per ``block_d`` slice). "bfloat16x3", the default, splits
+each input into two bfloat16 parts and sums three tensor-core products per coordinate: accuracy
+near fp32's (a window of about 2.5e-4 for unit vectors in 512 dimensions; about 2% of rows of
+random unit vectors do not settle in the kernel) at tensor-core speed. On an H200 at (n 1e5,
+m 1e4, d 512) its kernel took 0.009 s where a plain fp32 torch GEMM + argmin took 0.025 s
+(``benchmarks/results/``). "float32" runs ``tl.dot`` in IEEE fp32 (never TF32, whose 10-bit
+mantissa the bound does not cover) on CUDA cores: a window of about 1.2e-5 there, but at a third
+of cuBLAS SGEMM's rate. "bfloat16" and "float16" round the inputs once: their windows (about 3e-2
+and 4e-3) leave most rows of such data to the exact pass, so they pay only where distances are
+well separated. Whatever the precision, votes equal ``reference_search``. Float16 refuses inputs
+beyond its range (|value| > 65504). NaN and infinities are found from the float64 squared norms
+the bound needs anyway (finite exactly when every value is), not by a separate scan.
 
 Noise. The original design asked for Gaussian noise fused into this kernel (Philox floats added
 to the counts on the GPU). The counts stay integer and go to the host's exact discrete-Gaussian
@@ -45,8 +49,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from kernels.base import check_search_inputs
-from kernels.blocked import TorchBlockedBackend
+from kernels.base import check_search_inputs, non_finite_error
+from kernels.blocked import (
+    TorchBlockedBackend,
+    TorchKernel,
+    blocked_search,
+    default_block_bytes,
+    device_rows,
+)
 from kernels.certify import (
     BFLOAT16,
     BFLOAT16X3,
@@ -60,7 +70,6 @@ from kernels.certify import (
     sq_norms64,
     tiled_dot_error_bound,
 )
-from kernels.reference import DEFAULT_MAX_BLOCK_BYTES
 from pe_core.errors import import_optional
 
 if TYPE_CHECKING:
@@ -86,8 +95,11 @@ class TritonBackend:
 
     Args:
         device: a CUDA torch device ("cuda", "cuda:1"); "cpu" only under TRITON_INTERPRET=1.
-        precision: "float32", "bfloat16x3", "bfloat16" or "float16": the ``tl.dot`` inputs.
-        max_block_bytes: working-memory bound (device and host) of one block of private rows.
+        precision: "bfloat16x3" (default), "float32", "bfloat16" or "float16": the ``tl.dot``
+            inputs (see the module docstring); every precision gives exact votes.
+        max_block_bytes: working-memory bound (device and host) of one block of private rows;
+            default ``kernels.blocked.DEVICE_MAX_BLOCK_BYTES`` on CUDA (one launch per block, and
+            a launch needs thousands of rows to fill the GPU).
         tiles: tile sizes overriding the per-precision default (``triton_impl.DEFAULT_TILES``).
 
     Raises:
@@ -100,8 +112,8 @@ class TritonBackend:
     def __init__(
         self,
         device: str = "cuda",
-        precision: str = "float32",
-        max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+        precision: str = "bfloat16x3",
+        max_block_bytes: int | None = None,
         tiles: Tiles | None = None,
     ) -> None:
         import_optional("triton", "triton")
@@ -121,17 +133,18 @@ class TritonBackend:
         self._impl = triton_impl
         self.device = device
         self.precision = precision
-        self.max_block_bytes = max_block_bytes
-
-        def default_tiles(precision: str) -> Tiles:
-            if triton_impl.INTERPRETING:
-                return triton_impl.INTERPRETER_TILES
-            return triton_impl.DEFAULT_TILES[precision]
-
-        self.tiles = default_tiles(precision) if tiles is None else tiles
-        # Rows a low-precision pass leaves cut short take an fp32 pass with fp32's tiles.
-        self._fp32_tiles = default_tiles("float32")
-        self._fallback = TorchBlockedBackend(max_block_bytes, device=device)
+        self.max_block_bytes = (
+            default_block_bytes(torch, device) if max_block_bytes is None else max_block_bytes
+        )
+        if tiles is None:
+            interpreting = triton_impl.INTERPRETING
+            tiles = (
+                triton_impl.INTERPRETER_TILES
+                if interpreting
+                else triton_impl.DEFAULT_TILES[precision]
+            )
+        self.tiles = tiles
+        self._fallback = TorchBlockedBackend(self.max_block_bytes, device=device)
 
     def search(
         self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
@@ -152,17 +165,18 @@ class TritonBackend:
         """Vote counts, as ``kernels.base.vote_histogram``; settled rows vote on the device.
 
         Args:
-            private: (n, d) float32 private embeddings.
+            private: (n, d) float32 private embeddings, checked by the caller (``vote_histogram``
+                already scanned them for NaN: about 0.1 s per million rows of 512).
             synthetic: (m, d) float32 synthetic embeddings, m >= 1.
             k: neighbours per record.
 
         Returns:
             (m,) int64 counts summing to n * min(k, m).
         """
-        check_search_inputs(private, synthetic, k)
         n, n_synthetic = private.shape[0], synthetic.shape[0]
         if n == 0 or n_synthetic <= k:
-            # Each record votes once for every synthetic row.
+            # Each record votes once for every synthetic row; the values are not read.
+            check_search_inputs(private, synthetic, k)
             return np.full(n_synthetic, n, dtype=np.int64)
         counts = self._torch.zeros(n_synthetic, dtype=self._torch.int32, device=self.device)
         host_counts = np.zeros(n_synthetic, dtype=np.int64)
@@ -179,25 +193,33 @@ class TritonBackend:
         counts: Any = None,
         host_counts: NDArray[np.int64] | None = None,
     ) -> None:
-        """Fills ``out`` (search) or ``counts`` and ``host_counts`` (votes); requires m > k."""
+        """Fills ``out`` (search) or ``counts`` and ``host_counts`` (votes); requires m > k.
+
+        Raises:
+            ValueError: NaN or infinite values (their squared norms are not finite), or values
+                beyond the precision's range.
+        """
         torch = self._torch
         n, dim = private.shape
         n_synthetic = synthetic.shape[0]
         rounding = PRECISIONS[self.precision]
+        synthetic_sq_norms = sq_norms64(synthetic)
+        # A float64 sum of squared float32 values cannot overflow: it is finite exactly when
+        # every value is, so the norms double as the NaN check.
+        if not np.isfinite(synthetic_sq_norms).all():
+            raise non_finite_error("synthetic")
         _check_range(private, synthetic, rounding)
         shortlist = min(n_synthetic, k + SHORTLIST_EXTRA)
-        y32 = _to_device(torch, synthetic, self.device)
-        synthetic_sq_norms = sq_norms64(synthetic)
+        y32 = device_rows(torch, synthetic, self.device)
         # Summed in float64 and rounded once, as tiled_dot_error_bound assumes.
         y_sq = torch.from_numpy(synthetic_sq_norms.astype(np.float32)).to(self.device)
         max_synthetic_sq_norm = float(synthetic_sq_norms.max())
-        # The requested precision, then an fp32 pass for the rows it leaves cut short.
-        passes = [(rounding, self.tiles, kernel_inputs(torch, y32, rounding, synthetic=True))]
-        if rounding is not FLOAT32:
-            passes.append((FLOAT32, self._fp32_tiles, y32))
-        # Per private row on the device: its fp32 copy and a pending-row or rounded copy (a
-        # split also holds its parts, their fp32 difference and the 3 d laid-out columns); the
-        # kernel outputs; host candidates.
+        y = kernel_inputs(torch, y32, rounding, synthetic=True)
+        # Rows the kernel leaves cut short: cuBLAS fp32 GEMM and the certified re-rank.
+        exact_pass = TorchKernel(torch, y32)
+        # Per private row on the device: its fp32 copy and the kernel's input (a split's parts,
+        # their fp32 difference and the 3 d laid-out columns); the kernel outputs; host
+        # candidates. The exact pass and the host re-rank each get a quarter of the budget.
         row_bytes = (
             dim * (24 if rounding.split else 12) + shortlist * (8 + RERANK_BYTES_PER_CANDIDATE) + 16
         )
@@ -205,63 +227,61 @@ class TritonBackend:
         block_rows = max(1, min(n, (self.max_block_bytes - rerank_bytes) // row_bytes))
         for start in range(0, n, block_rows):
             block = private[start : start + block_rows]
-            # The block goes to the device once; a later pass takes its pending rows there.
-            block32 = _to_device(torch, block, self.device)
+            block32 = device_rows(torch, block, self.device)
             # On the device: the host's float64 pass takes about 0.75 s per million rows of 512
             # on a CI core. The squared float64 norm errs by a few ulps, which the bound's
             # safety factor absorbs.
-            block_sq_norms = (
+            sq_norms = (
                 torch.linalg.vector_norm(block32, dim=1, dtype=torch.float64).square().cpu().numpy()
             )
-            pending = np.arange(len(block))
-            for pass_rounding, tiles, y in passes:
-                every_row = pending.size == len(block)
-                rows = block if every_row else block[pending]
-                sq_norms = block_sq_norms if every_row else block_sq_norms[pending]
-                tol = tiled_dot_error_bound(
-                    sq_norms, max_synthetic_sq_norm, dim, tiles.block_d, pass_rounding
-                )
-                window = certified_threshold(
-                    np.zeros(len(rows), np.float32),
-                    tol + _SLACK * (sq_norms + max_synthetic_sq_norm + 2.0 * tol),
-                )
-                x32 = block32 if every_row else block32[torch.from_numpy(pending).to(self.device)]
-                values, indices, settled = self._impl.shortlists(
-                    kernel_inputs(torch, x32, pass_rounding, synthetic=False),
-                    y,
-                    y_sq,
-                    torch.from_numpy(window).to(self.device),
-                    k,
-                    shortlist,
-                    counts,
-                    tiles,
-                )
-                # Settled rows have voted already; a search ranks every row on the host.
-                open_rows = (
-                    np.arange(len(rows))
-                    if counts is None
-                    else np.flatnonzero(~settled.cpu().numpy())
-                )
-                if open_rows.size == 0:
-                    pending = open_rows
-                    break
-                on_device = torch.from_numpy(open_rows).to(self.device)
-                done, answers = _rerank_shortlists(
-                    rows[open_rows],
+            if not np.isfinite(sq_norms).all():
+                raise non_finite_error("private")
+            tol = tiled_dot_error_bound(
+                sq_norms, max_synthetic_sq_norm, dim, self.tiles.block_d, rounding
+            )
+            window = certified_threshold(
+                np.zeros(len(block), np.float32),
+                tol + _SLACK * (sq_norms + max_synthetic_sq_norm + 2.0 * tol),
+            )
+            values, indices, settled = self._impl.shortlists(
+                kernel_inputs(torch, block32, rounding, synthetic=False),
+                y,
+                y_sq,
+                torch.from_numpy(window).to(self.device),
+                k,
+                shortlist,
+                counts,
+                self.tiles,
+            )
+            del block32
+            # Settled rows have voted already; a search ranks every row on the host.
+            open_rows = (
+                np.arange(len(block)) if counts is None else np.flatnonzero(~settled.cpu().numpy())
+            )
+            if open_rows.size == 0:
+                continue
+            on_device = torch.from_numpy(open_rows).to(self.device)
+            done, answers = _rerank_shortlists(
+                block[open_rows],
+                synthetic,
+                values[on_device].cpu().numpy(),
+                indices[on_device].cpu().numpy().astype(np.int64),
+                tol[open_rows],
+                k,
+                rerank_bytes,
+            )
+            _deliver(start + open_rows[done], answers, out, host_counts)
+            cut_short = open_rows[~done]
+            if cut_short.size:
+                answers = blocked_search(
+                    block[cut_short],
                     synthetic,
-                    values[on_device].cpu().numpy(),
-                    indices[on_device].cpu().numpy().astype(np.int64),
-                    tol[open_rows],
                     k,
+                    exact_pass,
                     rerank_bytes,
+                    max_synthetic_sq_norm,
                 )
-                _deliver(start + pending[open_rows[done]], answers, out, host_counts)
-                pending = pending[open_rows[~done]]
-                if pending.size == 0:
-                    break
-            if pending.size:
-                answers = self._fallback.search(block[pending], synthetic, k)
-                _deliver(start + pending, answers, out, host_counts)
+                _deliver(start + cut_short, answers, out, host_counts)
 
 
 def _rerank_shortlists(
@@ -357,15 +377,3 @@ def _check_range(
                 f"{role} embeddings exceed the {rounding.name} range (|value| > "
                 f"{rounding.max_abs:g}); use precision 'bfloat16' or 'float32'"
             )
-
-
-def _to_device(torch: Any, array: NDArray[np.float32], device: str) -> Any:
-    """A float32 tensor of C-contiguous rows (the kernel's unit column stride) on ``device``.
-
-    Copies on the host only when the rows are strided or read-only (torch.from_numpy warns on
-    read-only arrays); a C-contiguous float32 block goes straight to the device. On the CPU (the
-    interpreter) the tensor shares the array's memory; the kernel only reads it.
-    """
-    if not (array.flags.c_contiguous and array.flags.writeable):
-        array = np.array(array, dtype=np.float32, order="C")
-    return torch.from_numpy(array).to(device)

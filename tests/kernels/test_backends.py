@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.datasets import load_digits
 
-from kernels.base import NearestNeighbourBackend
+from kernels.base import NearestNeighbourBackend, vote_histogram
 from kernels.reference import reference_search
 from tests.kernels.support import FAST_BACKENDS, make_backend
 
@@ -123,7 +123,7 @@ def test_strided_inputs(backend: NearestNeighbourBackend) -> None:
     _check(backend, private, synthetic)
 
 
-@pytest.mark.parametrize("name", FAST_BACKENDS)
+@pytest.mark.parametrize("name", [*FAST_BACKENDS, "reference"])
 def test_rejects_bad_inputs(name: str) -> None:
     backend = make_backend(name)
     good = np.zeros((2, 3), np.float32)
@@ -135,6 +135,14 @@ def test_rejects_bad_inputs(name: str) -> None:
         backend.search(good, good, 0)
     with pytest.raises(ValueError, match="NaN"):
         backend.search(good, np.full((2, 3), np.nan, np.float32), 1)
+    # vote_histogram leaves the value scan to the backend: it must still refuse them.
+    for spoilt in (np.nan, np.inf):
+        bad = good.copy()
+        bad[1, 2] = spoilt
+        with pytest.raises(ValueError, match="private embeddings contain NaN"):
+            vote_histogram(backend, bad, good, 1)
+        with pytest.raises(ValueError, match="synthetic embeddings contain NaN"):
+            vote_histogram(backend, good, bad, 1)
 
 
 def test_faiss_falls_back_where_its_shortlist_is_cut_short() -> None:
@@ -203,14 +211,14 @@ def test_torch_device_selection_path_on_cpu(max_block_bytes: int) -> None:
     # The selection that runs on GPUs (top-k, compare and nonzero in torch), exercised on CPU.
     import torch
 
-    from kernels.blocked import _TorchKernel, blocked_search
+    from kernels.blocked import TorchKernel, blocked_search
 
     rng = np.random.default_rng(8)
     base = rng.standard_normal((15, 17)).astype(np.float32)
     synthetic = np.concatenate([base, base[:5], np.zeros((1, 17), np.float32)])
     private = np.concatenate([base[:4], rng.standard_normal((30, 17)).astype(np.float32)])
     for k in (1, 2, 5):
-        kernel = _TorchKernel(torch, synthetic, "cpu")
+        kernel = TorchKernel(torch, torch.from_numpy(synthetic))
         kernel.select_with_numpy = False
         got = blocked_search(private, synthetic, k, kernel, max_block_bytes)
         np.testing.assert_array_equal(got, reference_search(private, synthetic, k))

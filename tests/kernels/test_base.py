@@ -73,6 +73,30 @@ def test_vote_histogram_uses_a_backends_own_votes() -> None:
     np.testing.assert_array_equal(votes, [0, 1, 2, 3])
 
 
+def test_vote_histogram_leaves_values_to_the_backend() -> None:
+    # The backend reads every value anyway (the Triton one as float64 norms), so vote_histogram
+    # scans them only for its own no-records shortcut.
+    seen: list[bool] = []
+
+    class Counting:
+        name = "counting"
+
+        def search(self, private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
+            raise AssertionError("search must not be called when votes exists")
+
+        def votes(self, private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
+            seen.append(bool(np.isnan(private).any()))
+            return np.zeros(len(synthetic), dtype=np.int64)
+
+    nan_rows = np.full((2, 3), np.nan, np.float32)
+    vote_histogram(Counting(), nan_rows, np.ones((4, 3), np.float32), 1)
+    assert seen == [True]
+    with pytest.raises(ValueError, match="private embeddings contain NaN"):
+        vote_histogram(create_backend("numpy-blocked"), nan_rows, np.ones((4, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="synthetic embeddings contain NaN"):
+        vote_histogram(Counting(), np.zeros((0, 3), np.float32), nan_rows, 1)
+
+
 def test_vote_histogram_of_no_records_is_zero() -> None:
     votes = vote_histogram(
         create_backend("numpy-blocked"),

@@ -84,22 +84,48 @@ def test_exact_duplicates_lowest_index_wins() -> None:
     _check(_backend(), private, synthetic, (1, 2, 4))
 
 
-def test_ties_beyond_the_shortlist_go_to_the_exact_fallback() -> None:
-    dim = 9
-    backend = _backend()
+def _spy_exact_pass(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the row count of every call of the exact GEMM pass for cut-short rows."""
     calls: list[int] = []
-    original = backend._fallback.search
+    original = triton_backend.blocked_search
 
-    def spy(private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
+    def spy(private: np.ndarray, *args: Any) -> Any:
         calls.append(len(private))
-        return original(private, synthetic, k)
+        return original(private, *args)
 
-    backend._fallback.search = spy
+    monkeypatch.setattr(triton_backend, "blocked_search", spy)
+    return calls
+
+
+def test_ties_beyond_the_shortlist_go_to_the_exact_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    dim = 9
+    calls = _spy_exact_pass(monkeypatch)
     # The origin ties with all 18 points +-e_j, far more than a shortlist of k + 3.
     synthetic = np.concatenate([np.eye(dim), -np.eye(dim)]).astype(np.float32)[::-1].copy()
     private = np.concatenate([np.zeros((1, dim)), 3 * np.eye(dim)]).astype(np.float32)
-    _check(backend, private, synthetic, (1, 2))
-    assert calls and all(c >= 1 for c in calls)
+    _check(_backend(), private, synthetic, (1, 2))
+    # search and votes at k 1: only the origin's row is cut short; at k 2 every row is, since
+    # the second nearest of 3 e_j ties among the 16 points +-e_i (i != j).
+    assert calls == [1, 1, 10, 10]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16x3"])
+@pytest.mark.parametrize("role", ["private", "synthetic"])
+def test_votes_refuse_nan_and_infinities(precision: str, role: str) -> None:
+    # vote_histogram leaves the value check to the backend, which reads it from the norms.
+    rng = np.random.default_rng(5)
+    arrays = {
+        "private": rng.standard_normal((40, 6)).astype(np.float32),
+        "synthetic": rng.standard_normal((9, 6)).astype(np.float32),
+    }
+    backend = _backend(precision=precision, max_block_bytes=4096)
+    for bad in (np.nan, np.inf, -np.inf):
+        # In the last row: with small blocks, earlier blocks have voted by then.
+        spoilt = dict(arrays)
+        spoilt[role] = arrays[role].copy()
+        spoilt[role][-1, 2] = bad
+        with pytest.raises(ValueError, match=f"{role} embeddings contain NaN"):
+            kernels.vote_histogram(backend, spoilt["private"], spoilt["synthetic"], 2)
 
 
 @pytest.mark.parametrize("max_block_bytes", [1, 4096])
@@ -129,6 +155,7 @@ def test_low_precision_matches_reference(precision: str, monkeypatch: pytest.Mon
         return original(x, *args)
 
     monkeypatch.setattr(triton_impl, "shortlists", spy)
+    exact_pass = _spy_exact_pass(monkeypatch)
     rng = np.random.default_rng(3)
     private = prepare_embeddings(rng.standard_normal((33, 40)), "cosine")
     synthetic = prepare_embeddings(rng.standard_normal((35, 40)), "cosine")
@@ -141,10 +168,12 @@ def test_low_precision_matches_reference(precision: str, monkeypatch: pytest.Mon
         1 + _NEAR_TIE_SPACING[precision] * np.arange(8, dtype=np.float32)[:, None]
     )
     _check(_backend(precision=precision), private, synthetic, (1, 2))
-    # The rounded pass leaves the near-ties cut short; those rows take the fp32 pass.
-    assert dtypes[0] == (torch.bfloat16 if precision == "bfloat16x3" else getattr(torch, precision))
-    assert columns[0] == (3 * 40 if precision == "bfloat16x3" else 40)  # x_hi | x_hi | x_lo
-    assert torch.float32 in dtypes
+    # One kernel pass at the rounded precision; its window holds the whole cluster of near-ties,
+    # more than the shortlist, so that row takes the exact pass.
+    expected = torch.bfloat16 if precision == "bfloat16x3" else getattr(torch, precision)
+    assert set(dtypes) == {expected}
+    assert set(columns) == {3 * 40 if precision == "bfloat16x3" else 40}  # x_hi | x_hi | x_lo
+    assert exact_pass and min(exact_pass) >= 1
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16x3"])
@@ -162,9 +191,11 @@ def test_well_separated_rows_all_vote_on_the_device(
         return original(rows, *args)
 
     monkeypatch.setattr(triton_backend, "_rerank_shortlists", spy)
+    exact_pass = _spy_exact_pass(monkeypatch)
     _check(_backend(precision=precision), private, synthetic, (1,))
-    # search() ranks every row on the host; votes() sent none there, nor to an fp32 pass.
+    # search() ranks every row on the host; votes() sent none there, nor to the exact pass.
     assert on_host == [30]
+    assert exact_pass == []
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
