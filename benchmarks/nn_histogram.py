@@ -301,11 +301,29 @@ def _kernel_votes(torch: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any
     return counts
 
 
-def _tile_alternatives(sweep: bool) -> dict[str, list[Any]]:
-    """Tile sizes timed beside each precision's default: a few, or a broad sweep."""
+def _kernel_then_gemm_votes(
+    torch: Any, x_in: Any, y_in: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any
+) -> Any:
+    """The kernel, then an fp32 GEMM + argmin over the rows it left unsettled, on the device.
+
+    This is the device's share of an exact vote at a rounded precision: the backend's exact pass
+    runs the same GEMM on those rows (plus a certified selection and a host re-rank, not timed
+    here), so votes are those of settled rows plus the plain fp32 argmin of the rest.
+    """
+    from kernels import triton_impl
+
+    counts = torch.zeros(y.shape[0], dtype=torch.int32, device=y.device)
+    _, _, settled = triton_impl.shortlists(x_in, y_in, y_sq, window, 1, 4, counts, tiles)
+    open_rows = (~settled).nonzero().squeeze(1)
+    dist = torch.addmm(y_sq, x[open_rows], y.T, alpha=-2.0)
+    return counts + torch.bincount(dist.argmin(dim=1), minlength=y.shape[0])
+
+
+def _tile_alternatives(sweep: list[str] | None) -> dict[str, list[Any]]:
+    """Tile sizes timed beside each precision's default: a few, or a broad sweep of some."""
     from kernels.triton_impl import Tiles
 
-    if not sweep:
+    if sweep is None:
         return {
             "float32": [Tiles(64, 64, 32, 4), Tiles(128, 128, 16, 8)],
             "bfloat16": [Tiles(128, 64, 64, 8), Tiles(128, 128, 64, 8)],
@@ -327,8 +345,7 @@ def _tile_alternatives(sweep: bool) -> dict[str, list[Any]]:
         (64, 64, 64, 4, 2),
         (32, 64, 32, 4, 3),
     ]
-    # Low precision runs on tensor cores: deeper slices, more warps, more stages. The split
-    # runs the same bf16 dots over its 3 d columns.
+    # Low precision runs on tensor cores: deeper slices, more warps, more stages.
     half = [
         (128, 128, 64, 8, 3),
         (64, 64, 64, 4, 3),
@@ -338,13 +355,23 @@ def _tile_alternatives(sweep: bool) -> dict[str, list[Any]]:
         (256, 128, 64, 8, 3),
         (128, 64, 128, 8, 2),
     ]
+    # The split runs the same bf16 dots over 3 d columns: three times the dot work per shortlist
+    # update, so deeper slices; no 128x256 tiles, whose shortlist code compiles for minutes.
+    split = [
+        (128, 128, 64, 8, 3),
+        (64, 64, 64, 4, 3),
+        (128, 128, 32, 8, 4),
+        (128, 64, 128, 8, 2),
+        (64, 128, 128, 4, 2),
+        (128, 128, 128, 8, 2),
+    ]
     return {
-        name: [Tiles(*shape) for shape in shapes]
+        name: [Tiles(*shape) for shape in shapes] if not sweep or name in sweep else []
         for name, shapes in [
             ("float32", fp32),
             ("bfloat16", half),
             ("float16", half[:1]),
-            ("bfloat16x3", half),
+            ("bfloat16x3", split),
         ]
     }
 
@@ -466,8 +493,8 @@ def _device_main(args: argparse.Namespace, sizes: list[Size]) -> bool:
     if on_cuda and not faiss_gpu:
         print("FAISS-GPU is not installed: no faiss-gpu row")
     backends = {
-        "triton": kernels.create_backend("triton", device=device),
-        "triton-bf16x3": kernels.create_backend("triton", device=device, precision="bfloat16x3"),
+        "triton-bf16x3": kernels.create_backend("triton", device=device),
+        "triton-fp32": kernels.create_backend("triton", device=device, precision="float32"),
         "triton-bf16": kernels.create_backend("triton", device=device, precision="bfloat16"),
         "torch-blocked": kernels.create_backend("torch-blocked", device=device),
     }
@@ -517,6 +544,13 @@ def _device_size(
     device_paths: dict[str, Callable[[], Any]] = {
         TORCH_PEER: lambda: _torch_argmin_votes(torch, x, y, block)
     }
+
+    def window(tiles: Any, rounding: Any) -> Any:
+        tol = tiled_dot_error_bound(
+            private_sq_norms, float(synthetic_sq_norms.max()), dim, tiles.block_d, rounding
+        )
+        return torch.from_numpy((3 * tol).astype(np.float32)).to(device)
+
     for label, backend in backends.items():
         if backend.name != "triton":
             continue
@@ -527,12 +561,21 @@ def _device_size(
         if device.startswith("cuda"):
             tile_choices += _tile_alternatives(args.sweep)[rounding.name]
         for tiles in tile_choices:
-            tol = tiled_dot_error_bound(
-                private_sq_norms, float(synthetic_sq_norms.max()), dim, tiles.block_d, rounding
-            )
-            window = torch.from_numpy((3 * tol).astype(np.float32)).to(device)
             tag = f"{label} {tiles.block_m}x{tiles.block_n}x{tiles.block_d}/{tiles.num_warps}w"
-            device_paths[tag] = partial(_kernel_votes, torch, x_in, y_in, y_sq, window, tiles)
+            device_paths[tag] = partial(
+                _kernel_votes, torch, x_in, y_in, y_sq, window(tiles, rounding), tiles
+            )
+        device_paths[f"{label} + GEMM pass"] = partial(
+            _kernel_then_gemm_votes,
+            torch,
+            x_in,
+            y_in,
+            x,
+            y,
+            y_sq,
+            window(backend.tiles, rounding),
+            backend.tiles,
+        )
     for group in (paths, device_paths):
         for call in group.values():
             _synchronised(torch, device, call)  # compile and warm up outside the timings
@@ -555,7 +598,12 @@ def _device_size(
         device_only,
         TORCH_PEER,
         gemm_rate,
-        dict.fromkeys(device_paths, "kernel only: votes of settled rows")
+        {
+            label: "both passes: kernel + fp32 GEMM + argmin of unsettled rows"
+            if label.endswith("GEMM pass")
+            else "kernel only: votes of settled rows"
+            for label in device_paths
+        }
         | {TORCH_PEER: "plain fp32"},
     )
     return agree
@@ -573,8 +621,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--sweep",
-        action="store_true",
-        help="device mode: time the kernel at many tile sizes (tuning the defaults)",
+        nargs="*",
+        metavar="PRECISION",
+        help="device mode: time the kernel at many tile sizes (tuning the defaults), for the "
+        "precisions named (float32 bfloat16 float16 bfloat16x3) or, with none named, all",
     )
     parser.add_argument("--n-private", type=int, default=None)
     parser.add_argument("--n-synthetic", type=int, default=None)

@@ -3,7 +3,7 @@
 The choice is recorded in job metadata by the caller, so ``resolve_backend`` returns the name
 (and device) with the backend. All registered backends give identical results (each equals
 ``reference_search`` bit for bit), so the choice only affects speed and memory: the path measured
-fastest on each kind of device (``DEVICE_BACKEND``, ``CPU_BACKEND``).
+fastest on each kind of device (``DEVICE_BACKEND``, ``DEVICE_FALLBACK``, ``CPU_BACKEND``).
 """
 
 from __future__ import annotations
@@ -30,16 +30,22 @@ one machine: at (n 1e5, m 1e4) d 64 0.96, d 128 0.95, d 256 1.02, d 512 0.94-1.0
 inside ``max_block_bytes``.
 """
 
-DEVICE_BACKEND = "torch-blocked"
-"""The pick on CUDA and other torch devices: cuBLAS fp32 GEMM blocks and the certified re-rank.
+DEVICE_BACKEND = "triton"
+"""The pick on CUDA where triton is installed: the fused kernel at its default precision,
+bfloat16x3 (three bf16 tensor-core products per coordinate; the rows it cannot settle are
+re-ranked exactly on the host or take a cuBLAS fp32 pass).
 
-Measured on an H200 end to end (host arrays in, counts out; benchmarks/results/h200-2026-11-29.md):
-0.29 s against 0.49-0.53 s for the fused ``triton`` kernel at (n 1e5, m 1e4, d 512), 0.22 against
-0.39 at (1e4, 1e4, 2048) and 2.7 against 2.9 at (1e6, 1e4, 512). The fp32 Triton kernel alone
-runs at 33% of cuBLAS SGEMM's rate (2.4x the time of a plain GEMM + argmin); its bf16 variant is
-5x faster than that but its certified window leaves most rows of such data to the fp32 pass.
-``triton`` stays selectable by name.
+Measured on an H200 (benchmarks/results/h200-2026-11-30.md), end to end (host arrays in, counts
+out), as a ratio to a plain fp32 torch GEMM + argmin, which is not exact: (n, m, d) = (1e4, 1e4,
+512) 2.05, (1e5, 1e4, 512) 1.54, (1e6, 1e4, 512) 1.20, (1e4, 1e4, 2048) 2.33; ``torch-blocked``
+took 4.7-7.9 and the kernel at fp32 1.8-2.9. The rest is the pageable host-to-device copy that
+the peer pays too, and the host re-rank of the 2% of random unit rows that do not settle.
 """
+
+DEVICE_FALLBACK = "torch-blocked"
+"""The pick on other torch devices, and on CUDA without triton: cuBLAS fp32 GEMM blocks and the
+certified re-rank of every row on the host, 4.7-7.9x the time of the plain GEMM + argmin on the
+H200 (float64 norms, a finite scan and a sort of every row's candidates, all on the host)."""
 
 DEVICE_BACKENDS = frozenset({"torch-blocked", "triton"})
 """Backends that run their distance pass on a non-CPU torch device."""
@@ -95,7 +101,8 @@ def choose_backend(
         available: backend names to choose from; default ``available_backends()``.
 
     Returns:
-        A registered backend name: ``DEVICE_BACKEND`` on torch devices, ``CPU_BACKEND`` on CPU.
+        A registered backend name: ``DEVICE_BACKEND`` on CUDA where available, else
+        ``DEVICE_FALLBACK`` on torch devices; ``CPU_BACKEND`` on CPU.
 
     Raises:
         ValueError: no available backend suits the device.
@@ -104,9 +111,11 @@ def choose_backend(
         raise ValueError(f"sizes must be >= 0, got n={n_private} m={n_synthetic} d={dim}")
     names = available_backends() if available is None else frozenset(available)
     if device != "cpu":
-        if DEVICE_BACKEND not in names:
+        if device.startswith("cuda") and DEVICE_BACKEND in names:
+            return DEVICE_BACKEND
+        if DEVICE_FALLBACK not in names:
             raise ValueError(f"no available nearest-neighbour backend runs on {device!r}")
-        return DEVICE_BACKEND
+        return DEVICE_FALLBACK
     if CPU_BACKEND not in names:
         raise ValueError(
             f"no CPU nearest-neighbour backend available among {sorted(names)}; "
