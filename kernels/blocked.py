@@ -15,10 +15,10 @@ least one row). Rows with more candidates (near-ties within the certified window
 The numpy path runs one worker thread per core, each with a one-thread BLAS and its own buffers;
 workers take blocks as they become free and run GEMM, selection and re-rank on them. numpy's
 selection passes and the re-rank are single-threaded, so with one BLAS spanning all cores the
-other cores idle through them; with a worker per core they overlap the other workers' GEMMs. On
-2 cores that takes the exact search from 1.17-1.22x the time of plain FAISS ``IndexFlatL2`` to
-0.94-1.00x at (n 1e5, m 1e4, d 512), and to 0.95-1.06x from d 64 to 2048
-(``benchmarks/nn_histogram.py``; ``kernels.dispatch.CPU_BACKEND`` has the figures).
+other cores idle through them; with a worker per core they overlap the other workers' GEMMs.
+Every worker gets the same number of blocks. On 2 cores the exact search takes 0.8-1.05x the time
+of plain FAISS ``IndexFlatL2`` from d 64 to 2048 (``benchmarks/nn_histogram.py``;
+``kernels.dispatch.CPU_BACKEND`` has the figures).
 """
 
 from __future__ import annotations
@@ -146,10 +146,12 @@ def _group_min_kth(dist: NDArray[np.float32], kept: int) -> NDArray[np.float32]:
 
 _BLAS = ThreadpoolController()
 
-# A worker's block stays below glibc's largest mmap threshold (32 MiB), so its buffers come from
-# the heap again on the next search instead of fresh pages (about 2 us of page fault per 4 KiB),
-# and near the 400-1600 GEMM rows where BLAS runs at full speed at m = 1e4.
-_WORKER_BLOCK_BYTES = 32 * 2**20
+# A worker's block cap: about 1,600 GEMM rows at m = 1e4. Two one-thread GEMMs side by side ran
+# at 204 GFLOP/s with 800-row blocks and 207-215 with 1,600 (d 513 and 2049), as each packs the
+# synthetic rows once per block; the whole search took 3-4% less at (1e5, 1e4, 512) than with a
+# 32 MiB cap, although buffers above glibc's largest mmap threshold (32 MiB) take fresh pages on
+# every search (about 2 us of page fault per 4 KiB).
+_WORKER_BLOCK_BYTES = 64 * 2**20
 
 
 def default_threads() -> int:
@@ -288,19 +290,20 @@ class NumpyBlockedBackend:
         n_synthetic, dim = synthetic.shape
         kept = min(k, n_synthetic)
         rows, _ = _block_layout(n_synthetic, dim, kept, _NumpyKernel.pair_bytes(kept), budget)
+        # The same number of blocks for every worker, sizes within one row, so no core idles
+        # through a last block alone (13 blocks on 2 workers left one idle for 7% of the call
+        # at (1e4, 1e4, 2048)).
+        n = len(private)
+        blocks = max(1, -(-n // (rows * self.threads))) * self.threads
+        bounds = [i * n // blocks for i in range(blocks + 1)]
         max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
         local = threading.local()
 
-        def block(start: int) -> NDArray[np.int64]:
+        def block(start: int, stop: int) -> NDArray[np.int64]:
             if not hasattr(local, "kernel"):
                 local.kernel = _NumpyKernel(augmented)
             return blocked_search(
-                private[start : start + rows],
-                synthetic,
-                k,
-                local.kernel,
-                budget,
-                max_synthetic_sq_norm,
+                private[start:stop], synthetic, k, local.kernel, budget, max_synthetic_sq_norm
             )
 
         # One BLAS thread per worker: the workers already occupy every core.
@@ -308,7 +311,7 @@ class NumpyBlockedBackend:
             _BLAS.limit(limits=1, user_api="blas"),
             ThreadPoolExecutor(self.threads, thread_name_prefix="numpy-blocked") as pool,
         ):
-            found = list(pool.map(block, range(0, len(private), rows)))
+            found = [part for part in pool.map(block, bounds[:-1], bounds[1:]) if len(part)]
         return np.concatenate(found) if found else np.full((0, k), -1, dtype=np.int64)
 
 
@@ -345,6 +348,9 @@ class TorchKernel:
     Args:
         torch: the torch module.
         rows: (m, d) float32 tensor of the synthetic rows, on the device the GEMMs run on.
+
+    Raises:
+        RuntimeError: torch's fp32 matmul runs at reduced precision (TF32, bf16) there.
     """
 
     def pair_bytes(self, kept: int) -> int:
@@ -353,6 +359,7 @@ class TorchKernel:
         return 4 + 1 + 1
 
     def __init__(self, torch: Any, rows: Any) -> None:
+        _check_ieee_fp32_matmul(torch, rows.device.type)
         self.torch = torch
         self.device = rows.device
         # numpy's selection passes over shared memory are faster than torch's on CPU.
@@ -427,6 +434,5 @@ class TorchBlockedBackend:
         self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
     ) -> NDArray[np.int64]:
         check_search_inputs(private, synthetic, k)
-        _check_ieee_fp32_matmul(self._torch, self._torch.device(self.device).type)
         kernel = TorchKernel(self._torch, device_rows(self._torch, synthetic, self.device))
         return blocked_search(private, synthetic, k, kernel, self.max_block_bytes)

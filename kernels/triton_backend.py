@@ -165,8 +165,8 @@ class TritonBackend:
         """Vote counts, as ``kernels.base.vote_histogram``; settled rows vote on the device.
 
         Args:
-            private: (n, d) float32 private embeddings, checked by the caller (``vote_histogram``
-                already scanned them for NaN: about 0.1 s per million rows of 512).
+            private: (n, d) float32 private embeddings; types and shapes checked by the caller
+                (``vote_histogram``), NaN and infinities found here from the squared norms.
             synthetic: (m, d) float32 synthetic embeddings, m >= 1.
             k: neighbours per record.
 
@@ -215,8 +215,9 @@ class TritonBackend:
         y_sq = torch.from_numpy(synthetic_sq_norms.astype(np.float32)).to(self.device)
         max_synthetic_sq_norm = float(synthetic_sq_norms.max())
         y = kernel_inputs(torch, y32, rounding, synthetic=True)
-        # Rows the kernel leaves cut short: cuBLAS fp32 GEMM and the certified re-rank.
-        exact_pass = TorchKernel(torch, y32)
+        # Rows the kernel leaves cut short: cuBLAS fp32 GEMM and the certified re-rank, set up
+        # (an (m, d + 1) copy of the synthetic rows) only when a row needs it.
+        exact_pass: TorchKernel | None = None
         # Per private row on the device: its fp32 copy and the kernel's input (a split's parts,
         # their fp32 difference and the 3 d laid-out columns); the kernel outputs; host
         # candidates. The exact pass and the host re-rank each get a quarter of the budget.
@@ -273,6 +274,7 @@ class TritonBackend:
             _deliver(start + open_rows[done], answers, out, host_counts)
             cut_short = open_rows[~done]
             if cut_short.size:
+                exact_pass = exact_pass or TorchKernel(torch, y32)
                 answers = blocked_search(
                     block[cut_short],
                     synthetic,

@@ -239,6 +239,33 @@ def test_numpy_worker_threads(threads: int, max_block_bytes: int | None) -> None
     _check(backend, private, synthetic)
 
 
+@pytest.mark.parametrize(("threads", "n"), [(2, 29), (3, 100), (2, 1)])
+def test_numpy_workers_get_equal_shares_of_blocks(
+    threads: int, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every worker gets the same number of blocks (sizes within one row), so no core idles
+    # through a last block alone.
+    from kernels import blocked
+
+    sizes: list[int] = []
+    original = blocked.blocked_search
+
+    def spy(private: np.ndarray, *args: object) -> np.ndarray:
+        sizes.append(len(private))
+        return original(private, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(blocked, "blocked_search", spy)
+    rng = np.random.default_rng(10)
+    private = rng.standard_normal((n, 7)).astype(np.float32)
+    synthetic = rng.standard_normal((23, 7)).astype(np.float32)
+    backend = blocked.NumpyBlockedBackend(max_block_bytes=threads * 1500, threads=threads)
+    got = backend.search(private, synthetic, 2)
+    np.testing.assert_array_equal(got, reference_search(private, synthetic, 2))
+    assert sum(sizes) == n
+    assert len(sizes) % threads == 0 or n < threads
+    assert max(sizes) - min(sizes) <= 1
+
+
 def test_numpy_needs_a_thread() -> None:
     from kernels.blocked import NumpyBlockedBackend
 

@@ -109,6 +109,21 @@ def test_ties_beyond_the_shortlist_go_to_the_exact_pass(monkeypatch: pytest.Monk
     assert calls == [1, 1, 10, 10]
 
 
+def test_exact_pass_refuses_reduced_precision_matmul() -> None:
+    # The cut-short rows' GEMM must be IEEE fp32, or its error bound does not hold.
+    setting = torch.backends.cuda.matmul if DEVICE == "cuda" else torch.backends.mkldnn.matmul
+    synthetic = np.concatenate([np.eye(9), -np.eye(9)]).astype(np.float32)
+    private = np.zeros((1, 9), np.float32)  # ties with all 18 rows: cut short
+    previous = setting.fp32_precision
+    setting.fp32_precision = "tf32" if DEVICE == "cuda" else "bf16"
+    try:
+        with pytest.raises(RuntimeError, match="IEEE fp32"):
+            _backend().search(private, synthetic, 1)
+    finally:
+        setting.fp32_precision = previous
+    _check(_backend(), private, synthetic, (1,))
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16x3"])
 @pytest.mark.parametrize("role", ["private", "synthetic"])
 def test_votes_refuse_nan_and_infinities(precision: str, role: str) -> None:
