@@ -241,14 +241,18 @@ def _nearest_candidates(dist: NDArray[np.float32], tol: NDArray[np.float64]) -> 
     dist[rows, nearest] = np.inf
     crowded = np.flatnonzero(dist.min(axis=1) <= threshold)
     dist[rows, nearest] = best
-    within_rows, within_cols = np.nonzero(dist[crowded] <= threshold[crowded, None])
-    within_rows = crowded[within_rows]
+    # Flat positions: numpy's two-dimensional nonzero took 4.5x as long (about 30% of rows are
+    # crowded at d 2048, where the bound is wider).
+    crowded_dist = dist[crowded]
+    within_rows, within_cols, within_values = _flat_pairs(
+        crowded_dist, np.flatnonzero(crowded_dist <= threshold[crowded, None])
+    )
     alone = np.ones(len(dist), dtype=bool)
     alone[crowded] = False
     return (
-        np.concatenate([rows[alone], within_rows]).astype(np.int64),
+        np.concatenate([rows[alone], crowded[within_rows]]).astype(np.int64),
         np.concatenate([nearest[alone], within_cols]).astype(np.int64),
-        np.concatenate([best[alone], dist[within_rows, within_cols]]),
+        np.concatenate([best[alone], within_values]),
     )
 
 
