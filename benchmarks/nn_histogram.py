@@ -9,10 +9,12 @@ FAISS ``IndexFlatL2`` (index build plus search, no exact re-rank) measured in th
 CUDA (``--device cuda``). Everything runs in this process on the device; the named peer is a
 plain torch blocked GEMM + argmin (fp32, not exact), with FAISS-GPU ``IndexFlatL2`` where that is
 installed. Paths run twice: end to end (host arrays in, counts out, as the PE loop calls them)
-and device only (the Triton kernel on resident tensors, against the peer's device loop). Peak
-memory is the torch allocator's peak above what the inputs hold. ``--check`` first compares every
-Triton precision with ``kernels.reference.reference_search`` on awkward shapes with duplicates and
-ties, and exits 1 with "EXACTNESS FAILURE" on any difference (``scripts/gpu_check.sh``). Under
+and device only (the Triton kernel on resident tensors, against the peer's device loop; per
+precision also the kernel followed by an fp32 GEMM + argmin of the rows it left unsettled, the
+device's whole share of an exact vote). Peak memory is the torch allocator's peak above what the
+inputs hold. ``--check`` first compares every Triton precision with
+``kernels.reference.reference_search`` on awkward shapes with duplicates and ties, and exits 1
+with "EXACTNESS FAILURE" on any difference (``scripts/gpu_check.sh``). Under
 ``TRITON_INTERPRET=1`` ``--device cpu --tiny`` runs the same code on the CPU (a dry run).
 
 Every table gives each path's time as a ratio to the peer (median over interleaved rounds, which
@@ -24,6 +26,7 @@ Usage:
     python benchmarks/nn_histogram.py                  # (1e5, 1e4, 512), (1e4, 1e4, 2048), scaling
     python benchmarks/nn_histogram.py --quick          # (1e4, 2e3, 256) and a small series
     python benchmarks/nn_histogram.py --device cuda --check
+    python benchmarks/nn_histogram.py --device cuda --sweep bfloat16x3  # one precision's tiles
 """
 
 from __future__ import annotations
