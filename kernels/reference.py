@@ -17,23 +17,28 @@ DEFAULT_MAX_BLOCK_BYTES = 128 * 2**20
 """Default working-memory bound of one block, in bytes (about 128 MB)."""
 
 _CACHE_CHUNK_BYTES = 2**20
-"""Cap on the temporaries of one chunk of exact distances. 88,000 pairs at d 512 took 73-80 ms in
-1 MiB chunks, 190-220 ms in 256 MiB ones (their float64 differences go out to memory and back)
-and about 400 ms in 2-8 MiB ones: glibc hands freed blocks of that size back to the OS, so every
-chunk page-faults its temporaries in again."""
+"""Cap on the temporaries of one chunk of exact distances, which stay in cache. 88,000 pairs at
+d 512 took 71-76 ms in 1 MiB chunks and 80 ms in 16 MiB ones; before the buffers were reused
+across chunks, 2-8 MiB chunks took about 400 ms (glibc handed each freed chunk back to the OS,
+so the next one page-faulted in again) and the 256 MiB chunks of a default block 190-220 ms."""
 
 
-def exact_sq_dist(x_rows: NDArray[np.float32], y_rows: NDArray[np.float32]) -> NDArray[np.float64]:
+def exact_sq_dist(
+    x_rows: NDArray[np.float32],
+    y_rows: NDArray[np.float32],
+    work: NDArray[np.float64] | None = None,
+) -> NDArray[np.float64]:
     """Squared L2 distance of each pair of rows, in float64: the one definition of "exact".
 
     Every caller (reference and re-rank) goes through here, and each row is reduced over a
-    freshly built C-ordered float64 difference, so a pair's value depends only on the pair,
-    never on which other pairs share the call or on the inputs' memory layout; that is what
-    makes the fast paths' re-rank bitwise equal to the reference.
+    C-ordered float64 difference, so a pair's value depends only on the pair, never on which
+    other pairs share the call or on the inputs' memory layout; that is what makes the fast
+    paths' re-rank bitwise equal to the reference.
 
     Args:
         x_rows: (c, d) float32 rows.
         y_rows: (c, d) float32 rows, paired row by row with ``x_rows``.
+        work: a C-contiguous (c, d) float64 array to hold the differences (a fresh one if None).
 
     Returns:
         (c,) float64 ``((x - y) ** 2).sum(axis=1)`` computed on float64 copies.
@@ -42,11 +47,15 @@ def exact_sq_dist(x_rows: NDArray[np.float32], y_rows: NDArray[np.float32]) -> N
         raise ValueError(
             f"expected two (c, d) arrays of equal shape, got {x_rows.shape} and {y_rows.shape}"
         )
+    if work is None:
+        work = np.empty(x_rows.shape, dtype=np.float64)
+    elif work.shape != x_rows.shape or work.dtype != np.float64 or not work.flags.c_contiguous:
+        raise ValueError(f"work must be a C-contiguous float64 {x_rows.shape} array")
     # Casting float32 to float64 is exact, so this is (x64 - y64) without two float64 copies.
     # A C-ordered difference makes each row's sum the same loop whatever the inputs' layout.
-    diff = np.subtract(x_rows, y_rows, dtype=np.float64, order="C")
-    np.multiply(diff, diff, out=diff)
-    return diff.sum(axis=1)
+    np.subtract(x_rows, y_rows, out=work, dtype=np.float64)
+    np.multiply(work, work, out=work)
+    return work.sum(axis=1)
 
 
 def exact_sq_dist_pairs(
@@ -63,19 +72,33 @@ def exact_sq_dist_pairs(
         synthetic: (m, d) float32.
         rows: (c,) indices into ``private``.
         cols: (c,) indices into ``synthetic``.
-        max_block_bytes: bound on the float64 temporaries of one chunk.
+        max_block_bytes: bound on the temporaries of one chunk.
 
     Returns:
         (c,) float64 exact squared distances.
     """
     dim = private.shape[1]
-    # Per pair: two float32 gathers and their float64 difference, squared in place; small chunks
-    # stay in cache and on the heap.
-    chunk = max(1, min(max_block_bytes, _CACHE_CHUNK_BYTES) // (dim * (2 * 4 + 8)))
+    for name, index, limit in (
+        ("rows", rows, private.shape[0]),
+        ("cols", cols, synthetic.shape[0]),
+    ):
+        if index.size and (index.min() < 0 or index.max() >= limit):
+            raise IndexError(f"{name} out of range [0, {limit})")
+    # Per pair: two float32 gathers and their float64 difference, squared in place. The buffers
+    # are allocated once per call: fresh ones per chunk cost page faults whenever glibc has
+    # handed the last ones back to the OS (as it does for blocks of some megabytes).
+    chunk = max(1, min(rows.size, min(max_block_bytes, _CACHE_CHUNK_BYTES) // (dim * (2 * 4 + 8))))
+    x_rows = np.empty((chunk, dim), dtype=np.float32)
+    y_rows = np.empty((chunk, dim), dtype=np.float32)
+    work = np.empty((chunk, dim), dtype=np.float64)
     out = np.empty(rows.size, dtype=np.float64)
     for start in range(0, rows.size, chunk):
-        stop = start + chunk
-        out[start:stop] = exact_sq_dist(private[rows[start:stop]], synthetic[cols[start:stop]])
+        stop = min(start + chunk, rows.size)
+        size = stop - start
+        # Indices are checked above; mode "raise" would copy through a fresh buffer.
+        np.take(private, rows[start:stop], axis=0, out=x_rows[:size], mode="clip")
+        np.take(synthetic, cols[start:stop], axis=0, out=y_rows[:size], mode="clip")
+        out[start:stop] = exact_sq_dist(x_rows[:size], y_rows[:size], work[:size])
     return out
 
 

@@ -44,6 +44,26 @@ def test_a_pairs_value_does_not_depend_on_its_chunk() -> None:
     assert whole.tobytes() == one_by_one.tobytes() == single.tobytes()
 
 
+def test_a_work_buffer_changes_nothing_and_must_fit() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 33)).astype(np.float32)
+    y = rng.standard_normal((5, 33)).astype(np.float32)
+    work = np.full((5, 33), np.nan)
+    assert exact_sq_dist(x, y, work).tobytes() == exact_sq_dist(x, y).tobytes()
+    for bad in (np.empty((5, 32)), np.empty((5, 33), np.float32), np.empty((33, 5)).T):
+        with pytest.raises(ValueError, match="work must be"):
+            exact_sq_dist(x, y, bad)
+
+
+def test_pairs_refuse_indices_out_of_range() -> None:
+    # The gathers clip instead of raising, so the range is checked first.
+    rows = np.zeros((2, 3), np.float32)
+    with pytest.raises(IndexError, match="rows out of range"):
+        exact_sq_dist_pairs(rows, rows, np.array([0, 2]), np.array([0, 1]))
+    with pytest.raises(IndexError, match="cols out of range"):
+        exact_sq_dist_pairs(rows, rows, np.array([0, 1]), np.array([-1, 1]))
+
+
 @pytest.mark.parametrize("k", [1, 2, 5])
 @pytest.mark.parametrize("max_block_bytes", [1, 1000, 2**27])
 def test_reference_matches_a_full_float64_sort(k: int, max_block_bytes: int) -> None:
