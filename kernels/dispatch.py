@@ -27,7 +27,7 @@ one machine: at (n 1e5, m 1e4) d 64 0.96, d 128 0.95, d 256 1.02, d 512 0.94-1.0
 1.16-1.20. On an Emerald Rapids machine, with FAISS's bundled OpenBLAS told its core type: d 512
 0.82-1.15 (exact faiss 1.03-1.24), d 2048 1.17-1.26 (torch-blocked 1.17-1.27, exact faiss
 1.49-1.63), two runs; after equal block shares per worker and 64 MiB worker blocks (2026-11-30):
-d 512 0.80-0.94 in three runs, d 2048 0.95-1.05 in five (1.03-1.05 in four). It holds more
+d 512 0.80-0.98 in four runs, d 2048 0.95-1.08 in eight (most at 1.03-1.05). It holds more
 working memory (about 100-200 MiB against 25-100 MiB), inside ``max_block_bytes``.
 """
 
