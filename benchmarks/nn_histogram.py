@@ -307,7 +307,7 @@ def _kernel_votes(torch: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any
 def _kernel_then_gemm_votes(
     torch: Any, x_in: Any, y_in: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any
 ) -> Any:
-    """The kernel, then an fp32 GEMM + argmin over the rows it left unsettled, on the device.
+    """The kernel, then the peer's fp32 GEMM + argmin over the rows it left unsettled.
 
     This is the device's share of an exact vote at a rounded precision: the backend's exact pass
     runs the same GEMM on those rows (plus a certified selection and a host re-rank, not timed
@@ -318,8 +318,7 @@ def _kernel_then_gemm_votes(
     counts = torch.zeros(y.shape[0], dtype=torch.int32, device=y.device)
     _, _, settled = triton_impl.shortlists(x_in, y_in, y_sq, window, 1, 4, counts, tiles)
     open_rows = (~settled).nonzero().squeeze(1)
-    dist = torch.addmm(y_sq, x[open_rows], y.T, alpha=-2.0)
-    return counts + torch.bincount(dist.argmin(dim=1), minlength=y.shape[0])
+    return counts + _torch_argmin_votes(torch, x[open_rows], y, max(1, len(open_rows)))
 
 
 def _tile_alternatives(sweep: list[str] | None) -> dict[str, list[Any]]:

@@ -172,8 +172,8 @@ def vote_histogram(
             "least one synthetic sample"
         )
     if private.shape[0] == 0:
-        if not _all_finite(synthetic):
-            raise non_finite_error("synthetic")
+        # No backend runs, so the values are checked here.
+        check_search_inputs(private, synthetic, k)
         return np.zeros(n_synthetic, dtype=np.int64)
     if isinstance(backend, VotingBackend):
         return backend.votes(private, synthetic, k)
