@@ -1,6 +1,6 @@
 """Benchmarks the exact nearest-neighbour vote histogram against named peers, on CPU or CUDA.
 
-CPU (default). Each backend runs ``kernels.vote_histogram`` in its own child process, so its peak
+CPU (default). Each backend runs ``pe_kernels.vote_histogram`` in its own child process, so its peak
 memory is measured cleanly: the child resets the kernel's peak-RSS counter
 (``/proc/self/clear_refs``) after building its data and reads ``VmHWM`` after the call; the
 difference counts BLAS and OpenMP buffers that ``tracemalloc`` cannot see. The named peer is plain
@@ -13,7 +13,7 @@ and device only (the Triton kernel on resident tensors, against the peer's devic
 precision also the kernel followed by an fp32 GEMM + argmin of the rows it left unsettled, the
 device's whole share of an exact vote). Peak memory is the torch allocator's peak above what the
 inputs hold. ``--check`` first compares every Triton precision with
-``kernels.reference.reference_search`` on awkward shapes with duplicates and ties, and exits 1
+``pe_kernels.reference.reference_search`` on awkward shapes with duplicates and ties, and exits 1
 with "EXACTNESS FAILURE" on any difference (``scripts/gpu_check.sh``). Under
 ``TRITON_INTERPRET=1`` ``--device cpu --tiny`` runs the same code on the CPU (a dry run).
 
@@ -143,17 +143,18 @@ def _peer_votes(private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarra
 
 def _worker(args: argparse.Namespace) -> None:
     """Child process: one timed call; the result is one JSON line on stdout."""
-    import kernels
+    import pe_kernels
+    from pe_core.nn import create_backend
 
     rng = np.random.default_rng(args.seed)
     private = _embeddings(rng, args.n_private, args.dim)
     synthetic = _embeddings(rng, args.n_synthetic, args.dim)
-    backend = None if args.worker == PEER else kernels.create_backend(args.worker)
+    backend = None if args.worker == PEER else create_backend(args.worker)
 
     def run(rows: np.ndarray) -> np.ndarray:
         if backend is None:
             return _peer_votes(rows, synthetic, args.k)
-        return kernels.vote_histogram(backend, rows, synthetic, args.k)
+        return pe_kernels.vote_histogram(backend, rows, synthetic, args.k)
 
     # Warm up thread pools and library state on a slice, outside the measured window.
     run(private[:64])
@@ -297,7 +298,7 @@ def _torch_argmin_votes(torch: Any, x: Any, y: Any, rows_per_block: int) -> Any:
 
 def _kernel_votes(torch: Any, x: Any, y: Any, y_sq: Any, window: Any, tiles: Any) -> Any:
     """One launch of the fused kernel (k = 1, shortlist 4) on resident kernel inputs."""
-    from kernels import triton_impl
+    from pe_kernels import triton_impl
 
     counts = torch.zeros(y.shape[0], dtype=torch.int32, device=y.device)
     triton_impl.shortlists(x, y, y_sq, window, 1, 4, counts, tiles)
@@ -313,7 +314,7 @@ def _kernel_then_gemm_votes(
     runs the same GEMM on those rows (plus a certified selection and a host re-rank, not timed
     here), so votes are those of settled rows plus the plain fp32 argmin of the rest.
     """
-    from kernels import triton_impl
+    from pe_kernels import triton_impl
 
     counts = torch.zeros(y.shape[0], dtype=torch.int32, device=y.device)
     _, _, settled = triton_impl.shortlists(x_in, y_in, y_sq, window, 1, 4, counts, tiles)
@@ -323,7 +324,7 @@ def _kernel_then_gemm_votes(
 
 def _tile_alternatives(sweep: list[str] | None) -> dict[str, list[Any]]:
     """Tile sizes timed beside each precision's default: a few, or a broad sweep of some."""
-    from kernels.triton_impl import Tiles
+    from pe_kernels.triton_impl import Tiles
 
     if sweep is None:
         return {
@@ -423,8 +424,8 @@ def _measure(torch: Any, device: str, call: Callable[[], Any]) -> dict[str, Any]
 
 def _check_exact(device: str, precisions: list[str]) -> bool:
     """Triton search and votes against the float64 reference on awkward shapes; prints failures."""
-    import kernels
-    from kernels.reference import reference_search
+    import pe_kernels
+    from pe_kernels.reference import reference_search
 
     rng = np.random.default_rng(7)
     cases = []
@@ -443,7 +444,7 @@ def _check_exact(device: str, precisions: list[str]) -> bool:
     cases.append(("coarse grid ties", grid[:20], grid[20:]))
     ok = True
     for precision in precisions:
-        backend = kernels.create_backend("triton", device=device, precision=precision)
+        backend = pe_kernels.TritonBackend(device=device, precision=precision)
         for label, private64, synthetic64 in cases:
             private = np.ascontiguousarray(private64, dtype=np.float32)
             synthetic = np.ascontiguousarray(synthetic64, dtype=np.float32)
@@ -451,7 +452,7 @@ def _check_exact(device: str, precisions: list[str]) -> bool:
                 expected = reference_search(private, synthetic, k)
                 votes = np.bincount(expected[expected >= 0], minlength=len(synthetic))
                 got = backend.search(private, synthetic, k)
-                got_votes = kernels.vote_histogram(backend, private, synthetic, k)
+                got_votes = pe_kernels.vote_histogram(backend, private, synthetic, k)
                 if not (np.array_equal(got, expected) and np.array_equal(got_votes, votes)):
                     ok = False
                     wrong = int((got != expected).any(axis=1).sum())
@@ -470,8 +471,8 @@ def _check_exact(device: str, precisions: list[str]) -> bool:
 def _device_main(args: argparse.Namespace, sizes: list[Size]) -> bool:
     import torch
 
-    import kernels
-    from kernels import triton_impl
+    import pe_kernels
+    from pe_kernels import triton_impl
 
     device = args.device
     on_cuda = device.startswith("cuda")
@@ -495,10 +496,10 @@ def _device_main(args: argparse.Namespace, sizes: list[Size]) -> bool:
     if on_cuda and not faiss_gpu:
         print("FAISS-GPU is not installed: no faiss-gpu row")
     backends = {
-        "triton-bf16x3": kernels.create_backend("triton", device=device),
-        "triton-fp32": kernels.create_backend("triton", device=device, precision="float32"),
-        "triton-bf16": kernels.create_backend("triton", device=device, precision="bfloat16"),
-        "torch-blocked": kernels.create_backend("torch-blocked", device=device),
+        "triton-bf16x3": pe_kernels.TritonBackend(device=device),
+        "triton-fp32": pe_kernels.TritonBackend(device=device, precision="float32"),
+        "triton-bf16": pe_kernels.TritonBackend(device=device, precision="bfloat16"),
+        "torch-blocked": pe_kernels.TorchBlockedBackend(device=device),
     }
     ok_sizes = [
         _device_size(torch, device, size, args, backends, gemm_rate, faiss_gpu) for size in sizes
@@ -516,9 +517,9 @@ def _device_size(
     faiss_gpu: bool,
 ) -> bool:
     """Times every device path at one size and prints both tables; True if exact paths agree."""
-    import kernels
-    from kernels.certify import sq_norms64, tiled_dot_error_bound
-    from kernels.triton_backend import PRECISIONS, kernel_inputs
+    import pe_kernels
+    from pe_kernels.certify import sq_norms64, tiled_dot_error_bound
+    from pe_kernels.triton_backend import PRECISIONS, kernel_inputs
 
     n, m, dim = size
     rng = np.random.default_rng(args.seed)
@@ -538,7 +539,7 @@ def _device_size(
     if faiss_gpu:
         paths["faiss-gpu"] = lambda: _faiss_gpu_votes(private, synthetic, args.k)
     for label, backend in backends.items():
-        paths[label] = partial(kernels.vote_histogram, backend, private, synthetic, args.k)
+        paths[label] = partial(pe_kernels.vote_histogram, backend, private, synthetic, args.k)
     # Device only: the fused kernel (k = 1, S = 4) on resident tensors, vs the peer's loop; on
     # CUDA also at other tile sizes, to show what tuning the untuned defaults could gain.
     private_sq_norms, synthetic_sq_norms = sq_norms64(private), sq_norms64(synthetic)

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pe_core.registry import did_you_mean
+
 DEFAULT_DELTA = 1e-6
 """Fixed default delta. Never derived from the private record count: under add/remove
 neighbours that count is itself private."""
@@ -55,6 +57,24 @@ class PeJob(BaseModel):
     )
     nn_backend: str = "auto"
     seed: int | None = Field(None, ge=0, description="Seed for generation and selection")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Said here, with the nearest valid key, rather than as pydantic's bare "extra inputs
+        # are not permitted" (subclasses add their own fields: the CLI's data, the service's
+        # dataset_id).
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                raise ValueError(
+                    "; ".join(
+                        f"unknown key {key!r}{did_you_mean(str(key), cls.model_fields)}"
+                        for key in unknown
+                    )
+                    + "; the README's configuration reference lists every key"
+                )
+        return data
 
     @field_validator("degrees")
     @classmethod

@@ -14,9 +14,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from kernels.base import NearestNeighbourBackend, dedupe_rows, vote_histogram
 from pe_core.apis.base import VariationApi
 from pe_core.samples import Samples
+from pe_kernels.base import NearestNeighbourBackend, dedupe_rows, vote_histogram
 
 
 def prepare_embeddings(
@@ -91,7 +91,7 @@ def vote_counts(
         synthetic: (m, d) float32 synthetic embeddings.
         synthetic_labels: (m,) label index of each synthetic sample.
         k: neighbours each record votes for.
-        backend: exact nearest-neighbour backend from ``kernels``.
+        backend: exact nearest-neighbour backend from ``pe_kernels``.
 
     Returns:
         (m,) int64 clean counts.

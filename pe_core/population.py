@@ -16,6 +16,15 @@ from pe_core.apis.base import VariationApi
 from pe_core.samples import Samples
 
 
+def allocate(total: int, fractions: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Splits ``total`` by ``fractions`` with largest-remainder rounding (sums to ``total``)."""
+    share = total * fractions / fractions.sum()
+    counts = np.floor(share).astype(np.int64)
+    order = np.lexsort((np.arange(len(share)), -(share - counts)))
+    counts[order[: total - int(counts.sum())]] += 1
+    return counts
+
+
 @dataclass(frozen=True)
 class Selection:
     """Indices chosen from one label's population, and whether the fallback was used.

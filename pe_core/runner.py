@@ -21,14 +21,21 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-import kernels
 from pe_core.apis.base import VariationApi
 from pe_core.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from pe_core.checks import check_label_fractions
 from pe_core.config import PeJob
 from pe_core.embedders.base import CachedEmbedder, Embedder
 from pe_core.errors import PrivevoError
 from pe_core.histogram import lookahead_embeddings, prepare_embeddings, vote_counts
-from pe_core.population import next_population, select, selection_size, threshold_counts
+from pe_core.nn import AUTO, ResolvedBackend, resolve_backend
+from pe_core.population import (
+    allocate,
+    next_population,
+    select,
+    selection_size,
+    threshold_counts,
+)
 from pe_core.privacy import (
     Calibration,
     DiscreteGaussianSampler,
@@ -48,6 +55,9 @@ NoiseFactory = Callable[[str], NoiseSampler]
 """Maps a release key (e.g. ``iteration-3/histogram``) to the sampler that draws it."""
 
 LABEL_COUNTS_KEY = "label-counts"
+CHECKPOINTS = "checkpoints"
+LEDGER = "ledger.jsonl"
+"""Where a run keeps its checkpoints and (without another ledger) its releases in its state."""
 
 
 def noise_factory(job: PeJob, seed: int) -> tuple[NoiseFactory, NoiseSampler | None]:
@@ -120,28 +130,6 @@ class RunResult:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def allocate(total: int, fractions: NDArray[np.float64]) -> NDArray[np.int64]:
-    """Splits ``total`` by ``fractions`` with largest-remainder rounding (sums to ``total``)."""
-    share = total * fractions / fractions.sum()
-    counts = np.floor(share).astype(np.int64)
-    order = np.lexsort((np.arange(len(share)), -(share - counts)))
-    counts[order[: total - int(counts.sum())]] += 1
-    return counts
-
-
-def check_label_fractions(job: PeJob, label_names: tuple[str, ...]) -> None:
-    """Public fractions must name every label of the (public) label set exactly once."""
-    if not isinstance(job.label_fractions, dict):
-        return
-    unknown = sorted(set(job.label_fractions) - set(label_names))
-    missing = sorted(set(label_names) - set(job.label_fractions))
-    if unknown or missing:
-        raise PrivevoError(
-            f"label_fractions must name every label exactly: unknown {unknown}, "
-            f"missing {missing}; labels are {list(label_names)}"
-        )
-
-
 def check_modalities(api: VariationApi, embedder: Embedder, private: Samples) -> None:
     """The API, the embedder and the private data must all be images or all be texts."""
     found = {"data": private.modality, "api": api.modality, "embedding": embedder.modality}
@@ -187,15 +175,13 @@ class PrivateEvolution:
         self.embedder = CachedEmbedder(embedder)
         # A named backend is built now, so a wrong name or device fails before any generation;
         # "auto" waits for the sizes (the first vote).
-        self.backend: kernels.ResolvedBackend | None = (
-            None
-            if job.nn_backend == kernels.dispatch.AUTO
-            else kernels.resolve_backend(job.nn_backend, 0, 0, 0)
+        self.backend: ResolvedBackend | None = (
+            None if job.nn_backend == AUTO else resolve_backend(job.nn_backend, 0, 0, 0)
         )
         self.noise = noise
         self.seed = seed
-        self.checkpoints = CheckpointStore(state_dir / "checkpoints")
-        self.ledger = ledger if ledger is not None else JsonlLedger(state_dir / "ledger.jsonl")
+        self.checkpoints = CheckpointStore(state_dir / CHECKPOINTS)
+        self.ledger = ledger if ledger is not None else JsonlLedger(state_dir / LEDGER)
         self.releases = ReleaseStore(self.ledger, state_dir / "releases")
         self.calibration = (
             None
@@ -279,7 +265,7 @@ class PrivateEvolution:
         callbacks.on_phase(t, "vote")
         if self.backend is None:
             # "auto": chosen once per job, when the sizes are known; the name goes into the report.
-            self.backend = kernels.resolve_backend(
+            self.backend = resolve_backend(
                 job.nn_backend,
                 n_private=sum(len(p) for p in private_by_label),
                 n_synthetic=len(synthetic),

@@ -130,3 +130,24 @@ class Samples:
             texts=None if first.texts is None else tuple(t for p in parts for t in p.texts or ()),
             params={k: np.concatenate([p.params[k] for p in parts]) for k in first.params},
         )
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """The public schema of a dataset.
+
+    Attributes:
+        modality: "image" or "text".
+        labels: the public label set the job runs on (declared, or the dataset's label values).
+        image_shape: (height, width, channels) of every image; None for texts.
+    """
+
+    modality: Modality
+    labels: tuple[str, ...]
+    image_shape: tuple[int, int, int] | None = None
+
+    @classmethod
+    def of(cls, samples: Samples) -> DataShape:
+        """The schema of loaded records (their shape and label set, no statistic of them)."""
+        shape = None if samples.images is None else tuple(int(n) for n in samples.images.shape[1:])
+        return cls(samples.modality, samples.label_names, shape)  # type: ignore[arg-type]

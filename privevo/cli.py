@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,8 +15,12 @@ import typer
 import yaml
 from pydantic import ValidationError
 
+# The registries, for the help texts: every registered name (no engine loads with them).
+from pe_core.apis import API_REGISTRY
+from pe_core.embedders import EMBEDDER_REGISTRY
 from pe_core.errors import PrivevoError
-from privevo.local import RunSpec, recorded_settings, run_local
+from pe_core.nn import backend_names
+from pe_core.registry import Registry
 
 app = typer.Typer(
     help="privevo: differentially private synthetic data with Private Evolution.",
@@ -28,9 +35,18 @@ keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
+def _names(registry: Registry[Any]) -> str:
+    return " | ".join(registry.names())
+
+
 def fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
+
+
+def _validation_message(what: str, exc: ValidationError) -> str:
+    lines = [f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+    return f"{what}:\n" + "\n".join(lines)
 
 
 def _parse_fractions(value: str) -> str | dict[str, float]:
@@ -64,9 +80,12 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="Output directory [default: privevo-out]")
     ] = None,
-    api: Annotated[str | None, typer.Option(help="Variation API: drawtext | grammar")] = None,
+    api: Annotated[
+        str | None, typer.Option(help=f"Variation API: {_names(API_REGISTRY)} [default: drawtext]")
+    ] = None,
     embedding: Annotated[
-        str | None, typer.Option(help="Embedder: raw-pixels | inception | minilm")
+        str | None,
+        typer.Option(help=f"Embedder: {_names(EMBEDDER_REGISTRY)} [default: raw-pixels]"),
     ] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon [default: 1]")] = None,
     delta: Annotated[float | None, typer.Option(help="Target delta [default: 1e-6]")] = None,
@@ -98,7 +117,7 @@ def run(
     label_column: Annotated[str | None, typer.Option(help="Label column [default: label]")] = None,
     nn_backend: Annotated[
         str | None,
-        typer.Option(help="auto | numpy-blocked | torch-blocked | faiss | triton (CUDA only)"),
+        typer.Option(help=f"{' | '.join(backend_names())} (triton: CUDA only) [default: auto]"),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of generation and selection")] = None,
     insecure_test_noise: Annotated[
@@ -114,6 +133,12 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
 ) -> None:
     """Run Private Evolution on a private dataset and write a DP synthetic one to --out."""
+    # The engine (torch, scipy, matplotlib) loads only for `run`: `serve` runs without it.
+    from pe_core.apis.llm_backends import register_openai_backend
+    from pe_core.apis.llm_backends.openai_backend import API_KEY_SETTING, BASE_URL_SETTING
+    from pe_core.checks import JobRefused
+    from privevo.local import RunSpec, recorded_settings, run_local
+
     settings: dict[str, Any] = {}
     if resume:
         if out is None:
@@ -163,10 +188,16 @@ def run(
     try:
         spec = RunSpec.model_validate(settings)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
-        raise fail("invalid run settings:\n" + "\n".join(lines)) from None
+        raise fail(_validation_message("invalid run settings", exc)) from None
+    # The openai backend's key and allowed server come from this edge's environment only.
+    register_openai_backend(
+        api_key=os.environ.get(API_KEY_SETTING), allowed_base_url=os.environ.get(BASE_URL_SETTING)
+    )
     try:
         summary = run_local(spec, resume=resume, progress=not quiet)
+    except JobRefused as exc:
+        problems = "\n".join(f"  {problem}" for problem in exc.problems)
+        raise fail(f"the job cannot run on this data:\n{problems}") from None
     except PrivevoError as exc:
         raise fail(str(exc)) from None
     typer.echo(summary)
@@ -184,11 +215,21 @@ def calibrate(
     ] = False,
 ) -> None:
     """Print the noise sigma that meets (epsilon, delta) for T iterations, as JSON."""
+    from pe_core.config import PeJob
     from pe_core.privacy import calibrate_sigma
 
-    releases = k * iterations + int(dp_label_fractions)
     try:
+        # The job model's own count of releases, as a run with these settings makes them.
+        releases = PeJob(
+            epsilon=epsilon,
+            delta=delta,
+            iterations=iterations,
+            k=k,
+            label_fractions="dp" if dp_label_fractions else "uniform",
+        ).total_releases
         result = calibrate_sigma(epsilon, delta, releases=releases)
+    except ValidationError as exc:
+        raise fail(_validation_message("invalid calibration settings", exc)) from None
     except ValueError as exc:
         raise fail(str(exc)) from None
     record: dict[str, Any] = {
@@ -242,20 +283,52 @@ def serve(
     PRIVEVO_DATABASE_URL and PRIVEVO_BROKER_URL and starts workers with `privevo worker` on as
     many machines as needed.
     """
-    import subprocess
-
     import uvicorn
 
     from service.app import create_app
 
     settings = _service_settings()
-    worker = subprocess.Popen(_worker_command("cpu,gpu", 1)) if local_worker else None
+    worker = _start_owned(_worker_command("cpu,gpu", 1)) if local_worker else None
+    # uvicorn re-raises the signal that stopped it once it has shut down. Turned into an
+    # exception, SIGTERM then reaches the `finally` below (its default action would end the
+    # process at once and leave the worker running).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+            _stop_owned(worker)
+
+
+WORKER_STOP_S = 15
+"""How long ``serve`` waits for its worker's warm shutdown before killing it (a killed job
+resumes from its checkpoint and reuses its recorded releases)."""
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _start_owned(command: list[str]) -> subprocess.Popen[bytes]:
+    """Starts a child process that the kernel kills if this process dies without stopping it."""
+
+    def die_with_parent() -> None:
+        if sys.platform == "linux":
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return subprocess.Popen(command, preexec_fn=die_with_parent)
+
+
+def _stop_owned(child: subprocess.Popen[bytes]) -> None:
+    """A warm shutdown of a child, then a kill after ``WORKER_STOP_S``."""
+    child.terminate()
+    try:
+        child.wait(timeout=WORKER_STOP_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 @app.command()
@@ -268,8 +341,6 @@ def worker(
     It also re-enqueues running jobs whose worker died (no heartbeat for PRIVEVO_STALE_AFTER_S,
     looked for every PRIVEVO_SWEEP_INTERVAL_S).
     """
-    import os
-
     _service_settings()
     command = _worker_command(queues, concurrency)
     os.execv(command[0], command)

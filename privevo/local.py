@@ -2,46 +2,37 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import ConfigDict
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from pe_core.apis import create_api
+from pe_core.checks import check_job
 from pe_core.config import PeJob
 from pe_core.datasets import dataset_fingerprint, load_dataset
 from pe_core.embedders import CachedEmbedder, create_embedder
 from pe_core.errors import DataError, PrivevoError
+from pe_core.job import read_run_record, record_run, run_job, run_started
 from pe_core.metrics import evaluate, refuse_overlap
-from pe_core.outputs import (
-    CallbackList,
-    Evaluator,
-    OutputLayout,
-    SampleWriter,
-    write_json,
-    write_result,
-)
-from pe_core.report import privacy_report
-from pe_core.runner import (
-    IterationReport,
-    PrivateEvolution,
-    RunCallbacks,
-    check_label_fractions,
-    check_modalities,
-    noise_factory,
-)
-from pe_core.samples import Samples
-from privevo.openai_backend import register_openai_backend
+from pe_core.outputs import Evaluator, OutputLayout
+from pe_core.runner import IterationReport, RunCallbacks
+from pe_core.samples import DataShape, Samples
 
-RUN_RECORD = "run.json"
-
-register_openai_backend()  # the llm API's `openai` backend: needs the network, so edge-only
+SOURCE_FIELDS = ("data", "eval_data", "text_column", "label_column")
+"""The RunSpec fields beyond the job that run.json records (``out`` is where it lies)."""
 
 
 class RunSpec(PeJob):
@@ -58,6 +49,15 @@ class RunSpec(PeJob):
     def job(self) -> PeJob:
         return PeJob.model_validate(self.model_dump(include=set(PeJob.model_fields)))
 
+    def source(self) -> dict[str, Any]:
+        """Where the data comes from, as run.json records it (absolute paths, so that
+        ``--resume`` works from any directory)."""
+        paths = {"data": self.data, "eval_data": self.eval_data}
+        return {
+            **self.model_dump(mode="json", include=set(SOURCE_FIELDS)),
+            **{key: str(path.resolve()) for key, path in paths.items() if path is not None},
+        }
+
 
 class ProgressBar:
     """A rich progress bar: iteration t of T, phase, epsilon spent."""
@@ -70,6 +70,8 @@ class ProgressBar:
             TextColumn("{task.fields[phase]:<13}"),
             TextColumn("eps {task.fields[eps]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
         )
         self.task = self.progress.add_task("", total=total, phase="start", eps="0")
         self.epsilon_target = epsilon_target
@@ -116,18 +118,14 @@ def _check_out_dir(layout: OutputLayout, resume: bool) -> None:
 
 def recorded_settings(out: Path) -> dict[str, Any]:
     """The settings a run in ``out`` was started with (``--resume`` starts from them)."""
-    path = OutputLayout(out).state / RUN_RECORD
-    try:
-        return dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise PrivevoError(f"--resume: {out} holds no run to resume") from None
-    except (OSError, ValueError) as exc:
-        raise PrivevoError(f"--resume: cannot read {path}: {exc}") from None
+    record = read_run_record(OutputLayout(out).state)
+    if record is None:
+        raise PrivevoError(f"--resume: {out} holds no run to resume")
+    return {**record.job.model_dump(mode="json"), **record.source, "out": str(out)}
 
 
 def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> str:
     """Runs the job described by ``spec`` and returns a short summary for the terminal."""
-    job = spec.job()
     layout = OutputLayout(spec.out)
     _check_out_dir(layout, resume)
     private = _load(spec, spec.data, spec.labels)
@@ -143,49 +141,41 @@ def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> 
             )
         evaluation = _load(spec, spec.eval_data, list(private.label_names))
         refuse_overlap(private, evaluation)
-    # The seed is drawn once and recorded, so a resumed run repeats the same choices.
-    seed = spec.seed if spec.seed is not None else secrets.randbits(62)
-    spec = spec.model_copy(update={"seed": seed})
     job = spec.job()
-    check_label_fractions(job, private.label_names)
+    # Before any model loads or any state is written: the job against the data's public shape.
+    check_job(job, DataShape.of(private))
     api = create_api(job.api, label_names=private.label_names, **job.api_config)
     embedder = create_embedder(job.embedding, **job.embedding_config)
-    check_modalities(api, embedder, private)
-    noise, sampler = noise_factory(job, seed)
-    fresh = not layout.root.exists()
-    try:
-        engine = PrivateEvolution(
-            job, api=api, embedder=embedder, noise=noise, state_dir=layout.state, seed=seed
-        )
-        if not resume:
-            write_json(layout.state / RUN_RECORD, spec.model_dump(mode="json"))
-    except BaseException:
-        if fresh:  # a setup error leaves nothing behind
-            shutil.rmtree(layout.root, ignore_errors=True)
-        raise
-    callbacks: list[RunCallbacks] = [SampleWriter(layout)]
+    callbacks: list[RunCallbacks] = []
     evaluator = None
     if evaluation is not None:
         # Its own cache: the held-out records are embedded once, not once per iteration.
         features = CachedEmbedder(embedder).embed
         evaluator = Evaluator(layout, lambda population: evaluate(population, evaluation, features))
         callbacks.append(evaluator)
+    fresh = not layout.root.exists()
     started = time.monotonic()
-    if progress:
-        with ProgressBar(job.iterations, job.epsilon) as bar:
-            result = engine.run(private, callbacks=CallbackList([bar, *callbacks]), resume=resume)
-    else:
-        result = engine.run(private, callbacks=CallbackList(callbacks), resume=resume)
-    report = privacy_report(
-        job,
-        result,
-        sampler=sampler,
-        label_source=label_source,
-        generator_public_data=api.public_data,
-    )
-    report["run"] = {"seed": seed, "nn_backend": result.nn_backend}
-    write_result(layout, result.population, report)
-    return _summary(layout, report, evaluator, time.monotonic() - started)
+    try:
+        # The seed is drawn once and recorded, so a resumed run repeats the same choices.
+        job = record_run(layout.state, job, fresh_seed=secrets.randbits(62), source=spec.source())
+        bar = ProgressBar(job.iterations, job.epsilon) if progress else None
+        with bar or nullcontext():
+            outcome = run_job(
+                job,
+                private,
+                api=api,
+                embedder=embedder,
+                state_dir=layout.state,
+                layout=layout,
+                label_source=label_source,
+                callbacks=[bar, *callbacks] if bar is not None else callbacks,
+                resume=resume,
+            )
+    except BaseException:
+        if fresh and not run_started(layout.state):  # a run that did nothing leaves nothing
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+    return _summary(layout, outcome.report, evaluator, time.monotonic() - started)
 
 
 def _summary(

@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_check.sh                # on a CUDA machine
 #   bash scripts/gpu_check.sh --cpu-dry-run  # the same Python on CPU under TRITON_INTERPRET=1, toy
-#                                            # sizes (tests/kernels/test_gpu_check.py runs this)
+#                                            # sizes (tests/pe_kernels/test_gpu_check.py runs this)
 #
 # Add a section: write a function `section_<name>` that uses $PY and $DRY_RUN and ends every
 # command that can fail with `|| return 1` (set -e does not apply inside `if`), then append its

@@ -1,7 +1,9 @@
 """The FastAPI gateway: thin routes that authenticate, validate, persist and enqueue.
 
 Every dataset, job and result belongs to the tenant of the API key that made it; any other
-tenant gets 404 on every route. PE itself runs in Celery workers (``workers.tasks``).
+tenant gets 404 on every route. PE itself runs in Celery workers; the gateway imports none of
+their code and sends each job's task by name to the queue stored on its row
+(:mod:`service.broker`).
 """
 
 import io
@@ -28,8 +30,11 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from pe_core.checks import JobRefused, check_job
 from pe_core.errors import PrivevoError
+from pe_core.samples import DataShape
 from service import db
+from service.broker import make_celery, prepare_broker, queue_for, send_job
 from service.schemas import (
     BudgetPublic,
     DatasetForm,
@@ -53,8 +58,8 @@ from service.uploads import (
     validate_in_child_process,
 )
 
-Enqueue = Callable[[str, dict[str, Any]], None]
-"""Queues the worker task of a job: (job id, job spec)."""
+Enqueue = Callable[[str, str], None]
+"""Queues the worker task of a job: (job id, queue)."""
 
 RESULT_PARTS = ("synthetic/", "privacy_report.json", "samples/")
 """What a result zip holds: never ``.state/`` (private) nor ``eval/`` (not DP)."""
@@ -69,14 +74,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def celery_enqueue(settings: Settings) -> Enqueue:
-    """Sends ``workers.tasks.run_job`` to the queue its API needs (gpu or cpu)."""
-    from workers.celery_app import make_celery, prepare_broker, send_job
-
+    """Sends the job task by name to a queue, through a producer on the settings' broker."""
     celery = make_celery(settings)
     prepare_broker(celery)
 
-    def enqueue(job_id: str, spec: dict[str, Any]) -> None:
-        send_job(celery, job_id, spec)
+    def enqueue(job_id: str, queue: str) -> None:
+        send_job(celery, job_id, queue)
 
     return enqueue
 
@@ -149,6 +152,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         (db.IdempotencyConflict, 409),
         (db.JobFinished, 409),
         (db.InvalidCursor, 400),
+        (JobRefused, 422),
         (PrivevoError, 400),
     ]
     for error, status in statuses:
@@ -277,6 +281,7 @@ def _add_routes(
                 delta_cap=form.delta_cap,
                 text_column=form.text_column,
                 label_column=form.label_column,
+                image_shape=summary.image_shape,
             )
         except BaseException:
             storage.delete_prefix(prefix)  # nothing half-stored
@@ -341,6 +346,11 @@ def _add_routes(
             raise PrivevoError("insecure_test_noise is disabled on this server")
         spec = body.model_dump(mode="json")
         repeated = idempotency_key is not None and _job_with_key(s, owner, idempotency_key)
+        if not repeated:
+            # Refused (422) on the job and the dataset's public schema alone, before any of its
+            # budget is reserved; a retry of a created job gets that job back instead.
+            dataset = db.get_dataset(s, owner, body.dataset_id)
+            check_job(body, _data_shape(dataset, body.labels))
         job = db.reserve(
             s,
             owner,
@@ -350,9 +360,10 @@ def _add_routes(
             idempotency_key,
             spec,
             iterations=body.iterations,
+            queue=queue_for(body),
         )
         if not repeated:
-            enqueue(job.id, spec)
+            enqueue(job.id, job.queue)
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobPublic.of(job)
 
@@ -478,6 +489,15 @@ def _dataset_form(received: ReceivedForm) -> tuple[DatasetForm, UploadedFile]:
         if received.file is not None:
             return form, received.file
     raise RequestValidationError(errors)
+
+
+def _data_shape(dataset: db.Dataset, labels: list[str] | None) -> DataShape:
+    """A dataset's public schema, with the job's declared label set where it has one."""
+    return DataShape(
+        modality=dataset.modality,  # type: ignore[arg-type]
+        labels=tuple(labels if labels is not None else dataset.labels),
+        image_shape=None if dataset.image_shape is None else tuple(dataset.image_shape),  # type: ignore[arg-type]
+    )
 
 
 def _job_with_key(s: Session, tenant_id: str, key: str) -> bool:

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     allow_insecure_test_noise: bool = Field(
         False, description="Accept jobs with seeded NOT PRIVATE noise (tests only)"
     )
+    openai_api_key: str | None = Field(
+        None,
+        repr=False,
+        description="Key the llm API's openai backend sends; never part of a job (workers)",
+    )
+    openai_base_url: str | None = Field(
+        None, description="The one OpenAI-compatible server the key may be sent to (workers)"
+    )
 
     @property
     def resolved_database_url(self) -> str:

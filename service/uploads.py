@@ -38,7 +38,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pe_core.datasets import DEFAULT_ZIP_LIMITS, TABLE_SUFFIXES, ZipLimits, load_dataset
 from pe_core.errors import DataError, PrivevoError
-from pe_core.samples import Modality
+from pe_core.samples import DataShape, Modality
 from service.storage import Storage
 
 if TYPE_CHECKING:
@@ -135,11 +135,13 @@ class DatasetSummary:
         record_count: number of records the dataset holds.
         labels: the label names found, sorted (or as stored in an npz/parquet file).
         modality: "image" or "text".
+        image_shape: (height, width, channels) of every image; None for texts.
     """
 
     record_count: int
     labels: tuple[str, ...]
     modality: Modality
+    image_shape: tuple[int, int, int] | None = None
 
 
 def format_bytes(size: int) -> str:
@@ -523,10 +525,12 @@ def validate_dataset(
             f"{name}: could not be read as a {suffix} dataset ({type(exc).__name__}); check it "
             f"against the documented format",
         ) from None
+    shape = DataShape.of(samples)
     return DatasetSummary(
         record_count=len(samples),
-        labels=samples.label_names,
-        modality="image" if samples.images is not None else "text",
+        labels=shape.labels,
+        modality=shape.modality,
+        image_shape=shape.image_shape,
     )
 
 

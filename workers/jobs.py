@@ -54,18 +54,12 @@ from pe_core.datasets import load_dataset
 from pe_core.embedders import create_embedder
 from pe_core.embedders.base import Embedder
 from pe_core.errors import DataError, PrivevoError
-from pe_core.outputs import CallbackList, OutputLayout, SampleWriter, write_json, write_result
-from pe_core.privacy import DuplicateReleaseError, LedgerError
-from pe_core.report import privacy_report
-from pe_core.runner import (
-    IterationReport,
-    PrivateEvolution,
-    check_label_fractions,
-    check_modalities,
-    noise_factory,
-)
+from pe_core.job import record_run
+from pe_core.job import run_job as run_job_parts
+from pe_core.outputs import OutputLayout
+from pe_core.privacy import LedgerError
+from pe_core.runner import IterationReport
 from pe_core.samples import Modality, Samples
-from privevo.openai_backend import register_openai_backend
 from service.db import (
     FINAL_STATUSES,
     Dataset,
@@ -86,14 +80,8 @@ from workers.ledger import DbLedger
 
 logger = logging.getLogger(__name__)
 
-register_openai_backend()  # the llm API's `openai` backend: needs the network, so edge-only
-
 MODALITIES: Final = frozenset(get_args(Modality))
-RUN_RECORD: Final = "run.json"
 LOCK_FILE: Final = ".lock"
-# A delivery that loses a release to a concurrent one resumes to use the recorded release; a
-# few resumes suffice, more would mean the deliveries keep racing.
-MAX_RESUMES: Final = 3
 INTERNAL_ERROR: Final = (
     "the job stopped on an internal error; the releases it made stay charged. "
     "Contact the operator, quoting the job id"
@@ -351,10 +339,13 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
     sessions = context.sessions
     with sessions() as session:
         update_progress(session, job.id, iteration=job.iteration, phase="starting")
-    spec = _spec(job)
     state = folder / "state"
-    seed = _seed(state / RUN_RECORD, spec)
-    spec = spec.model_copy(update={"seed": seed})
+    spec = record_run(
+        state,
+        _spec(job),
+        fresh_seed=secrets.randbits(62),
+        source={"dataset_id": job.dataset_id},
+    )
     with sessions() as session:
         dataset = get_dataset(session, job.tenant_id, job.dataset_id)
         if _starts(session, job.id) >= MAX_STARTS:
@@ -362,53 +353,36 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
                 f"the job was started {MAX_STARTS} times without finishing (its worker kept "
                 "stopping, e.g. out of memory); try fewer samples or a smaller model"
             )
-        append_event(session, job.id, "started", {"seed": seed})
+        append_event(session, job.id, "started", {"seed": spec.seed})
     private = _load_private(context.storage, dataset, spec)
-    check_label_fractions(spec, private.label_names)
     api = cached_api(spec.api, private.label_names, spec.api_config)
     if isinstance(api, PerJobState):  # caps and the like are per job, the loaded model is not
         api = api.for_new_job()
-    embedder = cached_embedder(spec.embedding, spec.embedding_config)
-    check_modalities(api, embedder, private)
-    noise, sampler = noise_factory(spec, seed)
-    layout = OutputLayout(folder / "out")
     progress = JobProgress(
         sessions, job.id, job.iterations, deadline=deadline, time_limit_s=context.time_limit_s
     )
-    callbacks = CallbackList([progress, SampleWriter(layout)])
-    for attempt in range(1, MAX_RESUMES + 1):
-        ledger = DbLedger(
+    layout = OutputLayout(folder / "out")
+    run_job_parts(
+        spec,
+        private,
+        api=api,
+        embedder=cached_embedder(spec.embedding, spec.embedding_config),
+        state_dir=state,
+        layout=layout,
+        label_source=(
+            "declared in the job" if spec.labels else "the dataset's labels, as found at upload"
+        ),
+        callbacks=[progress],
+        ledger=lambda: DbLedger(
             sessions,
             job.id,
             delta=job.delta_reserved,
             directory=state / "releases",
             key_prefix=f"{prefix}/state/releases",
-        )
-        engine = PrivateEvolution(
-            spec, api=api, embedder=embedder, noise=noise, state_dir=state, seed=seed, ledger=ledger
-        )
-        try:
-            # resume=True also starts a fresh run: it only allows continuing from a checkpoint.
-            result = engine.run(private, callbacks=callbacks, resume=True)
-            break
-        except DuplicateReleaseError:
-            if attempt == MAX_RESUMES:
-                raise
-            logger.warning("job %s lost a release to another delivery; resuming", job.id)
-    del private  # not needed past the run: free it before the result is written
-    label_source = (
-        "declared in the job" if spec.labels else "the dataset's labels, as found at upload"
+        ),
+        run_info={"job_id": job.id},
     )
-    report = privacy_report(
-        spec,
-        result,
-        sampler=sampler,
-        label_source=label_source,
-        generator_public_data=api.public_data,
-    )
-    report["run"] = {"job_id": job.id, "seed": seed, "nn_backend": result.nn_backend}
-    write_result(layout, result.population, report)
-    callbacks.on_phase(job.iterations, "publish")
+    progress.on_phase(job.iterations, "publish")
     _publish(context.storage, layout, result_prefix(job.id))
 
 
@@ -439,15 +413,6 @@ def _spec(job: Job) -> PeJob:
             f"{spec.iterations}) disagree with its reservation"
         )
     return spec
-
-
-def _seed(record: Path, spec: PeJob) -> int:
-    """The job's seed: the recorded one, else the spec's, else a fresh one, recorded."""
-    if record.exists():
-        return int(json.loads(record.read_text())["seed"])
-    seed = spec.seed if spec.seed is not None else secrets.randbits(62)
-    write_json(record, {"seed": seed})
-    return seed
 
 
 def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Samples:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,8 +27,8 @@ from service.db import requeue_stale_jobs
 
 logger = logging.getLogger(__name__)
 
-Enqueue = Callable[[str, dict[str, Any]], None]
-"""Sends the task of a job: (job id, job spec)."""
+Enqueue = Callable[[str, str], None]
+"""Sends the task of a job: (job id, queue)."""
 
 
 def sweep(sessions: sessionmaker[Session], enqueue: Enqueue, *, stale_after_s: float) -> list[str]:
@@ -46,7 +45,7 @@ def sweep(sessions: sessionmaker[Session], enqueue: Enqueue, *, stale_after_s: f
             job.id,
             stale_after_s,
         )
-        enqueue(job.id, job.spec)
+        enqueue(job.id, job.queue)
     return [job.id for job in stale]
 
 

@@ -1,8 +1,10 @@
 """The Celery task that runs a PE job: a thin shell around :func:`workers.jobs.run_job`, and
 the stale-job sweeper every worker runs beside it (:mod:`workers.sweeper`).
 
-The gateway creates the job with :func:`service.db.reserve`, then sends this task by name
-(:func:`workers.celery_app.send_job`); the message carries the job id only.
+The gateway creates the job with :func:`service.db.reserve`, then sends this task by name to
+the queue stored on the job row (:func:`service.broker.send_job`); the message carries the job id
+only. The task is a shared task: it belongs to the app of the worker that imports this module
+(:func:`workers.celery_app.create_app`), whose settings it runs by.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ from __future__ import annotations
 import functools
 from typing import Any, Final
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from pe_core.apis.llm_backends import register_openai_backend
+from service.broker import JOB_TASK, send_job
 from service.db import finalize, make_engine, make_session_factory
 from service.storage import LocalStorage
 from workers import jobs
-from workers.celery_app import app, send_job, settings
+from workers.celery_app import WorkerApp
 from workers.sweeper import Sweeper
 
 logger = get_task_logger(__name__)
@@ -31,11 +35,16 @@ DB_RETRY_FIRST_S: Final = 10
 
 
 @functools.cache
-def job_context() -> jobs.JobContext:
+def job_context(app: WorkerApp) -> jobs.JobContext:
     """The database and storage of this worker process, opened on its first job.
 
     Opened lazily so that each pool process (forked after import) makes its own connections.
+    The llm API's ``openai`` backend gets its key and allowed server from the same settings.
     """
+    settings = app.settings
+    register_openai_backend(
+        api_key=settings.openai_api_key, allowed_base_url=settings.openai_base_url
+    )
     engine = make_engine(settings.resolved_database_url)
     storage = LocalStorage(settings.resolved_storage_root)
     return jobs.JobContext(
@@ -47,16 +56,17 @@ def job_context() -> jobs.JobContext:
 
 
 @functools.cache
-def sweeper() -> Sweeper:
+def sweeper(app: WorkerApp) -> Sweeper:
     """This worker's stale-job sweeper, sending through the worker's own app.
 
     Its engine keeps no connection between sweeps, so pool processes forked after it starts
     (prefork replaces them) inherit none.
     """
+    settings = app.settings
     engine = make_engine(settings.resolved_database_url, poolclass=NullPool)
     return Sweeper(
         make_session_factory(engine),
-        lambda job_id, spec: send_job(app, job_id, spec),
+        lambda job_id, queue: send_job(app, job_id, queue),
         interval_s=settings.sweep_interval_s,
         stale_after_s=settings.stale_after_s,
     )
@@ -65,18 +75,18 @@ def sweeper() -> Sweeper:
 @worker_ready.connect
 def _start_sweeper(sender: Any, **_: Any) -> None:
     # Sent once, in the main worker process, when it is ready to consume.
-    sweeper().start()
+    sweeper(sender.app).start()
 
 
 @worker_shutdown.connect
 def _stop_sweeper(sender: Any, **_: Any) -> None:
-    sweeper().stop()
+    sweeper(sender.app).stop()
 
 
-@app.task(bind=True, name="workers.tasks.run_job", max_retries=DB_RETRIES)
+@shared_task(bind=True, name=JOB_TASK, max_retries=DB_RETRIES)
 def run_job(self: Task, job_id: str) -> str:
     """Runs (or resumes) the job ``job_id``; returns its final status (see ``jobs.run_job``)."""
-    context = job_context()
+    context = job_context(self.app)
     try:
         return jobs.run_job(context, job_id, timeouts=(SoftTimeLimitExceeded,))
     except OperationalError as exc:

@@ -22,6 +22,9 @@ class VariationApi(Protocol):
     """
 
     modality: ClassVar[Modality]
+    uses_accelerator: ClassVar[bool]
+    """True for neural generators (diffusion and language models), whose jobs go to GPU
+    workers; False for simulators, which run on CPU workers."""
     label_names: tuple[str, ...]
 
     @property

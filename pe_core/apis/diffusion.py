@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 
 from pe_core.apis.base import check_variation_input
 from pe_core.errors import PrivevoError, import_optional
-from pe_core.samples import Modality, Samples, new_ids
+from pe_core.samples import DataShape, Modality, Samples, new_ids
 
 Conditioning = Literal["auto", "class", "none", "prompt"]
 DEFAULT_MODEL = "mnist-ddpm"
@@ -355,6 +355,37 @@ class DiffusionApi:
     """
 
     modality: ClassVar[Modality] = "image"
+    uses_accelerator: ClassVar[bool] = True
+
+    @classmethod
+    def refusals(cls, config: dict[str, Any], data: DataShape) -> list[str]:
+        """Images of another size or channel count than a pixel-space model makes.
+
+        Read from the model folder's ``unet/config.json`` where this machine has the folder
+        (the shipped model always); a folder it lacks, or a latent pipeline, is checked when the
+        worker loads it.
+        """
+        folder = (
+            shipped_model_path() if config.get("model_path") is None else Path(config["model_path"])
+        )
+        try:
+            index = json.loads((folder / "model_index.json").read_text())
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+            if index.get("unet", [None, None])[1] != "UNet2DModel" or "text_encoder" in index:
+                return []
+            size = unet["sample_size"]
+            height, width = (size, size) if isinstance(size, int) else size
+            made = (int(height), int(width), int(unet["in_channels"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        if data.image_shape is None or data.image_shape == made:
+            return []
+        return [
+            f"api: the diffusion model at {folder.name} makes {made[0]}x{made[1]} images with "
+            f"{made[2]} channel(s) but the dataset's are {data.image_shape[0]}x"
+            f"{data.image_shape[1]} with {data.image_shape[2]}: choose a model of that size "
+            "(api_config.model_path) or resize the images"
+        ]
 
     def __init__(
         self,

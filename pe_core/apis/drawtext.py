@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pe_core.apis.base import check_variation_input
 from pe_core.apis.fonts import FontInfo, discover_fonts
 from pe_core.errors import PrivevoError
-from pe_core.samples import Modality, Samples, new_ids
+from pe_core.samples import DataShape, Modality, Samples, new_ids
 
 PARAM_COLUMNS = ("font", "font_size", "stroke_width", "rotation", "text", "offset_x", "offset_y")
 
@@ -313,7 +313,36 @@ class DrawText:
     """
 
     modality: ClassVar[Modality] = "image"
+    uses_accelerator: ClassVar[bool] = False
     public_data: ClassVar[str] = "none: a simulator that renders local fonts"
+
+    @classmethod
+    def refusals(cls, config: dict[str, Any], data: DataShape) -> list[str]:
+        """What drawtext cannot draw for ``data``: images of another size or with colour, and
+        label names that are words (a label without ``texts_per_label`` draws its name)."""
+        problems = []
+        size = config.get("image_size", 28)
+        if data.image_shape is not None and data.image_shape != (size, size, 1):
+            height, width, channels = data.image_shape
+            problems.append(
+                f"api: drawtext draws {size}x{size} grayscale images but the dataset's are "
+                f"{height}x{width} with {channels} channel(s): "
+                + (
+                    f"set api_config.image_size: {height}"
+                    if height == width and channels == 1
+                    else "use square grayscale images, or an API that makes these (diffusion "
+                    "with a model of that size)"
+                )
+            )
+        texts = config.get("texts_per_label") or {}
+        words = [label for label in data.labels if label not in texts and len(label) > 2]
+        if words:
+            problems.append(
+                f"api: drawtext draws each label's name unless api_config.texts_per_label gives "
+                f"its texts, and would draw {words} as words; give the characters to draw, "
+                f"e.g. texts_per_label: {{{words[0]!r}: ['1']}}"
+            )
+        return problems
 
     def __init__(
         self,

@@ -6,12 +6,14 @@ import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fontTools.agl import toUnicode
-from fontTools.ttLib import TTFont, TTLibError
 from PIL import Image, ImageDraw, ImageFont
 
 from pe_core.errors import PrivevoError
+
+if TYPE_CHECKING:  # fontTools loads when fonts are discovered: the gateway never needs it
+    from fontTools.ttLib import TTFont
 
 SYSTEM_FONT_DIR = Path("/usr/share/fonts")
 FONT_SUFFIXES = ("*.ttf", "*.otf")
@@ -54,6 +56,8 @@ def _covers(font: TTFont, chars: Iterable[str]) -> bool:
     prime, LastResort draws a placeholder box), so a cmap entry is not enough: the glyph's
     Adobe Glyph List name must also decode to the character ("zero", "uni0030", "zero.alt").
     """
+    from fontTools.agl import toUnicode
+
     cmap = font.getBestCmap() or {}
     for char in chars:
         glyph = cmap.get(ord(char))
@@ -123,6 +127,8 @@ def discover_fonts(
                 for p in d.rglob(pattern)
             }
         )
+    from fontTools.ttLib import TTFont, TTLibError
+
     pool: list[FontInfo] = []
     seen: set[str] = set()
     for path in candidates:

@@ -406,6 +406,7 @@ class GrammarApi:
     """
 
     modality: ClassVar[Modality] = "text"
+    uses_accelerator: ClassVar[bool] = False
     public_data: ClassVar[str] = "none: a simulator that expands the user's grammar"
 
     def __init__(

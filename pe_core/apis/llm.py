@@ -28,7 +28,7 @@ Placeholders: ``random`` may use {label} (required), {topic}, {style} and {words
 Literal braces are written ``{{`` and ``}}``.
 
 The generator is a :class:`~pe_core.apis.llm_backends.TextGenerator` chosen by name
-(``transformers`` by default, ``vllm``; ``openai`` where the CLI or a worker registered it).
+(``transformers`` by default, ``vllm``, ``openai``).
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ class LlmApi:
         label_names: the public label set; its names go into the prompts.
         backend: the text generator's registered name: ``transformers`` (default, local
             SmolLM2-135M-Instruct unless ``backend_config.model`` names a folder), ``vllm``,
-            or ``openai`` where the CLI or worker registered it.
+            or ``openai`` (an OpenAI-compatible server; its key comes from the edge).
         backend_config: the generator's parameters (e.g. ``{batch_size: 8}``, or ``base_url``
             and ``model`` for ``openai``). Never put secrets here: job configs are persisted.
         templates: prompt templates: None (defaults), a YAML file path, or a mapping of inline
@@ -371,6 +371,7 @@ class LlmApi:
     """
 
     modality: ClassVar[Modality] = "text"
+    uses_accelerator: ClassVar[bool] = True
     public_data: ClassVar[str] = (
         "the language model's own training data (SmolLM2's corpus by default, or the chosen "
         "model's), and the prompt templates, topics and styles in api_config"

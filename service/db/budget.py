@@ -104,6 +104,7 @@ def reserve(
     spec: dict[str, Any],
     *,
     iterations: int,
+    queue: str = "cpu",
 ) -> Job:
     """Creates a queued job holding ``(epsilon, delta)`` of its dataset's budget, atomically.
 
@@ -119,6 +120,7 @@ def reserve(
         idempotency_key: the client's key for this create, unique per tenant, or None.
         spec: the job's specification, stored as JSON.
         iterations: number of PE iterations T, >= 1.
+        queue: the broker queue the job's task goes to (see ``service.broker.queue_for``).
 
     Returns:
         The new (or idempotently repeated) job.
@@ -163,6 +165,7 @@ def reserve(
                 dataset_id=dataset_id,
                 spec=spec,
                 iterations=iterations,
+                queue=queue,
                 epsilon_reserved=float(epsilon),
                 delta_reserved=float(delta),
                 idempotency_key=idempotency_key,

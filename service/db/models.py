@@ -103,6 +103,7 @@ class Base(DeclarativeBase):
         datetime: UTCDateTime(),
         dict[str, Any]: JSON(),
         list[str]: JSON(),
+        list[int]: JSON(),
     }
 
 
@@ -181,6 +182,7 @@ class Dataset(Base):
     modality: Mapped[str] = mapped_column(String(16))
     record_count: Mapped[int] = mapped_column(Integer)
     labels: Mapped[list[str]]
+    image_shape: Mapped[list[int] | None]
     sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
     storage_path: Mapped[str] = mapped_column(String(PATH_LENGTH))
     text_column: Mapped[str] = mapped_column(String(255), server_default="text")
@@ -197,6 +199,9 @@ class Job(Base):
     :func:`service.db.budget.record_release`) and ``delta_spent`` is the reserved delta once it
     has released anything. When it becomes final, ``epsilon_charged``/``delta_charged`` are set
     (see :func:`service.db.budget.finalize`) and it holds only those from then on.
+
+    ``queue`` is the broker queue its task goes to (``cpu`` or ``gpu``), decided at reservation
+    from the job's API (:func:`service.broker.queue_for`).
 
     ``heartbeat_at`` is when the worker running the job last showed it was alive (at every
     progress update and release, and periodically in between); a running job whose heartbeat
@@ -226,6 +231,7 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     dataset_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     spec: Mapped[dict[str, Any]]
+    queue: Mapped[str] = mapped_column(String(16), default="cpu", server_default="cpu")
     status: Mapped[str] = mapped_column(String(16), default="queued")
     iteration: Mapped[int] = mapped_column(Integer, default=0)
     iterations: Mapped[int] = mapped_column(Integer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -118,6 +119,7 @@ def create_dataset(
     delta_cap: float,
     text_column: str = "text",
     label_column: str = "label",
+    image_shape: Sequence[int] | None = None,
 ) -> Dataset:
     """Registers an uploaded dataset and, the first time its data is seen, its budget.
 
@@ -136,6 +138,7 @@ def create_dataset(
         epsilon_cap: the budget's epsilon cap, > 0.
         delta_cap: the budget's delta cap, in (0, 1).
         text_column, label_column: the table columns the data was validated with (texts).
+        image_shape: (height, width, channels) of every image (public schema); None for texts.
 
     Raises:
         BudgetCapConflict: this data already has a budget with other caps.
@@ -164,6 +167,7 @@ def create_dataset(
             storage_path=storage_path,
             text_column=text_column,
             label_column=label_column,
+            image_shape=None if image_shape is None else [int(n) for n in image_shape],
         )
         session.add(dataset)
         session.flush()

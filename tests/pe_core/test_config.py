@@ -14,7 +14,8 @@ def test_defaults_are_private_and_fixed_delta():
 
 
 def test_unknown_fields_are_refused():
-    with pytest.raises(ValidationError, match="extra"):
+    suggestion = r"unknown key 'epsilom' \(did you mean 'epsilon'\?\)"
+    with pytest.raises(ValidationError, match=suggestion):
         PeJob.model_validate({"epsilom": 1.0})
 
 

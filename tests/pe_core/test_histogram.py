@@ -1,12 +1,12 @@
 import numpy as np
 
-import kernels
-from kernels.reference import reference_search
 from pe_core.histogram import prepare_embeddings, vote_counts
+from pe_core.nn import create_backend
+from pe_kernels.reference import reference_search
 
 
 def backend():
-    return kernels.create_backend("numpy-blocked")
+    return create_backend("numpy-blocked")
 
 
 def test_votes_stay_within_label_partitions():

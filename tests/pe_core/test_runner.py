@@ -10,8 +10,9 @@ from pe_core.checkpoint import CheckpointError
 from pe_core.config import PeJob
 from pe_core.embedders import create_embedder
 from pe_core.metrics import downstream_accuracy
+from pe_core.population import allocate
 from pe_core.privacy import InsecureSeededSampler
-from pe_core.runner import PrivateEvolution, allocate, histogram_key
+from pe_core.runner import PrivateEvolution, histogram_key
 
 
 class Crash(Exception):

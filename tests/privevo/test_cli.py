@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from kernels.reference import ReferenceBackend
 from pe_core.checkpoint import CheckpointStore
 from pe_core.embedders import create_embedder
 from pe_core.histogram import prepare_embeddings, vote_counts
 from pe_core.samples import Samples
+from pe_kernels.reference import ReferenceBackend
 from tests.conftest import digits_28
 
 SECRET = "zz-secret-record"
@@ -199,7 +199,7 @@ def test_existing_output_needs_resume_and_resume_finishes(image_run):
         (["--label-fractions", "a=b"], "--label-fractions"),
         (["--label-fractions", "0=1,1=1"], "missing ['2', '3'"),
         (["--embedding", "minilm"], "text"),
-        (["--nn-backend", "foo"], "valid names: faiss, numpy-blocked"),
+        (["--nn-backend", "foo"], "valid names: auto, faiss, numpy-blocked"),
         # Without CUDA (the interpreter is for tests), refused before anything is generated.
         (["--nn-backend", "triton"], "needs a CUDA device"),
     ],
@@ -211,6 +211,26 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_run, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_job_its_data_cannot_serve_is_refused_before_anything_is_written(tmp_path):
+    rgb = tmp_path / "rgb"
+    for label in ("cat_three", "seven"):
+        (rgb / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(rgb / label / f"{i}.png")
+    config = tmp_path / "job.yaml"
+    config.write_text("num_sample: 10\n")
+    out = tmp_path / "o"
+    result = privevo("run", "--data", str(rgb), "--out", str(out), "--quiet", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "the job cannot run on this data:" in result.stderr
+    assert "64x64 with 3 channel(s)" in result.stderr
+    assert "would draw ['cat_three', 'seven'] as words" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+    result = privevo("run", "-c", str(config), "--data", str(rgb), "--out", str(out), check=False)
+    assert result.returncode == 2 and "did you mean 'num_samples'" in result.stderr
+    assert not out.exists()
 
 
 def test_eval_data_overlapping_private_is_refused(tmp_path, image_run):

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import digits_28
 from tests.servers import Server
@@ -329,3 +330,62 @@ def test_an_upload_over_the_limit_is_refused_while_it_streams(server: Server, al
     assert response.status_code == 413, response.text
     assert "larger than the limit of 3 MiB" in response.json()["detail"]
     assert stored_uploads(server) == before
+
+
+@pytest.fixture(scope="module")
+def carol(server: Server) -> Iterator[httpx.Client]:
+    """A tenant whose only jobs are the refused ones below: they must leave none behind."""
+    with server.client(server.cli("keys", "create", "--tenant", "carol")) as client:
+        yield client
+
+
+def refused_uploads() -> dict[str, tuple[str, bytes, str]]:
+    """(file name, content, modality) of data that the default job cannot run on."""
+    rng = np.random.default_rng(0)
+    rgb = io.BytesIO()
+    np.savez(
+        rgb, images=rng.integers(0, 256, (20, 64, 64, 3), dtype=np.uint8), labels=np.arange(20) % 2
+    )
+    words = io.BytesIO()
+    with zipfile.ZipFile(words, "w") as archive:
+        for name in ("cat_three", "seven"):
+            for i in range(3):
+                png = io.BytesIO()
+                Image.fromarray(np.zeros((28, 28), np.uint8)).save(png, format="PNG")
+                archive.writestr(f"{name}/{i}.png", png.getvalue())
+    texts = b"".join(b'{"text": "a short review", "label": "%s"}\n' % s for s in (b"a", b"b") * 3)
+    return {
+        "digits": ("digits.npz", npz_bytes(2), "image"),
+        "rgb": ("rgb.npz", rgb.getvalue(), "image"),
+        "words": ("words.zip", words.getvalue(), "image"),
+        "texts": ("reviews.jsonl", texts, "text"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "body", "message"),
+    [
+        ("digits", {"api": "no-such-api"}, "unknown variation API 'no-such-api'; valid names"),
+        ("digits", {"embedding": "minilmm"}, "did you mean 'minilm'"),
+        ("digits", {"nn_backend": "annoy"}, "nn_backend: unknown 'annoy'"),
+        ("digits", {"api_config": {"image_sise": 28}}, "did you mean 'image_size'"),
+        ("digits", {"num_samples": 5}, "raise num_samples to at least 10"),
+        ("digits", {"itrations": 2}, "did you mean 'iterations'"),
+        ("texts", {}, "'drawtext' works on images but the dataset holds texts"),
+        ("rgb", {}, "the dataset's are 64x64 with 3 channel(s)"),
+        ("words", {}, "would draw ['cat_three', 'seven'] as words"),
+    ],
+)
+def test_a_job_that_cannot_run_is_422_before_anything_is_reserved(
+    carol: httpx.Client, data: str, body: dict, message: str
+) -> None:
+    filename, content, modality = refused_uploads()[data]
+    created = upload(carol, content, filename, modality=modality)
+    assert created.status_code == 201, created.text
+    dataset_id = created.json()["id"]
+    before = carol.get(f"/v1/datasets/{dataset_id}/budget").json()
+    response = carol.post("/v1/jobs", json={"dataset_id": dataset_id, "epsilon": 0.5, **body})
+    assert response.status_code == 422, response.text
+    assert message in response.text
+    assert carol.get(f"/v1/datasets/{dataset_id}/budget").json() == before
+    assert carol.get("/v1/jobs").json()["items"] == []

@@ -275,7 +275,9 @@ def test_valid_image_zip(tmp_path: Path) -> None:
         {"digits/0/a.png": png(0), "digits/0/b.png": png(10), "digits/1/c.png": png(200)},
     )
     summary = validate_dataset(path, modality=None)
-    assert summary == DatasetSummary(record_count=3, labels=("0", "1"), modality="image")
+    assert summary == DatasetSummary(
+        record_count=3, labels=("0", "1"), modality="image", image_shape=(8, 8, 1)
+    )
 
 
 def test_corrupt_png_in_zip(tmp_path: Path) -> None:

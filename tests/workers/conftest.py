@@ -1,12 +1,10 @@
 """Fixtures of the worker tests: the service's database fixtures (SQLite and PostgreSQL), a
-service home, Redis, and the Celery app module imported without touching the working folder."""
+service home and Redis."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import redis
@@ -35,15 +33,3 @@ def redis_db() -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
-
-
-@pytest.fixture
-def celery_app_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
-    """``workers.celery_app``, first imported with a temporary home and a Redis broker URL.
-
-    Its module-level app is built from the environment at first import, so the tests never
-    depend on the working directory's settings.
-    """
-    monkeypatch.setenv("PRIVEVO_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PRIVEVO_BROKER_URL", REDIS_URL)
-    return importlib.import_module("workers.celery_app")

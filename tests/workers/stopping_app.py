@@ -12,10 +12,10 @@ import os
 import signal
 from typing import Any
 
-from workers.celery_app import app
+from workers.celery_app import worker_app
 from workers.ledger import DbLedger
 
-__all__ = ["app"]
+app = worker_app()
 
 STOP_AT = os.environ["PRIVEVO_TEST_STOP_AT"]
 _record = DbLedger.append

@@ -7,15 +7,21 @@ import hashlib
 import json
 import logging
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pe_core.config import PeJob
+from pe_core.job import read_run_record
 from service.db import (
     append_event,
     cancel,
     create_dataset,
     create_tenant,
+    get_dataset,
     reserve,
     update_progress,
 )
@@ -64,8 +70,10 @@ def test_the_seed_is_drawn_once_and_recorded(home: Home) -> None:
     folder = job_folder(home, job_id)
     assert jobs.run_job(context(home), job_id) == "succeeded"
     (started,) = home.events(job_id, "started")
-    recorded = json.loads((folder / "state" / jobs.RUN_RECORD).read_text())
-    assert recorded == started
+    recorded = read_run_record(folder / "state")
+    assert recorded is not None
+    assert recorded.job.seed == started["seed"]
+    assert recorded.source == {"dataset_id": home.job(job_id).dataset_id}
     report = json.loads(home.file(f"results/{job_id}/privacy_report.json").read_text())
     assert report["run"]["seed"] == started["seed"]
 
@@ -198,3 +206,39 @@ def test_a_text_dataset_is_loaded_with_the_columns_it_was_uploaded_with(home: Ho
         ).id  # fmt: skip
     assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
     assert len(home.releases(job_id)) == 1
+
+
+def test_the_cli_and_a_worker_run_one_job_the_same_way(home: Home, tmp_path: Path) -> None:
+    """One assembly path (pe_core.job): the same seeded job gives the same run record, the same
+    synthetic data and the same report, whether the CLI or a worker runs it."""
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    assert jobs.run_job(context(home), job_id) == "succeeded"
+    job = home.job(job_id)
+    with home.sessions() as session:
+        data = home.storage.path(get_dataset(session, job.tenant_id, job.dataset_id).storage_path)
+    spec = {k: v for k, v in job.spec.items() if k != "dataset_id"}
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**spec, "data": str(data), "out": str(tmp_path / "cli")}))
+    subprocess.run(
+        [sys.executable, "-m", "privevo.cli", "run", "-c", str(config), "--quiet"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    cli = tmp_path / "cli"
+    worker = read_run_record(job_folder(home, job_id) / "state")
+    local = read_run_record(cli / ".state")
+    assert worker is not None and local is not None
+    assert worker.job == local.job and worker.job.seed == 3
+    assert local.source["data"] == str(data)  # where the data came from: a path, an id
+    assert worker.source == {"dataset_id": job.dataset_id}
+    result = f"results/{job_id}"
+    for name in ("synthetic/synthetic.parquet", "synthetic/labels.csv"):
+        assert home.file(f"{result}/{name}").read_bytes() == (cli / name).read_bytes(), name
+    published = json.loads(home.file(f"{result}/privacy_report.json").read_text())
+    written = json.loads((cli / "privacy_report.json").read_text())
+    # Each edge says in its own words where the label set came from, and a worker adds its id.
+    assert published["labels"].pop("source") == "the dataset's labels, as found at upload"
+    assert written["labels"].pop("source") == "the dataset's folder or column values"
+    assert published["run"].pop("job_id") == job_id
+    assert published == written

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.db import update_progress
 from tests.service.db.support import silence
 from tests.workers.support import Home, wait_for
@@ -12,10 +10,10 @@ from workers.sweeper import Sweeper, sweep
 
 def test_a_silent_running_job_is_sent_again_once(home: Home) -> None:
     job_id = home.new_job(insecure_test_noise=True, seed=3)
-    sent: list[tuple[str, dict[str, Any]]] = []
+    sent: list[tuple[str, str]] = []
 
-    def enqueue(job: str, spec: dict[str, Any]) -> None:
-        sent.append((job, spec))
+    def enqueue(job: str, queue: str) -> None:
+        sent.append((job, queue))
 
     assert sweep(home.sessions, enqueue, stale_after_s=60) == []  # queued: not its business
     with home.sessions() as session:
@@ -25,7 +23,7 @@ def test_a_silent_running_job_is_sent_again_once(home: Home) -> None:
         silence(session, job_id, 120)
     assert sweep(home.sessions, enqueue, stale_after_s=60) == [job_id]
     assert sweep(home.sessions, enqueue, stale_after_s=60) == []
-    assert sent == [(job_id, home.job(job_id).spec)]
+    assert sent == [(job_id, "cpu")]
     assert home.events(job_id, "requeued") == [{"stale_after_s": 60}]
 
 
@@ -36,7 +34,7 @@ def test_the_sweeper_thread_sweeps_until_stopped(home: Home) -> None:
         silence(session, job_id, 120)
     sent: list[str] = []
     sweeper = Sweeper(
-        home.sessions, lambda job, spec: sent.append(job), interval_s=0.01, stale_after_s=60
+        home.sessions, lambda job, queue: sent.append(job), interval_s=0.01, stale_after_s=60
     )
     sweeper.start()
     try:

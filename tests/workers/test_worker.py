@@ -11,12 +11,12 @@ import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import redis
 
 from service.app import celery_enqueue
+from service.broker import make_celery, send_job
 from service.db import FINAL_STATUSES, Job, cancel
 from service.settings import Settings
 from tests.workers.support import (
@@ -40,13 +40,13 @@ Send = Callable[[str], None]
 
 
 @pytest.fixture
-def send(celery_app_module: ModuleType, home: Home, redis_db: redis.Redis) -> Send:
-    """Enqueues a job as the gateway does: the job task by name, on the cpu queue, via Redis."""
+def send(home: Home, redis_db: redis.Redis) -> Send:
+    """Enqueues a job as the gateway does: the job task by name, on its queue, via Redis."""
     settings = Settings(home=home.root, broker_url=REDIS_URL, task_time_limit_s=TASK_TIME_LIMIT_S)
-    app = celery_app_module.make_celery(settings)
+    app = make_celery(settings)
 
     def enqueue(job_id: str) -> None:
-        app.send_task("workers.tasks.run_job", args=[job_id], queue="cpu")
+        send_job(app, job_id, home.job(job_id).queue)
 
     return enqueue
 
@@ -173,16 +173,14 @@ def test_a_dead_workers_job_is_swept_and_finished_by_another(
     check_results(home, job_id)
 
 
-def test_the_embedded_broker_gets_its_folders_when_a_worker_starts(
-    celery_app_module: ModuleType, home: Home
-) -> None:
+def test_the_embedded_broker_gets_its_folders_when_a_worker_starts(home: Home) -> None:
     settings = Settings(home=home.root, broker_url="filesystem://")
     job_id = home.new_job(insecure_test_noise=True, seed=3)
     assert not settings.broker_folder.exists()
     worker = start_worker(home, PRIVEVO_BROKER_URL="filesystem://")
     try:
         wait_for("the worker's broker folders", (settings.broker_folder / "control").is_dir)
-        celery_enqueue(settings)(job_id, home.job(job_id).spec)
+        celery_enqueue(settings)(job_id, home.job(job_id).queue)
         job = wait_for("the job to end", final(home, job_id))
     finally:
         stop_worker(worker)

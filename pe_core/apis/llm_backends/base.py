@@ -90,5 +90,5 @@ def register_generator(name: str, factory: Callable[..., TextGenerator]) -> None
 
 
 def create_generator(name: str, **config: Any) -> TextGenerator:
-    """Builds a registered text generator (``transformers``, ``vllm``; ``openai`` at the edge)."""
+    """Builds a registered text generator (``transformers``, ``vllm``, ``openai``)."""
     return GENERATOR_REGISTRY.create(name, **config)

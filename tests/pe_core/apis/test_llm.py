@@ -2,7 +2,7 @@
 
 The language model is external: the contract runs once on the real SmolLM2-135M-Instruct (tiny
 sizes) and the rest talks to a real chat-completions server on loopback
-(:mod:`tests.privevo.chat_server`) through the edge's ``openai`` backend.
+(:mod:`tests.privevo.chat_server`) through the ``openai`` backend.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from pe_core.apis.llm_backends import GenerationError, TransformersGenerator, cr
 from pe_core.errors import MissingDependencyError, PrivevoError
 from pe_core.registry import UnknownNameError
 from pe_core.samples import Samples
-from privevo.openai_backend import API_KEY_ENV, BASE_URL_ENV, register_openai_backend
 from tests.pe_core.contracts import VariationApiContract
 from tests.privevo.chat_server import ChatServer, Reply, completion, running_chat_server
 
@@ -72,10 +71,7 @@ class TestLlmSmolLM2Contract(VariationApiContract):
 
 @pytest.fixture(scope="module")
 def chat_server() -> Iterator[ChatServer]:
-    register_openai_backend()
-    with pytest.MonkeyPatch.context() as patch, running_chat_server() as server:
-        patch.delenv(API_KEY_ENV, raising=False)
-        patch.delenv(BASE_URL_ENV, raising=False)
+    with running_chat_server() as server:
         yield server
 
 

@@ -18,8 +18,8 @@ triton = pytest.importorskip(
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import triton_impl  # noqa: E402
+import pe_kernels  # noqa: E402
+from pe_kernels import triton_impl  # noqa: E402
 
 if triton_impl.INTERPRETING:
     pytest.skip("TRITON_INTERPRET=1 replaces compilation", allow_module_level=True)
@@ -93,4 +93,4 @@ def test_kernel_compiles_for_sm90(precision: str, k: int, shortlist: int) -> Non
 
 def test_cpu_without_the_interpreter_is_refused() -> None:
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
-        kernels.create_backend("triton", device="cpu")
+        pe_kernels.TritonBackend(device="cpu")

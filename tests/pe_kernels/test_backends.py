@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.datasets import load_digits
 
-from kernels.base import NearestNeighbourBackend, vote_histogram
-from kernels.reference import reference_search
-from tests.kernels.support import FAST_BACKENDS, make_backend
+from pe_kernels.base import NearestNeighbourBackend, vote_histogram
+from pe_kernels.reference import reference_search
+from tests.pe_kernels.support import FAST_BACKENDS, make_backend
 
 
 def _check(backend: NearestNeighbourBackend, private: np.ndarray, synthetic: np.ndarray) -> None:
@@ -211,7 +211,7 @@ def test_torch_device_selection_path_on_cpu(max_block_bytes: int) -> None:
     # The selection that runs on GPUs (top-k, compare and nonzero in torch), exercised on CPU.
     import torch
 
-    from kernels.blocked import TorchKernel, blocked_search
+    from pe_kernels.blocked import TorchKernel, blocked_search
 
     rng = np.random.default_rng(8)
     base = rng.standard_normal((15, 17)).astype(np.float32)
@@ -228,7 +228,7 @@ def test_torch_device_selection_path_on_cpu(max_block_bytes: int) -> None:
 @pytest.mark.parametrize("max_block_bytes", [1, 4096, None])
 def test_numpy_worker_threads(threads: int, max_block_bytes: int | None) -> None:
     # Workers take blocks as they come free: 40 workers leave most idle.
-    from kernels.blocked import NumpyBlockedBackend
+    from pe_kernels.blocked import NumpyBlockedBackend
 
     config = {} if max_block_bytes is None else {"max_block_bytes": max_block_bytes}
     backend = NumpyBlockedBackend(threads=threads, **config)
@@ -245,7 +245,7 @@ def test_numpy_workers_get_equal_shares_of_blocks(
 ) -> None:
     # Every worker gets the same number of blocks (sizes within one row), so no core idles
     # through a last block alone.
-    from kernels import blocked
+    from pe_kernels import blocked
 
     sizes: list[int] = []
     original = blocked.blocked_search
@@ -267,15 +267,15 @@ def test_numpy_workers_get_equal_shares_of_blocks(
 
 
 def test_numpy_needs_a_thread() -> None:
-    from kernels.blocked import NumpyBlockedBackend
+    from pe_kernels.blocked import NumpyBlockedBackend
 
     with pytest.raises(ValueError, match="threads must be >= 1"):
         NumpyBlockedBackend(threads=0)
 
 
 def test_torch_blocks_are_larger_on_a_device_by_default() -> None:
-    from kernels.blocked import DEVICE_MAX_BLOCK_BYTES, TorchBlockedBackend
-    from kernels.reference import DEFAULT_MAX_BLOCK_BYTES
+    from pe_kernels.blocked import DEVICE_MAX_BLOCK_BYTES, TorchBlockedBackend
+    from pe_kernels.reference import DEFAULT_MAX_BLOCK_BYTES
 
     assert TorchBlockedBackend().max_block_bytes == DEFAULT_MAX_BLOCK_BYTES
     # Only stored here: the device is first touched by a search.

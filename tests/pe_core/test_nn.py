@@ -1,74 +1,45 @@
+"""pe_core.nn: the backend registry over pe_kernels, and resolving a job's nn_backend."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kernels import dispatch
-from kernels.dispatch import (
-    CPU_BACKEND,
-    DEVICE_BACKEND,
-    DEVICE_FALLBACK,
+import pe_kernels
+from pe_core.errors import MissingDependencyError, PrivevoError
+from pe_core.nn import (
+    BACKEND_REGISTRY,
     BackendUnavailableError,
     ResolvedBackend,
-    available_backends,
-    choose_backend,
+    backend_names,
+    create_backend,
     resolve_backend,
 )
 from pe_core.registry import UnknownNameError
+from pe_kernels import dispatch
+from pe_kernels.dispatch import available_backends
 
-ALL = ("reference", "numpy-blocked", "torch-blocked", "faiss", "triton")
 BUILT_IN = ("reference", "numpy-blocked", "torch-blocked")
 
 
-@pytest.mark.parametrize("dim", [1, 64, 512, 2048, 8192])
-def test_cpu_picks_numpy_blocked_at_every_size(dim: int) -> None:
-    assert choose_backend(100_000, 10_000, dim, available=ALL) == CPU_BACKEND == "numpy-blocked"
-    assert choose_backend(10, 3, dim, available=BUILT_IN) == "numpy-blocked"
+def test_every_built_in_backend_is_registered_under_its_name() -> None:
+    assert BACKEND_REGISTRY.names() == sorted(b.name for b in pe_kernels.BUILT_IN_BACKENDS)
+    assert backend_names()[0] == "auto"
 
 
-def test_cuda_picks_triton_where_installed_and_torch_blocked_elsewhere() -> None:
-    # Measured fastest end to end on an H200 (kernels.dispatch.DEVICE_BACKEND).
-    assert choose_backend(100_000, 10_000, 512, device="cuda", available=ALL) == DEVICE_BACKEND
-    assert (DEVICE_BACKEND, DEVICE_FALLBACK) == ("triton", "torch-blocked")
-    assert choose_backend(10, 10, 4, device="cuda:1", available=ALL) == "triton"
-    assert choose_backend(10, 10, 4, device="cuda:1", available=BUILT_IN) == "torch-blocked"
-    # Triton kernels here target CUDA only.
-    assert choose_backend(10, 10, 4, device="mps", available=ALL) == "torch-blocked"
-    with pytest.raises(ValueError, match="cuda"):
-        choose_backend(10, 10, 4, device="cuda", available=("numpy-blocked", "faiss"))
+def test_unknown_backend_lists_valid_names() -> None:
+    with pytest.raises(UnknownNameError, match="numpy-blocked"):
+        create_backend("annoy")
 
 
-def test_cpu_never_picks_triton_or_faiss() -> None:
-    assert choose_backend(100_000, 10_000, 512, available=("numpy-blocked", "triton")) == (
-        "numpy-blocked"
-    )
+def test_a_missing_optional_module_is_a_privevo_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(module: str, extra: str) -> None:
+        raise pe_kernels.MissingDependencyError(f"{module} missing: pip install 'privevo[{extra}]'")
 
-
-def test_no_cpu_backend_is_an_error() -> None:
-    with pytest.raises(ValueError, match="numpy-blocked"):
-        choose_backend(10, 10, 4, available=("torch-blocked",))
-
-
-def test_negative_sizes_are_refused() -> None:
-    with pytest.raises(ValueError, match=">= 0"):
-        choose_backend(-1, 10, 4, available=ALL)
-
-
-def test_available_backends_follow_the_optional_import(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert {"reference", "numpy-blocked", "torch-blocked"} <= available_backends()
-    monkeypatch.setattr(dispatch.importlib.util, "find_spec", lambda name: None)
-    assert not {"faiss", "triton"} & available_backends()
-    assert choose_backend(1000, 1000, 64) == "numpy-blocked"
-    assert choose_backend(1000, 1000, 64, device="cuda") == "torch-blocked"
-
-
-def test_default_device_follows_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert dispatch.default_device() == "cuda"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert dispatch.default_device() == "cpu"
+    monkeypatch.setattr(pe_kernels.faiss_backend, "import_optional", missing)
+    with pytest.raises(MissingDependencyError, match=r"privevo\[faiss\]") as caught:
+        resolve_backend("faiss", 10, 10, 8)
+    assert isinstance(caught.value, PrivevoError)
 
 
 def test_resolve_without_a_device_uses_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +78,7 @@ def test_resolve_cpu_only_backend_on_a_device_is_refused() -> None:
 
 def test_resolve_triton_on_the_cpu_is_a_privevo_error() -> None:
     pytest.importorskip("triton")
-    from kernels import triton_impl
+    from pe_kernels import triton_impl
 
     if triton_impl.INTERPRETING:
         pytest.skip("the interpreter lets triton run on the CPU")

@@ -2,7 +2,7 @@
 
 A fast path computes fp32 distances ``D[i, j]`` that differ from the exact ones. This module
 bounds that difference rigorously, turns the bound into a per-row candidate threshold, and
-re-ranks the candidates with ``kernels.reference.exact_sq_dist``, so the result equals
+re-ranks the candidates with ``pe_kernels.reference.exact_sq_dist``, so the result equals
 ``reference_search`` bit for bit.
 
 Error bound. Write s = ||x_i||^2, t = ||y_j||^2, T = max_j t, e = ||x_i - y_j||^2 (real numbers)
@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from kernels.reference import DEFAULT_MAX_BLOCK_BYTES, exact_sq_dist_pairs
+from pe_kernels.reference import DEFAULT_MAX_BLOCK_BYTES, exact_sq_dist_pairs
 
 RERANK_BYTES_PER_CANDIDATE = 96
 """Working bytes per candidate pair in ``certify_candidates`` and ``rerank`` (index arrays,

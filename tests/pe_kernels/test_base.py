@@ -3,45 +3,33 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import kernels
-from kernels.base import (
-    BACKEND_REGISTRY,
-    NearestNeighbourBackend,
-    VotingBackend,
-    create_backend,
-    dedupe_rows,
-    vote_histogram,
-)
-from kernels.reference import reference_search
-from pe_core.registry import UnknownNameError
+from pe_kernels import BUILT_IN_BACKENDS, NumpyBlockedBackend
+from pe_kernels.base import NearestNeighbourBackend, VotingBackend, dedupe_rows, vote_histogram
+from pe_kernels.reference import reference_search
 
 
-def test_import_registers_every_backend() -> None:
-    assert set(BACKEND_REGISTRY.names()) >= {
-        "reference",
-        "numpy-blocked",
-        "torch-blocked",
-        "faiss",
-        "triton",
+def test_every_backend_is_built_in_once_with_its_facts() -> None:
+    names = [backend.name for backend in BUILT_IN_BACKENDS]
+    assert names == ["reference", "numpy-blocked", "torch-blocked", "faiss", "triton"]
+    assert {b.name for b in BUILT_IN_BACKENDS if b.on_device} == {"torch-blocked", "triton"}
+    assert {b.name: b.requires for b in BUILT_IN_BACKENDS if b.requires} == {
+        "faiss": "faiss",
+        "triton": "triton",
     }
-    assert kernels.BACKEND_REGISTRY is BACKEND_REGISTRY
 
 
-def test_unknown_backend_lists_valid_names() -> None:
-    with pytest.raises(UnknownNameError, match="numpy-blocked"):
-        create_backend("annoy")
+@pytest.mark.parametrize("backend", BUILT_IN_BACKENDS[:3], ids=lambda b: b.name)
+def test_built_backends_follow_the_protocol(backend: type[NearestNeighbourBackend]) -> None:
+    built = backend()
+    assert isinstance(built, NearestNeighbourBackend)
+    assert built.name == backend.name
 
 
-@pytest.mark.parametrize("name", ["reference", "numpy-blocked", "torch-blocked"])
-def test_created_backends_follow_the_protocol(name: str) -> None:
-    backend = create_backend(name)
-    assert isinstance(backend, NearestNeighbourBackend)
-    assert backend.name == name
-
-
-def test_faiss_is_created_only_with_faiss_installed() -> None:
+def test_faiss_is_built_only_with_faiss_installed() -> None:
     pytest.importorskip("faiss")
-    assert create_backend("faiss").name == "faiss"
+    from pe_kernels import FaissBackend
+
+    assert FaissBackend().name == "faiss"
 
 
 @pytest.mark.parametrize(("n", "m", "k"), [(50, 20, 1), (50, 20, 3), (7, 2, 5), (1, 1, 2)])
@@ -49,7 +37,7 @@ def test_vote_histogram_counts_each_record_min_k_m_times(n: int, m: int, k: int)
     rng = np.random.default_rng(n + m + k)
     private = rng.standard_normal((n, 6)).astype(np.float32)
     synthetic = rng.standard_normal((m, 6)).astype(np.float32)
-    votes = vote_histogram(create_backend("numpy-blocked"), private, synthetic, k)
+    votes = vote_histogram(NumpyBlockedBackend(), private, synthetic, k)
     assert votes.shape == (m,) and votes.dtype == np.int64
     assert votes.sum() == n * min(k, m)
     neighbours = reference_search(private, synthetic, k)
@@ -59,6 +47,8 @@ def test_vote_histogram_counts_each_record_min_k_m_times(n: int, m: int, k: int)
 def test_vote_histogram_uses_a_backends_own_votes() -> None:
     class Counting:
         name = "counting"
+        requires = None
+        on_device = False
 
         def search(self, private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
             raise AssertionError("search must not be called when votes exists")
@@ -68,7 +58,7 @@ def test_vote_histogram_uses_a_backends_own_votes() -> None:
 
     backend = Counting()
     assert isinstance(backend, VotingBackend)
-    assert not isinstance(create_backend("numpy-blocked"), VotingBackend)
+    assert not isinstance(NumpyBlockedBackend(), VotingBackend)
     votes = vote_histogram(backend, np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), 1)
     np.testing.assert_array_equal(votes, [0, 1, 2, 3])
 
@@ -80,6 +70,8 @@ def test_vote_histogram_leaves_values_to_the_backend() -> None:
 
     class Counting:
         name = "counting"
+        requires = None
+        on_device = False
 
         def search(self, private: np.ndarray, synthetic: np.ndarray, k: int) -> np.ndarray:
             raise AssertionError("search must not be called when votes exists")
@@ -92,14 +84,14 @@ def test_vote_histogram_leaves_values_to_the_backend() -> None:
     vote_histogram(Counting(), nan_rows, np.ones((4, 3), np.float32), 1)
     assert seen == [True]
     with pytest.raises(ValueError, match="private embeddings contain NaN"):
-        vote_histogram(create_backend("numpy-blocked"), nan_rows, np.ones((4, 3), np.float32), 1)
+        vote_histogram(NumpyBlockedBackend(), nan_rows, np.ones((4, 3), np.float32), 1)
     with pytest.raises(ValueError, match="synthetic embeddings contain NaN"):
         vote_histogram(Counting(), np.zeros((0, 3), np.float32), nan_rows, 1)
 
 
 def test_vote_histogram_of_no_records_is_zero() -> None:
     votes = vote_histogram(
-        create_backend("numpy-blocked"),
+        NumpyBlockedBackend(),
         np.zeros((0, 4), np.float32),
         np.ones((3, 4), np.float32),
         2,
@@ -111,7 +103,7 @@ def test_vote_histogram_of_no_records_is_zero() -> None:
 def test_vote_histogram_refuses_an_empty_partition() -> None:
     with pytest.raises(ValueError, match="synthetic partition is empty"):
         vote_histogram(
-            create_backend("numpy-blocked"),
+            NumpyBlockedBackend(),
             np.ones((3, 4), np.float32),
             np.zeros((0, 4), np.float32),
             1,

@@ -50,7 +50,7 @@ def test_cpu_dry_run_passes() -> None:
 def test_an_exactness_failure_exits_nonzero(tmp_path: Path) -> None:
     # A reference that disagrees with every fast path, planted before the check imports it.
     (tmp_path / "sitecustomize.py").write_text(
-        "import kernels.reference as r\n"
+        "import pe_kernels.reference as r\n"
         "_exact = r.reference_search\n"
         "r.reference_search = lambda p, s, k, *a: _exact(p, s, k, *a)[:, ::-1].copy()\n"
     )

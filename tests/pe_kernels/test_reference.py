@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.reference import exact_sq_dist, exact_sq_dist_pairs, reference_search
+from pe_kernels.reference import exact_sq_dist, exact_sq_dist_pairs, reference_search
 
 
 def _f32(values: object) -> np.ndarray:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import certify
-from kernels.certify import (
+from pe_kernels import certify
+from pe_kernels.certify import (
     BFLOAT16,
     BFLOAT16X3,
     FLOAT16,
@@ -17,7 +17,7 @@ from kernels.certify import (
     sq_norms64,
     tiled_dot_error_bound,
 )
-from kernels.reference import exact_sq_dist
+from pe_kernels.reference import exact_sq_dist
 
 # (dim, scale, offset): unit-ish data, large norms with small distances (cancellation), tiny
 # values whose products are subnormal in fp32.
@@ -61,7 +61,7 @@ def _kernel_order(
     """The fused kernel's arithmetic in numpy: t32 + sum over slices of -2 (slice dot), fp32."""
     import torch
 
-    from kernels.triton_backend import kernel_inputs
+    from pe_kernels.triton_backend import kernel_inputs
 
     def laid_out(rows: np.ndarray, synthetic: bool) -> np.ndarray:
         inputs = kernel_inputs(torch, torch.from_numpy(rows), rounding, synthetic=synthetic)

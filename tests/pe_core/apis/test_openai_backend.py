@@ -19,15 +19,15 @@ from pe_core.apis.llm_backends import (
     TextGenerator,
     create_generator,
 )
-from pe_core.errors import PrivevoError
-from pe_core.registry import PluginConfigError
-from privevo.openai_backend import (
-    API_KEY_ENV,
-    BASE_URL_ENV,
+from pe_core.apis.llm_backends.openai_backend import (
+    API_KEY_SETTING,
+    BASE_URL_SETTING,
     OpenAIGenerator,
     _retry_after,
     register_openai_backend,
 )
+from pe_core.errors import PrivevoError
+from pe_core.registry import PluginConfigError
 from tests.pe_core.contracts import VariationApiContract, word_edit_distance
 from tests.privevo.chat_server import ChatServer, Reply, completion, running_chat_server
 
@@ -47,13 +47,12 @@ def server(chat_server: ChatServer) -> ChatServer:
     return chat_server
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_openai_environment() -> Iterator[None]:
+@pytest.fixture(autouse=True)
+def keyless_backend() -> Iterator[None]:
+    """Each test starts, and leaves, the ``openai`` backend as pe_core registers it: no key."""
     register_openai_backend()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv(API_KEY_ENV, raising=False)
-        patch.delenv(BASE_URL_ENV, raising=False)
-        yield
+    yield
+    register_openai_backend()
 
 
 class Sleeps(list[float]):
@@ -197,7 +196,7 @@ def test_the_key_never_reaches_logs_or_errors(
     generator = OpenAIGenerator(server.base_url, "m", api_key=KEY, sleep=Sleeps())
     with pytest.raises(GenerationError) as error:
         generate(generator)
-    assert "HTTP 401" in str(error.value) and API_KEY_ENV in str(error.value)
+    assert "HTTP 401" in str(error.value) and API_KEY_SETTING in str(error.value)
     assert "invalid key ***" in str(error.value)
     assert "HTTP 429" in caplog.text
     for where in (str(error.value), repr(error.value), caplog.text, repr(generator)):
@@ -220,23 +219,32 @@ class TestRegisteredFactory:
         register_openai_backend()
         register_openai_backend()
 
-    def test_the_key_comes_from_the_environment_and_only_goes_to_its_server(
-        self, server: ChatServer, monkeypatch: pytest.MonkeyPatch
+    def test_the_key_the_edge_passes_goes_only_to_the_server_it_allows(
+        self, server: ChatServer
     ) -> None:
-        monkeypatch.setenv(API_KEY_ENV, KEY)
-        with pytest.raises(PrivevoError, match=f"only sent to the server that {BASE_URL_ENV}"):
+        register_openai_backend(api_key=KEY)
+        with pytest.raises(PrivevoError, match=f"only sent to the server that {BASE_URL_SETTING}"):
             create_generator("openai", base_url=server.base_url, model="m")
-        monkeypatch.setenv(BASE_URL_ENV, server.base_url + "/")
+        register_openai_backend(api_key=KEY, allowed_base_url="http://127.0.0.1:1/v1")
+        with pytest.raises(PrivevoError, match=f"set {BASE_URL_SETTING}={server.base_url}"):
+            create_generator("openai", base_url=server.base_url, model="m")
+        register_openai_backend(api_key=KEY, allowed_base_url=server.base_url + "/")
         generator = create_generator("openai", base_url=server.base_url, model="m")
+        assert KEY not in repr(generator)
         generate(generator)
         assert server.requests[0][0]["authorization"] == f"Bearer {KEY}"
 
-    def test_no_key_in_the_environment_sends_none(self, server: ChatServer) -> None:
+    def test_without_a_key_none_is_sent_whatever_the_environment_holds(
+        self, server: ChatServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # pe_core reads no setting: only what an edge passes in is sent.
+        monkeypatch.setenv(API_KEY_SETTING, KEY)
+        monkeypatch.setenv(BASE_URL_SETTING, server.base_url)
         generate(create_generator("openai", base_url=server.base_url, model="m"))
         assert "authorization" not in server.requests[0][0]
 
     def test_a_key_in_the_job_config_is_refused(self, server: ChatServer) -> None:
-        with pytest.raises(PrivevoError, match=f"must not hold api_key.*{API_KEY_ENV}"):
+        with pytest.raises(PrivevoError, match=f"must not hold api_key.*{API_KEY_SETTING}"):
             create_generator("openai", base_url=server.base_url, model="m", api_key=KEY)
         with pytest.raises(PluginConfigError, match="it accepts: base_url, model"):
             create_generator("openai", base_url=server.base_url, modell="m")

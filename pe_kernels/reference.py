@@ -8,10 +8,12 @@ so "equal to the reference" means equal bit for bit, ties included.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from numpy.typing import NDArray
 
-from kernels.base import check_search_inputs
+from pe_kernels.base import check_search_inputs
 
 DEFAULT_MAX_BLOCK_BYTES = 128 * 2**20
 """Default working-memory bound of one block, in bytes (about 128 MB)."""
@@ -146,7 +148,9 @@ def reference_search(
 class ReferenceBackend:
     """``reference_search`` behind the backend protocol (for tests and debugging, not speed)."""
 
-    name = "reference"
+    name: ClassVar[str] = "reference"
+    requires: ClassVar[str | None] = None
+    on_device: ClassVar[bool] = False
 
     def __init__(self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
         self.max_block_bytes = max_block_bytes

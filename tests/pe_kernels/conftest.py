@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kernels.base import NearestNeighbourBackend
-from tests.kernels.support import BLOCK_BYTES, FAST_BACKENDS, make_backend
+from pe_kernels.base import NearestNeighbourBackend
+from tests.pe_kernels.support import BLOCK_BYTES, FAST_BACKENDS, make_backend
 
 
 @pytest.fixture(

@@ -1,22 +1,22 @@
-"""Exact k-NN votes on a GPU with the fused Triton kernel of ``kernels.triton_impl``.
+"""Exact k-NN votes on a GPU with the fused Triton kernel of ``pe_kernels.triton_impl``.
 
 The kernel streams private and synthetic tiles through ``tl.dot`` and keeps each private row's
 S = k + ``SHORTLIST_EXTRA`` smallest fp32 distances (S <= m), so memory stays O((n + m) d + n S)
 whatever n and m. A private row then ends in one of three ways, and every way is exact:
 
 1. *settled in the kernel*: its (k+1)-th value exceeds its k-th by more than twice the certified
-   bound of ``kernels.certify`` (plus fp32 slack for the in-kernel comparison), so its fp32 top-k
+   bound of ``pe_kernels.certify`` (plus fp32 slack for the in-kernel comparison), so its fp32 top-k
    set is the exact one; for votes the kernel adds them with atomics and nothing leaves the GPU;
 2. *re-ranked on the host*: its shortlist holds every synthetic row within the certified
-   threshold (the S-th value exceeds it, or S = m), so ``kernels.certify.rerank`` of the
+   threshold (the S-th value exceeds it, or S = m), so ``pe_kernels.certify.rerank`` of the
    shortlist gives the reference answer, as in the FAISS backend;
 3. *cut short*: more rows tie within the threshold than the shortlist holds (or, with rounded
    inputs, the wide window holds more than the shortlist); these go to an exact pass on the same
-   device: cuBLAS fp32 GEMM blocks and the certified re-rank of ``kernels.blocked``. It replaced
+   device: cuBLAS fp32 GEMM blocks and the certified re-rank of ``pe_kernels.blocked``. It replaced
    an fp32 pass of this kernel: a few thousand rows make a launch of a few dozen programs, which
    takes as long as a full wave of the GPU (22 ms at (n 1e4, m 1e4, d 2048) on an H200).
 
-Precision. The window comes from ``kernels.certify.tiled_dot_error_bound``, which knows the
+Precision. The window comes from ``pe_kernels.certify.tiled_dot_error_bound``, which knows the
 kernel's summation order (one chunk per ``block_d`` slice). "bfloat16x3", the default, splits
 each input into two bfloat16 parts and sums three tensor-core products per coordinate: accuracy
 near fp32's (a window of about 2.5e-4 for unit vectors in 512 dimensions; about 2% of rows of
@@ -44,20 +44,20 @@ before the process starts. Triton is an optional extra (``pip install 'privevo[t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from kernels.base import check_search_inputs, non_finite_error
-from kernels.blocked import (
+from pe_kernels.base import check_search_inputs, non_finite_error
+from pe_kernels.blocked import (
     TorchBlockedBackend,
     TorchKernel,
     blocked_search,
     default_block_bytes,
     device_rows,
 )
-from kernels.certify import (
+from pe_kernels.certify import (
     BFLOAT16,
     BFLOAT16X3,
     FLOAT16,
@@ -70,10 +70,10 @@ from kernels.certify import (
     sq_norms64,
     tiled_dot_error_bound,
 )
-from pe_core.errors import import_optional
+from pe_kernels.errors import BackendUnavailableError, import_optional
 
 if TYPE_CHECKING:
-    from kernels.triton_impl import Tiles
+    from pe_kernels.triton_impl import Tiles
 
 SHORTLIST_EXTRA = 3
 """Shortlist entries beyond k: one to settle rows in the kernel, the rest to complete the
@@ -98,16 +98,19 @@ class TritonBackend:
         precision: "bfloat16x3" (default), "float32", "bfloat16" or "float16": the ``tl.dot``
             inputs (see the module docstring); every precision gives exact votes.
         max_block_bytes: working-memory bound (device and host) of one block of private rows;
-            default ``kernels.blocked.DEVICE_MAX_BLOCK_BYTES`` on CUDA (one launch per block, and
+            default ``pe_kernels.blocked.DEVICE_MAX_BLOCK_BYTES`` on CUDA (one launch per block, and
             a launch needs thousands of rows to fill the GPU).
         tiles: tile sizes overriding the per-precision default (``triton_impl.DEFAULT_TILES``).
 
     Raises:
         MissingDependencyError: triton is not installed.
-        ValueError: an unknown precision, or a CPU device without the interpreter.
+        BackendUnavailableError: a CPU device without the interpreter.
+        ValueError: an unknown precision.
     """
 
-    name = "triton"
+    name: ClassVar[str] = "triton"
+    requires: ClassVar[str | None] = "triton"
+    on_device: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -119,12 +122,12 @@ class TritonBackend:
         import_optional("triton", "triton")
         import torch
 
-        from kernels import triton_impl
+        from pe_kernels import triton_impl
 
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {sorted(PRECISIONS)}")
         if torch.device(device).type == "cpu" and not triton_impl.INTERPRETING:
-            raise ValueError(
+            raise BackendUnavailableError(
                 "the triton backend needs a CUDA device; on CPU it runs only with "
                 "TRITON_INTERPRET=1 set before the process starts (for tests); use "
                 "'numpy-blocked' or 'auto' on CPU"
@@ -162,7 +165,7 @@ class TritonBackend:
     def votes(
         self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
     ) -> NDArray[np.int64]:
-        """Vote counts, as ``kernels.base.vote_histogram``; settled rows vote on the device.
+        """Vote counts, as ``pe_kernels.base.vote_histogram``; settled rows vote on the device.
 
         Args:
             private: (n, d) float32 private embeddings; types and shapes checked by the caller
@@ -357,7 +360,7 @@ def kernel_inputs(torch: Any, rows: Any, rounding: RoundedInputs, *, synthetic: 
 
     A split lays the private rows out as x_hi | x_hi | x_lo and the synthetic ones as
     y_hi | y_lo | y_hi (3 d columns), so the kernel's one dot per column slice sums the three
-    products of ``kernels.certify``'s split scheme.
+    products of ``pe_kernels.certify``'s split scheme.
     """
     high = rows.to(getattr(torch, rounding.storage))
     if not rounding.split:

@@ -1,13 +1,14 @@
 """The ``openai`` text generator: any OpenAI-compatible ``/v1/chat/completions`` server.
 
-That covers hosted APIs and ``vllm serve``. It needs the network, so it lives at the edge, not in
-``pe_core``; the CLI and the workers call :func:`register_openai_backend`, after which the
-``llm`` API takes ``backend: openai`` with ``backend_config: {base_url, model, ...}``.
+That covers hosted APIs and ``vllm serve``: the ``llm`` API takes ``backend: openai`` with
+``backend_config: {base_url, model, ...}``. It is the one part of ``pe_core`` that talks to a
+server (and so keeps a clock, for timeouts and backoff); like the rest, it reads no settings.
 
-The API key never travels in a job's configuration (which is persisted): it is read from
-``PRIVEVO_OPENAI_API_KEY`` when a generator is created, and it is sent only to the server that
-``PRIVEVO_OPENAI_BASE_URL`` names, so a job cannot point the key at a server of its choosing.
-It is never logged, and server messages quoted in errors have it blanked out.
+The API key never travels in a job's configuration (which is persisted). Each edge passes the
+key and the one base URL it may be sent to from its own settings (``PRIVEVO_OPENAI_API_KEY``,
+``PRIVEVO_OPENAI_BASE_URL``) to :func:`register_openai_backend`, so a job cannot point the key
+at a server of its choosing. It is never logged, and server messages quoted in errors have it
+blanked out. Without a key the backend sends none, to the server the job names.
 """
 
 from __future__ import annotations
@@ -16,31 +17,31 @@ import email.utils
 import inspect
 import logging
 import math
-import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from pe_core.apis.llm_backends import (
+from pe_core.apis.llm_backends.base import (
     GENERATOR_REGISTRY,
     Chat,
     Completion,
     GenerationError,
     check_generate_args,
-    register_generator,
 )
-from pe_core.errors import PrivevoError
+from pe_core.errors import PrivevoError, import_optional
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger(__name__)
 
-API_KEY_ENV = "PRIVEVO_OPENAI_API_KEY"
-BASE_URL_ENV = "PRIVEVO_OPENAI_BASE_URL"
+API_KEY_SETTING = "PRIVEVO_OPENAI_API_KEY"
+BASE_URL_SETTING = "PRIVEVO_OPENAI_BASE_URL"
+"""The settings each edge reads the key and its allowed server from (named in messages)."""
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 """Answers worth another try: timeouts, conflicts, rate limits and server errors."""
 _QUOTED_CHARS = 300
@@ -99,6 +100,7 @@ class OpenAIGenerator:
         self._sleep = sleep
         self._jitter = random.Random()  # jitter only spreads retries; it needs no seed
         self._jitter_lock = threading.Lock()
+        self._httpx = import_optional("httpx", "text")
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator(url={self.url!r}, model={self.model!r})"
@@ -125,9 +127,11 @@ class OpenAIGenerator:
         if not chats:
             return []
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency)
+        limits = self._httpx.Limits(max_connections=self.concurrency)
         with (
-            httpx.Client(headers=headers, timeout=self.request_timeout_s, limits=limits) as client,
+            self._httpx.Client(
+                headers=headers, timeout=self.request_timeout_s, limits=limits
+            ) as client,
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="privevo-openai") as pool,
         ):
             futures = [
@@ -158,9 +162,9 @@ class OpenAIGenerator:
             retry_after: float | None = None
             try:
                 response = client.post(self.url, json=body)
-            except httpx.TimeoutException:
+            except self._httpx.TimeoutException:
                 problem = f"no answer within request_timeout_s={self.request_timeout_s}"
-            except httpx.TransportError as exc:
+            except self._httpx.TransportError as exc:
                 problem = f"connection failed ({type(exc).__name__})"
             else:
                 if response.status_code == 200:
@@ -170,7 +174,7 @@ class OpenAIGenerator:
                     raise GenerationError(
                         f"chat completion at {self.url} failed with {problem}"
                         + (
-                            f"; check {API_KEY_ENV}"
+                            f"; check {API_KEY_SETTING}"
                             if response.status_code in (401, 403)
                             else "; check base_url and model in backend_config"
                         )
@@ -250,36 +254,48 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-class _FromEnvironment:
-    """The registered factory: an :class:`OpenAIGenerator` whose key comes from the environment.
+class OpenAIBackend:
+    """The registered factory: an :class:`OpenAIGenerator` with the key the edge passed in.
 
-    Read when a generator is created (a job starts), never at import.
+    Args:
+        api_key: the key to send, or None to send none.
+        allowed_base_url: the one server the key may be sent to (required with a key).
     """
 
     # The registry checks a job's backend_config against this signature.
     __signature__ = inspect.signature(OpenAIGenerator)
 
+    def __init__(self, api_key: str | None = None, allowed_base_url: str | None = None) -> None:
+        self._api_key = api_key or None
+        self._allowed = (allowed_base_url or "").rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(key={'set' if self._api_key else 'none'}, allowed={self._allowed!r})"
+
     def __call__(self, **config: Any) -> OpenAIGenerator:
         if "api_key" in config:
             raise PrivevoError(
                 "backend_config must not hold api_key: job configurations are stored; set "
-                f"{API_KEY_ENV} (and {BASE_URL_ENV}) where the CLI or worker runs"
+                f"{API_KEY_SETTING} (and {BASE_URL_SETTING}) where the CLI or worker runs"
             )
         if "sleep" in config:
             raise PrivevoError("backend_config.sleep is for tests, not for jobs")
-        key = os.environ.get(API_KEY_ENV) or None
-        allowed = (os.environ.get(BASE_URL_ENV) or "").rstrip("/")
         base_url = str(config.get("base_url", "")).rstrip("/")
-        if key is not None and base_url != allowed:
+        if self._api_key is not None and base_url != self._allowed:
             raise PrivevoError(
-                f"{API_KEY_ENV} is only sent to the server that {BASE_URL_ENV} names "
-                f"({allowed or 'unset'}), but the job asks for {base_url}; set {BASE_URL_ENV}="
-                f"{base_url} where the CLI or worker runs to allow it"
+                f"{API_KEY_SETTING} is only sent to the server that {BASE_URL_SETTING} names "
+                f"({self._allowed or 'unset'}), but the job asks for {base_url}; set "
+                f"{BASE_URL_SETTING}={base_url} where the CLI or worker runs to allow it"
             )
-        return OpenAIGenerator(**config, api_key=key)
+        return OpenAIGenerator(**config, api_key=self._api_key)
 
 
-def register_openai_backend() -> None:
-    """Registers the ``openai`` text generator; the CLI and the workers both call it."""
-    if "openai" not in GENERATOR_REGISTRY.names():
-        register_generator("openai", _FromEnvironment())
+def register_openai_backend(
+    api_key: str | None = None, allowed_base_url: str | None = None
+) -> None:
+    """(Re-)registers the ``openai`` text generator with the key and server an edge allows.
+
+    ``pe_core`` registers it without a key; the CLI and the workers register it again with the
+    values of their own settings before running jobs.
+    """
+    GENERATOR_REGISTRY.register("openai", OpenAIBackend(api_key, allowed_base_url), replace=True)

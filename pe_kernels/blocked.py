@@ -3,7 +3,7 @@
 For a block of private rows X_b the fp32 pass computes ``D = ||y||^2 - 2 X_b Y^T`` (the squared
 distance minus the per-row constant ||x||^2, which does not change a row's ranking), takes each
 row's k-th smallest value (a min for k = 1, a top-k or a cheap upper bound otherwise), keeps every
-synthetic index within the certified threshold of ``kernels.certify``; the candidates are then
+synthetic index within the certified threshold of ``pe_kernels.certify``; the candidates are then
 ranked by the exact float64 distance, so results equal ``reference_search`` bit for bit.
 
 Working memory is bounded by ``max_block_bytes`` whatever n is, besides one float32 copy of the
@@ -18,7 +18,7 @@ selection passes and the re-rank are single-threaded, so with one BLAS spanning 
 other cores idle through them; with a worker per core they overlap the other workers' GEMMs.
 Every worker gets the same number of blocks. On 2 cores the exact search takes 0.8-1.05x the time
 of plain FAISS ``IndexFlatL2`` from d 64 to 2048 (``benchmarks/nn_histogram.py``;
-``kernels.dispatch.CPU_BACKEND`` has the figures).
+``pe_kernels.dispatch.CPU_BACKEND`` has the figures).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from threadpoolctl import ThreadpoolController
 
-from kernels.base import check_search_inputs
-from kernels.certify import (
+from pe_kernels.base import check_search_inputs
+from pe_kernels.certify import (
     RERANK_BYTES_PER_CANDIDATE,
     certified_threshold,
     certify_candidates,
@@ -41,7 +41,7 @@ from kernels.certify import (
     rerank,
     sq_norms64,
 )
-from kernels.reference import DEFAULT_MAX_BLOCK_BYTES
+from pe_kernels.reference import DEFAULT_MAX_BLOCK_BYTES
 
 _Candidates = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]
 
@@ -271,7 +271,9 @@ class NumpyBlockedBackend:
         threads: worker threads, each with a one-thread BLAS; default: the usable CPU cores.
     """
 
-    name = "numpy-blocked"
+    name: ClassVar[str] = "numpy-blocked"
+    requires: ClassVar[str | None] = None
+    on_device: ClassVar[bool] = False
 
     def __init__(
         self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES, threads: int | None = None
@@ -423,7 +425,9 @@ class TorchBlockedBackend:
         device: torch device for the GEMM ("cpu", "cuda", ...); the re-rank runs on CPU.
     """
 
-    name = "torch-blocked"
+    name: ClassVar[str] = "torch-blocked"
+    requires: ClassVar[str | None] = None
+    on_device: ClassVar[bool] = True
 
     def __init__(self, max_block_bytes: int | None = None, device: str = "cpu") -> None:
         import torch

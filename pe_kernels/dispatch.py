@@ -1,19 +1,32 @@
-"""Chooses a nearest-neighbour backend by problem size and device, once per job.
+"""The backends this package ships, and the choice among them by problem size and device.
 
-The choice is recorded in job metadata by the caller, so ``resolve_backend`` returns the name
-(and device) with the backend. All registered backends give identical results (each equals
-``reference_search`` bit for bit), so the choice only affects speed and memory: the path measured
-fastest on each kind of device (``DEVICE_BACKEND``, ``DEVICE_FALLBACK``, ``CPU_BACKEND``).
+All of them give identical results (each equals ``reference_search`` bit for bit), so the choice
+only affects speed and memory: the path measured fastest on each kind of device
+(``DEVICE_BACKEND``, ``DEVICE_FALLBACK``, ``CPU_BACKEND``). The caller (``pe_core.nn``) makes it
+once per job and records it in job metadata.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from kernels.base import BACKEND_REGISTRY, NearestNeighbourBackend, create_backend
-from pe_core.errors import PrivevoError
+from pe_kernels.base import NearestNeighbourBackend
+from pe_kernels.blocked import NumpyBlockedBackend, TorchBlockedBackend
+from pe_kernels.errors import BackendUnavailableError
+from pe_kernels.faiss_backend import FaissBackend
+from pe_kernels.reference import ReferenceBackend
+from pe_kernels.triton_backend import TritonBackend
+
+BUILT_IN_BACKENDS: tuple[type[NearestNeighbourBackend], ...] = (
+    ReferenceBackend,
+    NumpyBlockedBackend,
+    TorchBlockedBackend,
+    FaissBackend,
+    TritonBackend,
+)
+"""Every backend class shipped here; each carries its ``name``, ``requires`` and ``on_device``.
+Importing a class loads neither torch nor its optional module: they load when it is built."""
 
 AUTO = "auto"
 
@@ -48,24 +61,6 @@ DEVICE_FALLBACK = "torch-blocked"
 certified re-rank of every row on the host, 4.7-7.9x the time of the plain GEMM + argmin on the
 H200 (float64 norms, a finite scan and a sort of every row's candidates, all on the host)."""
 
-DEVICE_BACKENDS = frozenset({"torch-blocked", "triton"})
-"""Backends that run their distance pass on a non-CPU torch device."""
-
-_OPTIONAL_MODULES = {"faiss": "faiss", "triton": "triton"}
-
-
-class BackendUnavailableError(PrivevoError, ValueError):
-    """A named backend cannot run on the requested device (e.g. triton without CUDA)."""
-
-
-@dataclass(frozen=True)
-class ResolvedBackend:
-    """A backend and the registry name it was created under (for job metadata)."""
-
-    name: str
-    backend: NearestNeighbourBackend
-    device: str = "cpu"
-
 
 def default_device() -> str:
     """ "cuda" where torch sees a CUDA device, else "cpu"."""
@@ -75,12 +70,11 @@ def default_device() -> str:
 
 
 def available_backends() -> frozenset[str]:
-    """Registered backend names whose optional dependencies are installed."""
+    """Names of the built-in backends whose optional dependencies are installed."""
     return frozenset(
-        name
-        for name in BACKEND_REGISTRY.names()
-        if name not in _OPTIONAL_MODULES
-        or importlib.util.find_spec(_OPTIONAL_MODULES[name]) is not None
+        backend.name
+        for backend in BUILT_IN_BACKENDS
+        if backend.requires is None or importlib.util.find_spec(backend.requires) is not None
     )
 
 
@@ -102,11 +96,11 @@ def choose_backend(
         available: backend names to choose from; default ``available_backends()``.
 
     Returns:
-        A registered backend name: ``DEVICE_BACKEND`` on CUDA where available, else
+        A backend name: ``DEVICE_BACKEND`` on CUDA where available, else
         ``DEVICE_FALLBACK`` on torch devices; ``CPU_BACKEND`` on CPU.
 
     Raises:
-        ValueError: no available backend suits the device.
+        BackendUnavailableError: no available backend suits the device.
     """
     if min(n_private, n_synthetic, dim) < 0:
         raise ValueError(f"sizes must be >= 0, got n={n_private} m={n_synthetic} d={dim}")
@@ -115,49 +109,13 @@ def choose_backend(
         if device.startswith("cuda") and DEVICE_BACKEND in names:
             return DEVICE_BACKEND
         if DEVICE_FALLBACK not in names:
-            raise ValueError(f"no available nearest-neighbour backend runs on {device!r}")
+            raise BackendUnavailableError(
+                f"no available nearest-neighbour backend runs on {device!r}"
+            )
         return DEVICE_FALLBACK
     if CPU_BACKEND not in names:
-        raise ValueError(
+        raise BackendUnavailableError(
             f"no CPU nearest-neighbour backend available among {sorted(names)}; "
-            f"{CPU_BACKEND} should always be registered (import kernels)"
+            f"{CPU_BACKEND} is always built in"
         )
     return CPU_BACKEND
-
-
-def resolve_backend(
-    name: str, n_private: int, n_synthetic: int, dim: int, *, device: str | None = None
-) -> ResolvedBackend:
-    """Creates the named backend, choosing one by size and device for ``"auto"``.
-
-    Args:
-        name: a registered backend name, or "auto".
-        n_private: private records n (used by "auto").
-        n_synthetic: synthetic samples m (used by "auto").
-        dim: embedding dimension d (used by "auto").
-        device: "cpu" or a torch device; only device backends accept another device. None:
-            ``default_device()`` for "auto" and device backends, "cpu" for the others.
-
-    Returns:
-        The backend, the name it was created under and its device.
-
-    Raises:
-        UnknownNameError: the name is neither registered nor "auto"; lists valid names.
-        BackendUnavailableError: the backend cannot run on ``device``; says what to use.
-    """
-    if device is None:
-        device = default_device() if name == AUTO or name in DEVICE_BACKENDS else "cpu"
-    chosen = choose_backend(n_private, n_synthetic, dim, device=device) if name == AUTO else name
-    if chosen not in DEVICE_BACKENDS and device != "cpu":
-        raise BackendUnavailableError(
-            f"backend {chosen!r} runs on CPU only; use one of {sorted(DEVICE_BACKENDS)} or "
-            f"'auto' for device {device!r}"
-        )
-    config = {"device": device} if chosen in DEVICE_BACKENDS else {}
-    try:
-        backend = create_backend(chosen, **config)
-    except PrivevoError:
-        raise
-    except ValueError as exc:  # the backend's own refusal, e.g. triton without CUDA
-        raise BackendUnavailableError(f"nn_backend {chosen!r}: {exc}") from None
-    return ResolvedBackend(chosen, backend, device)

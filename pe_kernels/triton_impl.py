@@ -4,7 +4,7 @@ One program owns ``block_m`` private rows. It streams the synthetic rows in tile
 computes the tile's shifted squared distances ``D = ||y||^2 - 2 x.y`` (the per-row constant
 ||x||^2 does not change a row's ranking), summing x.y one ``tl.dot`` per ``block_d`` slice of the
 embedding, each started from zero and added once to the running sum: the order that
-``kernels.certify.tiled_dot_error_bound`` bounds, far tighter than an order-free bound. With
+``pe_kernels.certify.tiled_dot_error_bound`` bounds, far tighter than an order-free bound. With
 split inputs the caller lays x_hi | x_hi | x_lo against y_hi | y_lo | y_hi along the embedding,
 so the same sum covers x_hi.y_hi + x_hi.y_lo + x_lo.y_hi. The kernel then merges the tile into
 a running shortlist of the row's S smallest values, ties to the lowest index. The (n, m)
@@ -14,11 +14,11 @@ At the end each row's shortlist is stored sorted by (value, index), and the row 
 when its (k+1)-th value exceeds its k-th value plus a per-row window (at least twice the
 certified error bound ``tol_i``): then no synthetic row outside its fp32 top k can be in its exact
 top k, so the fp32 top-k *set* is exact. With ``counts`` given, settled rows add their k votes
-with atomics; everything else is left to the host (``kernels.triton_backend``), which re-ranks
+with atomics; everything else is left to the host (``pe_kernels.triton_backend``), which re-ranks
 the shortlists exactly.
 
 Inputs are float32 (``tl.dot`` in IEEE fp32, never TF32) or bfloat16/float16 (tensor cores, fp32
-accumulation). Imported only by ``kernels.triton_backend``, after triton is known to be there.
+accumulation). Imported only by ``pe_kernels.triton_backend``, after triton is known to be there.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _shortlist_kernel(
         cols = start + lanes
         col_ok = cols < n_cols
         y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
-        # -2 x.y, summed one chunk of BLOCK_D coordinates at a time (kernels.certify's
+        # -2 x.y, summed one chunk of BLOCK_D coordinates at a time (pe_kernels.certify's
         # tiled_dot_error_bound counts on this order).
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, dim, BLOCK_D):

@@ -1,4 +1,4 @@
-"""The nearest-neighbour backend protocol, its registry, input checks, votes and row dedupe.
+"""The nearest-neighbour backend protocol, input checks, votes and row dedupe.
 
 Every private record votes for its k nearest synthetic samples by squared L2 distance (Step 2 of
 the PE loop, Alg. 1 of arXiv:2305.15560). Cosine similarity is handled one level up by
@@ -10,13 +10,10 @@ nowhere else, and are never logged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
-
-from pe_core.registry import Registry
 
 
 @runtime_checkable
@@ -25,9 +22,14 @@ class NearestNeighbourBackend(Protocol):
 
     Attributes:
         name: the registry name of the backend, recorded in job metadata.
+        requires: the module the backend needs beyond numpy (``"faiss"``), or None.
+        on_device: True when the backend takes a ``device`` argument and runs its distance pass
+            on that torch device; False for CPU-only backends.
     """
 
-    name: str
+    name: ClassVar[str]
+    requires: ClassVar[str | None]
+    on_device: ClassVar[bool]
 
     def search(
         self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
@@ -41,7 +43,7 @@ class NearestNeighbourBackend(Protocol):
 
         Returns:
             (n, k) int64 synthetic row indices; row i is sorted by (exact distance, index) with
-            the exact distance of ``kernels.reference.exact_sq_dist``, and padded with -1 when
+            the exact distance of ``pe_kernels.reference.exact_sq_dist``, and padded with -1 when
             m < k.
 
         Raises:
@@ -81,17 +83,6 @@ class VotingBackend(NearestNeighbourBackend, Protocol):
             ValueError: NaN or infinite values.
         """
         ...
-
-
-BACKEND_REGISTRY: Registry[NearestNeighbourBackend] = Registry("nearest-neighbour backend")
-
-
-def register_backend(name: str, factory: Callable[..., NearestNeighbourBackend]) -> None:
-    BACKEND_REGISTRY.register(name, factory)
-
-
-def create_backend(name: str, **config: Any) -> NearestNeighbourBackend:
-    return BACKEND_REGISTRY.create(name, **config)
 
 
 def _all_finite(array: NDArray[np.floating]) -> bool:

@@ -1,7 +1,7 @@
 """Exact k-NN on FAISS ``IndexFlatL2``: an fp32 shortlist, then the shared certified re-rank.
 
 FAISS returns each row's k' = min(m, k + 4) smallest fp32 distances. With v_i the k-th of them
-and ``threshold_i`` the certified bound of ``kernels.certify`` (v_i + 2 tol_i rounded up):
+and ``threshold_i`` the certified bound of ``pe_kernels.certify`` (v_i + 2 tol_i rounded up):
 
 - if k' == m, or the shortlist's last distance exceeds ``threshold_i``, every synthetic index
   within the threshold is in the shortlist (FAISS returns the k' smallest fp32 distances, so an
@@ -18,20 +18,22 @@ starts on such machines. ``benchmarks/nn_histogram.py`` does so for its FAISS ru
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from numpy.typing import NDArray
 
-from kernels.base import check_search_inputs
-from kernels.blocked import NumpyBlockedBackend
-from kernels.certify import (
+from pe_kernels.base import check_search_inputs
+from pe_kernels.blocked import NumpyBlockedBackend
+from pe_kernels.certify import (
     RERANK_BYTES_PER_CANDIDATE,
     certify_candidates,
     distance_error_bound,
     rerank,
     sq_norms64,
 )
-from kernels.reference import DEFAULT_MAX_BLOCK_BYTES
-from pe_core.errors import import_optional
+from pe_kernels.errors import import_optional
+from pe_kernels.reference import DEFAULT_MAX_BLOCK_BYTES
 
 SHORTLIST_EXTRA = 4
 """Extra shortlist entries beyond k, so rows with near-ties rarely need the fallback."""
@@ -48,7 +50,9 @@ class FaissBackend:
         MissingDependencyError: faiss is not installed.
     """
 
-    name = "faiss"
+    name: ClassVar[str] = "faiss"
+    requires: ClassVar[str | None] = "faiss"
+    on_device: ClassVar[bool] = False
 
     def __init__(self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
         self._faiss = import_optional("faiss", "faiss")

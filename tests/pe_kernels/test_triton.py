@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
-from kernels import triton_backend
-from kernels.reference import reference_search
+import pe_kernels
 from pe_core.histogram import prepare_embeddings
+from pe_kernels import triton_backend
+from pe_kernels.reference import reference_search
 
 pytestmark = pytest.mark.triton_interpret
 
 pytest.importorskip("triton", reason="triton is not installed: pip install 'privevo[triton]'")
-from kernels import triton_impl  # noqa: E402
+from pe_kernels import triton_impl  # noqa: E402
 
 if triton_impl.INTERPRETING:
     DEVICE = "cpu"
@@ -36,14 +36,14 @@ else:
 
 
 def _backend(**config: Any) -> Any:
-    return kernels.create_backend("triton", device=DEVICE, **config)
+    return pe_kernels.TritonBackend(device=DEVICE, **config)
 
 
 def _check(backend: Any, private: np.ndarray, synthetic: np.ndarray, ks: tuple[int, ...]) -> None:
     for k in ks:
         expected = reference_search(private, synthetic, k)
         np.testing.assert_array_equal(backend.search(private, synthetic, k), expected, f"k={k}")
-        votes = kernels.vote_histogram(backend, private, synthetic, k)
+        votes = pe_kernels.vote_histogram(backend, private, synthetic, k)
         assert votes.dtype == np.int64
         np.testing.assert_array_equal(
             votes, np.bincount(expected[expected >= 0], minlength=len(synthetic)), f"k={k}"
@@ -71,7 +71,7 @@ def test_no_private_rows() -> None:
     synthetic = np.ones((4, 3), np.float32)
     assert backend.search(np.zeros((0, 3), np.float32), synthetic, 2).shape == (0, 2)
     np.testing.assert_array_equal(
-        kernels.vote_histogram(backend, np.zeros((0, 3), np.float32), synthetic, 2), [0, 0, 0, 0]
+        pe_kernels.vote_histogram(backend, np.zeros((0, 3), np.float32), synthetic, 2), [0, 0, 0, 0]
     )
 
 
@@ -140,7 +140,7 @@ def test_votes_refuse_nan_and_infinities(precision: str, role: str) -> None:
         spoilt[role] = arrays[role].copy()
         spoilt[role][-1, 2] = bad
         with pytest.raises(ValueError, match=f"{role} embeddings contain NaN"):
-            kernels.vote_histogram(backend, spoilt["private"], spoilt["synthetic"], 2)
+            pe_kernels.vote_histogram(backend, spoilt["private"], spoilt["synthetic"], 2)
 
 
 @pytest.mark.parametrize("max_block_bytes", [1, 4096])
