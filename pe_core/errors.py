@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
+
+from pe_kernels.errors import import_optional as _import_optional
 
 
 class PrivevoError(Exception):
@@ -20,10 +21,4 @@ class MissingDependencyError(PrivevoError, ImportError):
 
 def import_optional(module: str, extra: str) -> ModuleType:
     """Imports an optional dependency or raises one uniform message naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module!r} is needed for this feature but is not installed: "
-            f"pip install 'privevo[{extra}]'"
-        ) from exc
+    return _import_optional(module, extra, error=MissingDependencyError)

@@ -22,12 +22,15 @@ class MissingDependencyError(KernelError, ImportError):
     """A backend's optional dependency is not installed; the message names the extra."""
 
 
-def import_optional(module: str, extra: str) -> ModuleType:
-    """Imports a backend's optional dependency or raises a message naming the extra."""
+def import_optional(
+    module: str, extra: str, *, error: type[ImportError] = MissingDependencyError
+) -> ModuleType:
+    """Imports an optional dependency or raises ``error`` with one message naming the extra
+    (``pe_core.errors.import_optional`` passes its own error type)."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module!r} is needed for this nearest-neighbour backend but is not installed: "
+        raise error(
+            f"{module!r} is needed for this feature but is not installed: "
             f"pip install 'privevo[{extra}]'"
         ) from exc
