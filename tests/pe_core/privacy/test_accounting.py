@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 from scipy import optimize, stats
 
+from pe_core.config import PeJob
 from pe_core.privacy import (
     MAX_CALIBRATED_SIGMA,
     Calibration,
@@ -138,6 +142,33 @@ def test_calibration_survives_many_releases(epsilon, delta, releases):
     assert calibration.epsilon <= epsilon
     continuous = gaussian_sigma_continuous(epsilon, delta, releases)
     assert calibration.sigma == pytest.approx(continuous, rel=0.01)
+
+
+LARGEST_JOB_RELEASES = PeJob.model_fields["iterations"].metadata[-1].le * (
+    PeJob.model_fields["k"].metadata[-1].le
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("epsilon", "delta"), [(0.01, 1e-12), (30.0, 1e-5)])
+def test_the_largest_job_calibrates_in_bounded_memory(epsilon, delta):
+    """T 1000 with k 64 (64,000 releases) used to run out of memory above 6 GB: the interval
+    stops shrinking past 2,048 releases, so a calibration stays under 2 GiB (and a minute)."""
+    code = (
+        "import json, resource\n"
+        "from pe_core.privacy import calibrate_sigma\n"
+        f"c = calibrate_sigma({epsilon!r}, {delta!r}, {LARGEST_JOB_RELEASES})\n"
+        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "print(json.dumps([c.sigma, c.epsilon, rss]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True
+    )
+    sigma, certified, peak_bytes = json.loads(out.stdout)
+    assert peak_bytes < 2 * 2**30
+    assert certified <= epsilon
+    # Looser than below 2,048 releases, but still a calibration, not a blanket refusal.
+    assert sigma < 1.2 * gaussian_sigma_continuous(epsilon, delta, LARGEST_JOB_RELEASES)
 
 
 def test_infinite_epsilon_means_no_noise():
