@@ -20,7 +20,8 @@ from pe_core.errors import PrivevoError
 from pe_core.fileio import atomic_write_bytes
 from pe_core.samples import Samples
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the meta of the runner's checkpoints lists the releases the population was built from."""
 _PARAM_PREFIX = "param__"
 
 

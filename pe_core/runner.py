@@ -5,7 +5,10 @@ lookahead), let private records vote for their nearest samples, release the vote
 discrete Gaussian noise (ledger entry first), select by the noisy counts, and make variations.
 T is the number of noisy histogram releases. A resumed run restarts after its last checkpoint;
 an iteration whose release is already in the ledger reuses that release, never drawing fresh
-noise. Per-iteration randomness comes from ``np.random.default_rng([seed, t])`` so a resumed
+noise. Each checkpoint also lists every release its population was built from (key, event and
+digest): a resumed run refuses to go on unless the ledger holds each of them unchanged, so a
+deleted or edited ledger can neither hide a release from the report nor let one be drawn again.
+Per-iteration randomness comes from ``np.random.default_rng([seed, t])`` so a resumed
 run repeats the choices an uninterrupted one would make.
 """
 
@@ -47,7 +50,10 @@ from pe_core.privacy import (
     NoiseSampler,
     ReleaseStore,
     calibrate_sigma,
+    entry_from_record,
+    entry_to_record,
     epsilon_for,
+    same_release,
 )
 from pe_core.samples import Samples
 
@@ -191,6 +197,8 @@ class PrivateEvolution:
         self.sigma = 0.0 if self.calibration is None else self.calibration.sigma
         self.threshold = 2.0 * self.sigma if job.threshold is None else job.threshold
         self.degrees = job.degree_schedule()
+        # The releases this run has used so far, by key: each checkpoint lists them.
+        self.used: dict[str, LedgerEntry] = {}
 
     def epsilon_spent(self) -> float:
         if self.job.no_privacy:
@@ -212,6 +220,10 @@ class PrivateEvolution:
         noisy = self.releases.release(
             key, iteration, event, lambda: counts + self.noise(key).sample(self.sigma, len(counts))
         )
+        entry = self.ledger.get(key)
+        if entry is None:  # the release store records before it returns: a broken ledger
+            raise CheckpointError(f"release {key!r} is missing from the ledger it was recorded in")
+        self.used[key] = entry
         if noisy.shape != counts.shape:
             raise CheckpointError(
                 f"the ledger's release {key!r} has {len(noisy)} counts but this run has "
@@ -329,6 +341,8 @@ class PrivateEvolution:
                 "the checkpoint was made by a different job configuration or seed; "
                 "rerun with the original settings or use a new output directory"
             )
+        if latest is not None:
+            self.used = self._verified_releases(latest)
         targets, fraction_source = self._label_targets(private)
         diagnostics: list[dict[str, Any]] = [] if latest is None else latest.meta["diagnostics"]
         if latest is None:
@@ -372,5 +386,39 @@ class PrivateEvolution:
         job_record: dict[str, Any],
         diagnostics: list[dict[str, Any]],
     ) -> None:
-        meta = {"job": job_record, "seed": self.seed, "diagnostics": diagnostics}
+        meta = {
+            "job": job_record,
+            "seed": self.seed,
+            "diagnostics": diagnostics,
+            "releases": [entry_to_record(entry) for entry in self.used.values()],
+        }
         self.checkpoints.save(Checkpoint(t, population, meta))
+
+    def _verified_releases(self, latest: Checkpoint) -> dict[str, LedgerEntry]:
+        """The releases ``latest`` was built from, each checked against the ledger.
+
+        A checkpoint proves that its releases were made: the population in it was selected by
+        them. The ledger is what the report and the budget count, so a release the checkpoint
+        used but the ledger lacks (a deleted, truncated or replaced ledger) would vanish from the
+        guarantee, and for the label counts would even be drawn again. Nothing goes on then.
+
+        Raises:
+            CheckpointError: a release is missing from the ledger or recorded differently.
+        """
+        where = f"checkpoint {latest.iteration} in {self.checkpoints.directory}"
+        try:
+            proven = [entry_from_record(record) for record in latest.meta["releases"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where} does not list its releases readably: {exc}") from None
+        for entry in proven:
+            recorded = self.ledger.get(entry.key)
+            if recorded is None or not same_release(recorded, entry):
+                found = "is not in the ledger" if recorded is None else "differs in the ledger"
+                raise CheckpointError(
+                    f"{where} was built from release {entry.key!r} (sha256 "
+                    f"{entry.release_sha256[:12]}...), which {found}: the run's state was "
+                    "altered, so what it spent can no longer be shown. Restore the original "
+                    "ledger to resume, or start again in a new output; the releases it made "
+                    "stay spent"
+                )
+        return {entry.key: entry for entry in proven}

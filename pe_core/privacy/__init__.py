@@ -20,7 +20,10 @@ from pe_core.privacy.ledger import (
     LedgerError,
     ReleaseIntegrityError,
     ReleaseStore,
+    entry_from_record,
+    entry_to_record,
     release_digest,
+    same_release,
 )
 from pe_core.privacy.noise import (
     MAX_SIGMA,
@@ -55,7 +58,10 @@ __all__ = [
     "calibrate_sigma",
     "create_noise_sampler",
     "delta_for",
+    "entry_from_record",
+    "entry_to_record",
     "epsilon_for",
     "register_noise_sampler",
     "release_digest",
+    "same_release",
 ]

@@ -166,7 +166,7 @@ class JsonlLedger:
         seen: set[str] = set()
         for number, raw in enumerate(data[:complete_bytes].split(b"\n")[:-1], start=1):
             try:
-                entry = _entry_from_json(json.loads(raw))
+                entry = entry_from_record(json.loads(raw))
             except (ValueError, TypeError, KeyError) as exc:
                 raise CorruptLedgerError(
                     f"{self.path}:{number}: corrupt ledger line: {exc}"
@@ -284,21 +284,16 @@ def _check_same_request(
     key: str, recorded_iteration: int, recorded: DpEvent, iteration: int, event: DpEvent
 ) -> None:
     # The description is free text for humans; everything the accountant reads must match.
-    same_event = (recorded.mechanism, recorded.sigma, recorded.sensitivity, recorded.count) == (
-        event.mechanism,
-        event.sigma,
-        event.sensitivity,
-        event.count,
-    )
-    if recorded_iteration != iteration or not same_event:
+    if recorded_iteration != iteration or _accounted(recorded) != _accounted(event):
         raise ReleaseIntegrityError(
             f"release {key!r} was recorded for iteration {recorded_iteration} with {recorded}, "
             f"but is now requested for iteration {iteration} with {event}"
         )
 
 
-def _entry_to_json(entry: LedgerEntry) -> str:
-    record = {
+def entry_to_record(entry: LedgerEntry) -> dict[str, Any]:
+    """The versioned JSON object of an entry, as a ledger line (and a checkpoint) holds it."""
+    return {
         "version": LEDGER_VERSION,
         "key": entry.key,
         "iteration": entry.iteration,
@@ -306,10 +301,34 @@ def _entry_to_json(entry: LedgerEntry) -> str:
         "release_sha256": entry.release_sha256,
         "release_path": entry.release_path,
     }
-    return json.dumps(record, allow_nan=False, separators=(",", ":"))
 
 
-def _entry_from_json(record: Any) -> LedgerEntry:
+def same_release(a: LedgerEntry, b: LedgerEntry) -> bool:
+    """Whether two entries record the same release: key, iteration, what the accountant reads
+    of the event, and the noisy vector's digest (where it is stored and the free-text
+    description may differ between ledgers)."""
+    return (a.key, a.iteration, a.release_sha256, _accounted(a.event)) == (
+        b.key,
+        b.iteration,
+        b.release_sha256,
+        _accounted(b.event),
+    )
+
+
+def _accounted(event: DpEvent) -> tuple[str, float, int, int]:
+    return (event.mechanism, event.sigma, event.sensitivity, event.count)
+
+
+def _entry_to_json(entry: LedgerEntry) -> str:
+    return json.dumps(entry_to_record(entry), allow_nan=False, separators=(",", ":"))
+
+
+def entry_from_record(record: Any) -> LedgerEntry:
+    """Parses :func:`entry_to_record`'s object.
+
+    Raises:
+        ValueError, TypeError: the object is not a ledger entry of this version.
+    """
     if not isinstance(record, dict):
         raise ValueError("a ledger line must be a JSON object")
     if record.get("version") != LEDGER_VERSION:

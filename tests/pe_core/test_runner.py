@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -123,6 +125,48 @@ def test_dp_label_fractions_are_released_and_charged(tmp_path, private_digits):
     assert [e.key for e in result.ledger] == ["label-counts", histogram_key(1)]
     assert sum(result.label_targets.values()) == job.num_samples
     assert result.calibration is not None and result.calibration.releases == 2
+
+
+def test_a_resume_refuses_a_ledger_that_lost_a_release(tmp_path, private_digits):
+    """A deleted ledger made a finished run resume to a report of 1 release and a third of its
+    epsilon, and drew the DP label counts again: the checkpoints prove what was released."""
+    job = JOB.model_copy(update={"label_fractions": "dp", "iterations": 2})
+    engine, _ = _engine(tmp_path, private_digits, job=job)
+    engine.run(private_digits)
+    (tmp_path / "ledger.jsonl").unlink()
+    resumed, noise = _engine(tmp_path, private_digits, job=job)
+    with pytest.raises(CheckpointError, match=r"release 'label-counts'.*is not in the ledger"):
+        resumed.run(private_digits, resume=True)
+    assert noise.draws == []  # nothing drawn again
+    assert not (tmp_path / "ledger.jsonl").exists()
+
+
+def test_a_resume_refuses_a_ledger_whose_release_differs(tmp_path, private_digits):
+    engine, _ = _engine(tmp_path, private_digits, job=JOB.model_copy(update={"iterations": 2}))
+    with pytest.raises(Crash):
+        engine.run(private_digits, callbacks=CrashAt(2, "embed"))
+    ledger = tmp_path / "ledger.jsonl"
+    first = json.loads(ledger.read_text().splitlines()[0])
+    first["release_sha256"] = "0" * 64
+    ledger.write_text(json.dumps(first) + "\n")
+    resumed, noise = _engine(tmp_path, private_digits, job=JOB.model_copy(update={"iterations": 2}))
+    with pytest.raises(CheckpointError, match=rf"release '{histogram_key(1)}'.*differs"):
+        resumed.run(private_digits, resume=True)
+    assert noise.draws == []
+
+
+def test_each_checkpoint_lists_the_releases_it_was_built_from(tmp_path, private_digits):
+    job = JOB.model_copy(update={"label_fractions": "dp", "iterations": 2})
+    engine, _ = _engine(tmp_path, private_digits, job=job)
+    result = engine.run(private_digits)
+    listed = {t: [r["key"] for r in engine.checkpoints.load(t).meta["releases"]] for t in range(3)}
+    assert listed == {
+        0: ["label-counts"],
+        1: ["label-counts", histogram_key(1)],
+        2: ["label-counts", histogram_key(1), histogram_key(2)],
+    }
+    final = engine.checkpoints.load(2).meta["releases"]
+    assert [r["release_sha256"] for r in final] == [e.release_sha256 for e in result.ledger]
 
 
 def test_pe_beats_its_initial_population(tmp_path, private_digits, heldout_digits):

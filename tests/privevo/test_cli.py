@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -187,6 +188,19 @@ def test_existing_output_needs_resume_and_resume_finishes(image_run):
     privevo("run", "--out", str(out), "--resume", "--quiet")
     after = json.loads((out / "privacy_report.json").read_text())["events"]
     assert after == before  # nothing new was released
+
+
+def test_a_run_whose_ledger_was_deleted_does_not_resume(tmp_path, image_run):
+    """The issue's case: deleting the ledger of a finished run and resuming produced a report
+    of "DP", 1 release and a third of the epsilon for the same synthetic data."""
+    out = tmp_path / "out"
+    shutil.copytree(image_run["out"], out)
+    report = (out / "privacy_report.json").read_text()
+    (out / ".state" / "ledger.jsonl").unlink()
+    refused = privevo("run", "--out", str(out), "--resume", "--quiet", check=False)
+    assert refused.returncode == 2
+    assert "is not in the ledger" in refused.stderr and "Traceback" not in refused.stderr
+    assert (out / "privacy_report.json").read_text() == report
 
 
 @pytest.mark.parametrize(
