@@ -1,9 +1,10 @@
 """Checks of a job against its data's public shape, made before any budget or state is spent.
 
 The gateway makes them before it reserves a job's budget (answering 422), the CLI before it
-writes anything. They read only public inputs: the job, the registered plug-ins, and the
-dataset's schema (:class:`DataShape`: its modality, its public label set, its image size). No
-statistic of the private records enters, so a refusal reveals nothing about them.
+writes anything, and a worker again before it runs. They read only public inputs: the job, the
+operator's :class:`~pe_core.policy.PrivacyPolicy`, the registered plug-ins, and the dataset's
+schema (:class:`DataShape`: its modality, its public label set, its image size). No statistic
+of the private records enters, so a refusal reveals nothing about them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pe_core.config import PeJob
 from pe_core.embedders import EMBEDDER_REGISTRY
 from pe_core.errors import PrivevoError
 from pe_core.nn import backend_names
+from pe_core.policy import PrivacyPolicy
 from pe_core.population import allocate
 from pe_core.registry import PluginConfigError, UnknownNameError, did_you_mean
 from pe_core.samples import DataShape, Modality
@@ -41,14 +43,16 @@ class JobRefused(PrivevoError, ValueError):
         super().__init__("; ".join(self.problems))
 
 
-def check_job(job: PeJob, data: DataShape) -> None:
-    """Refuses a job that would fail on its data, before anything is reserved or written.
+def check_job(job: PeJob, data: DataShape, *, policy: PrivacyPolicy | None = None) -> None:
+    """Refuses a job that would fail on its data or that the policy does not allow, before
+    anything is reserved or written.
 
     Raises:
-        JobRefused: unknown plug-in names or parameters, a modality mismatch, images the
-            generator cannot make, labels it cannot draw, or labels left without samples.
+        JobRefused: what the policy refuses, unknown plug-in names or parameters, a modality
+            mismatch, images the generator cannot make, labels it cannot draw, or labels left
+            without samples.
     """
-    problems: list[str] = []
+    problems = [] if policy is None else policy.refusals(job)  # WIP: policy required
     api = _plugin(API_REGISTRY, "api", job.api, job.api_config, problems, given={"label_names"})
     embedder = _plugin(
         EMBEDDER_REGISTRY, "embedding", job.embedding, job.embedding_config, problems

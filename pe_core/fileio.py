@@ -1,4 +1,8 @@
-"""Crash-safe file writes shared by checkpoints, the ledger's release store and outputs."""
+"""Crash-safe file writes shared by checkpoints, the ledger's release store and outputs.
+
+Files are written owner-only (``tempfile.mkstemp`` makes them 0600, and a rename keeps that);
+folders of private state are made owner-only with :func:`private_directory`.
+"""
 
 from __future__ import annotations
 
@@ -31,3 +35,11 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
+
+
+def private_directory(path: Path) -> Path:
+    """Makes ``path`` (and any missing parents) a folder only its owner can read: 0700, also
+    when it already existed with wider permissions. Returns ``path``."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path

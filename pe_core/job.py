@@ -29,7 +29,9 @@ from pe_core.checkpoint import CheckpointError
 from pe_core.checks import DataShape, check_job
 from pe_core.config import PeJob
 from pe_core.embedders.base import Embedder
+from pe_core.fileio import private_directory
 from pe_core.outputs import CallbackList, OutputLayout, SampleWriter, write_json, write_result
+from pe_core.policy import PrivacyPolicy
 from pe_core.privacy import DuplicateReleaseError, Ledger
 from pe_core.report import privacy_report
 from pe_core.runner import (
@@ -114,7 +116,7 @@ def record_run(state_dir: Path, job: PeJob, *, fresh_seed: int, source: Mapping[
     if recorded is not None:
         return job.model_copy(update={"seed": recorded.job.seed})
     seeded = job.model_copy(update={"seed": fresh_seed if job.seed is None else job.seed})
-    write_json(state_dir / RUN_RECORD, RunRecord(seeded, source).to_json())
+    write_json(private_directory(state_dir) / RUN_RECORD, RunRecord(seeded, source).to_json())
     return seeded
 
 
@@ -141,6 +143,7 @@ def run_job(
     state_dir: Path,
     layout: OutputLayout,
     label_source: str,
+    policy: PrivacyPolicy | None = None,  # WIP: required once the edges pass theirs
     callbacks: Sequence[RunCallbacks] = (),
     ledger: Callable[[], Ledger] | None = None,
     resume: bool = True,
@@ -156,6 +159,8 @@ def run_job(
         state_dir: the run's private state (checkpoints, releases; the ledger by default).
         layout: where the sample grids, the report and the synthetic data go.
         label_source: where the public label set came from, for the report.
+        policy: the edge's privacy policy: checked again here (a worker meets jobs queued
+            under an older one), and the report says DP only within it.
         callbacks: the edge's progress callbacks, called before the sample grids are written.
         ledger: builds the release ledger for each run of this call (a worker's database
             ledger); None: the JSON-lines ledger in ``state_dir``.
@@ -169,7 +174,7 @@ def run_job(
     """
     if job.seed is None:
         raise ValueError("the job has no seed: call record_run first")
-    check_job(job, DataShape.of(private))
+    check_job(job, DataShape.of(private), policy=policy)
     check_modalities(api, embedder, private)
     noise, sampler = noise_factory(job, job.seed)
     everything = CallbackList([*callbacks, SampleWriter(layout)])
@@ -195,6 +200,7 @@ def run_job(
         sampler=sampler,
         label_source=label_source,
         generator_public_data=api.public_data,
+        policy=policy or PrivacyPolicy(allow_insecure_test_noise=True),
     )
     report["run"] = {"seed": job.seed, "nn_backend": result.nn_backend, **(run_info or {})}
     write_result(layout, result.population, report)

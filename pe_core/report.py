@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from pe_core.config import PeJob
+from pe_core.policy import PrivacyPolicy
 from pe_core.privacy import NoiseSampler, epsilon_for
 from pe_core.runner import RunResult
 
@@ -26,6 +27,7 @@ def privacy_report(
     sampler: NoiseSampler | None,
     label_source: str,
     generator_public_data: str,
+    policy: PrivacyPolicy,
 ) -> dict[str, Any]:
     """Builds ``privacy_report.json``: the guarantee, every ledger event, and what is not covered.
 
@@ -36,6 +38,8 @@ def privacy_report(
         label_source: where the public label set came from ("declared" or a description).
         generator_public_data: the public data the generator saw (its own training data is not
             protected by this run's guarantee): the API's ``public_data``.
+        policy: the operator's policy; the status is "DP" only within it (a delta of 0.5 is
+            an (epsilon, delta) pair, but no privacy).
     """
     warnings: list[str] = []
     events = [entry.event for entry in result.ledger]
@@ -48,6 +52,12 @@ def privacy_report(
         warnings.append(
             f"{NOT_PRIVATE}: noise came from the seeded test sampler {sampler.name!r} "
             "(--insecure-test-noise); anyone with the seed can remove it."
+        )
+    if not job.no_privacy and not policy.within(job):
+        warnings.append(
+            f"{NOT_PRIVATE}: delta {job.delta:g} is above the policy's maximum of "
+            f"{policy.max_delta:g}; a delta that large lets the guarantee fail outright for "
+            "that share of the records."
         )
     private = not warnings
     return {
@@ -65,6 +75,10 @@ def privacy_report(
         "mechanism": "none" if job.no_privacy else "discrete_gaussian",
         "sampler": None if sampler is None else {"name": sampler.name, "secure": sampler.secure},
         "accountant": None if result.calibration is None else result.calibration.accountant,
+        "policy": {
+            "max_delta": policy.max_delta,
+            "require_declared_labels": policy.require_declared_labels,
+        },
         "neighbouring_relation": "add/remove one record",
         "unit_of_privacy": "one record of the private dataset (one file or one row)",
         "sensitivity": (

@@ -30,6 +30,7 @@ from pe_core.checks import check_label_fractions
 from pe_core.config import PeJob
 from pe_core.embedders.base import CachedEmbedder, Embedder
 from pe_core.errors import PrivevoError
+from pe_core.fileio import private_directory
 from pe_core.histogram import lookahead_embeddings, prepare_embeddings, vote_counts
 from pe_core.nn import AUTO, ResolvedBackend, resolve_backend
 from pe_core.population import (
@@ -186,7 +187,9 @@ class PrivateEvolution:
         )
         self.noise = noise
         self.seed = seed
-        self.checkpoints = CheckpointStore(state_dir / CHECKPOINTS)
+        # Private state: owner-only folders (0700) of owner-only files (0600).
+        private_directory(state_dir)
+        self.checkpoints = CheckpointStore(private_directory(state_dir / CHECKPOINTS))
         self.ledger = ledger if ledger is not None else JsonlLedger(state_dir / LEDGER)
         self.releases = ReleaseStore(self.ledger, state_dir / "releases")
         self.calibration = (

@@ -194,13 +194,36 @@ def run(
         api_key=os.environ.get(API_KEY_SETTING), allowed_base_url=os.environ.get(BASE_URL_SETTING)
     )
     try:
-        summary = run_local(spec, resume=resume, progress=not quiet)
+        summary = run_local(spec, policy=_local_policy(), resume=resume, progress=not quiet)
     except JobRefused as exc:
         problems = "\n".join(f"  {problem}" for problem in exc.problems)
         raise fail(f"the job cannot run on this data:\n{problems}") from None
     except PrivevoError as exc:
         raise fail(str(exc)) from None
     typer.echo(summary)
+
+
+POLICY_SETTINGS = ("PRIVEVO_MAX_DELTA", "PRIVEVO_REQUIRE_DECLARED_LABELS")
+"""The environment variables of the local privacy policy: the service's settings of the same
+names (``PRIVEVO_ALLOW_INSECURE_TEST_NOISE`` excepted: on their own machine, users may run seeded
+test noise, and its reports say NOT PRIVATE)."""
+
+
+def _local_policy() -> Any:
+    """The privacy policy of a local run, from this edge's environment."""
+    from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
+
+    max_delta, require = (os.environ.get(name) for name in POLICY_SETTINGS)
+    try:
+        return PrivacyPolicy(
+            max_delta=DEFAULT_MAX_DELTA if max_delta is None else float(max_delta),
+            require_declared_labels=(require or "").strip().lower() in ("1", "true", "yes"),
+            allow_insecure_test_noise=True,
+        )
+    except ValueError:
+        raise fail(
+            f"PRIVEVO_MAX_DELTA={max_delta!r}: give a number between 0 and 1, e.g. 1e-5"
+        ) from None
 
 
 @privacy_app.command()

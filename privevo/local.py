@@ -28,6 +28,7 @@ from pe_core.errors import DataError, PrivevoError
 from pe_core.job import read_run_record, record_run, run_job, run_started
 from pe_core.metrics import evaluate, refuse_overlap
 from pe_core.outputs import Evaluator, OutputLayout
+from pe_core.policy import PrivacyPolicy
 from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import DataShape, Samples
 
@@ -124,8 +125,11 @@ def recorded_settings(out: Path) -> dict[str, Any]:
     return {**record.job.model_dump(mode="json"), **record.source, "out": str(out)}
 
 
-def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> str:
-    """Runs the job described by ``spec`` and returns a short summary for the terminal."""
+def run_local(
+    spec: RunSpec, *, policy: PrivacyPolicy, resume: bool = False, progress: bool = True
+) -> str:
+    """Runs the job described by ``spec`` under ``policy`` and returns a short summary for the
+    terminal."""
     layout = OutputLayout(spec.out)
     _check_out_dir(layout, resume)
     private = _load(spec, spec.data, spec.labels)
@@ -143,7 +147,7 @@ def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> 
         refuse_overlap(private, evaluation)
     job = spec.job()
     # Before any model loads or any state is written: the job against the data's public shape.
-    check_job(job, DataShape.of(private))
+    check_job(job, DataShape.of(private), policy=policy)
     api = create_api(job.api, label_names=private.label_names, **job.api_config)
     embedder = create_embedder(job.embedding, **job.embedding_config)
     callbacks: list[RunCallbacks] = []
@@ -168,6 +172,7 @@ def run_local(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> 
                 state_dir=layout.state,
                 layout=layout,
                 label_source=label_source,
+                policy=policy,
                 callbacks=[bar, *callbacks] if bar is not None else callbacks,
                 resume=resume,
             )

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pe_core.errors import PrivevoError
-from pe_core.fileio import atomic_write_bytes, fsync_directory
+from pe_core.fileio import atomic_write_bytes, fsync_directory, private_directory
 from pe_core.privacy.accounting import DpEvent
 
 LEDGER_VERSION = 1
@@ -142,8 +142,10 @@ class JsonlLedger:
             raise TypeError(f"expected LedgerEntry, got {type(entry).__name__}")
         line = (_entry_to_json(entry) + "\n").encode()
         created = not self.path.exists()
-        # "a+b": reads see the whole file, writes always go to its end.
-        with open(self.path, "a+b") as file:
+        # "a+b": reads see the whole file, writes always go to its end; owner-only, like every
+        # file of a run's private state.
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(descriptor, "a+b") as file:
             file.seek(0)
             data = file.read()
             entries, complete_bytes = self._parse(data)
@@ -192,8 +194,7 @@ class ReleaseStore:
 
     def __init__(self, ledger: Ledger, directory: str | os.PathLike[str]) -> None:
         self.ledger = ledger
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = private_directory(Path(directory))
 
     def release(
         self,

@@ -8,6 +8,7 @@ import pytest
 
 from pe_core.checks import JobRefused, check_job
 from pe_core.config import PeJob
+from pe_core.policy import PrivacyPolicy
 from pe_core.samples import DataShape
 
 DIGITS = DataShape("image", tuple("0123456789"), (28, 28, 1))
@@ -31,7 +32,7 @@ TEXTS = DataShape("text", ("negative", "positive"), None)
     ],
 )
 def test_jobs_their_data_can_serve_pass(job: PeJob, data: DataShape) -> None:
-    check_job(job, data)
+    check_job(job, data, policy=PrivacyPolicy())
 
 
 @pytest.mark.parametrize(
@@ -104,12 +105,52 @@ def test_jobs_their_data_cannot_serve_are_refused_with_every_problem(
     job: PeJob, data: DataShape, messages: list[str]
 ) -> None:
     with pytest.raises(JobRefused) as refused:
-        check_job(job, data)
+        check_job(job, data, policy=PrivacyPolicy())
     for message in messages:
         assert message in str(refused.value)
 
 
 def test_the_checks_see_public_inputs_only() -> None:
     # The job and the schema: no records, no counts, so a refusal reveals nothing private.
-    assert list(inspect.signature(check_job).parameters) == ["job", "data"]
+    assert list(inspect.signature(check_job).parameters) == ["job", "data", "policy"]
     assert set(DataShape.__dataclass_fields__) == {"modality", "labels", "image_shape"}
+
+
+@pytest.mark.parametrize(
+    ("job", "policy", "message"),
+    [
+        (PeJob(delta=0.5), PrivacyPolicy(), "delta: 0.5 is above this installation's maximum"),
+        (PeJob(delta=2e-5), PrivacyPolicy(), "use a delta of at most 1e-05"),
+        (PeJob(delta=1e-4), PrivacyPolicy(max_delta=1e-5), "PRIVEVO_MAX_DELTA"),
+        (PeJob(), PrivacyPolicy(require_declared_labels=True), "requires the label set"),
+        (
+            PeJob(insecure_test_noise=True),
+            PrivacyPolicy(),
+            "insecure_test_noise: seeded test noise is NOT PRIVATE",
+        ),
+    ],
+)
+def test_what_the_policy_does_not_allow_is_refused(
+    job: PeJob, policy: PrivacyPolicy, message: str
+) -> None:
+    with pytest.raises(JobRefused, match=message):
+        check_job(job, DIGITS, policy=policy)
+
+
+@pytest.mark.parametrize(
+    ("job", "policy"),
+    [
+        (PeJob(delta=1e-5), PrivacyPolicy()),
+        (PeJob(delta=1e-4), PrivacyPolicy(max_delta=1e-4)),
+        (PeJob(labels=list("0123456789")), PrivacyPolicy(require_declared_labels=True)),
+        (PeJob(insecure_test_noise=True), PrivacyPolicy(allow_insecure_test_noise=True)),
+    ],
+)
+def test_what_the_policy_allows_passes(job: PeJob, policy: PrivacyPolicy) -> None:
+    check_job(job, DIGITS, policy=policy)
+
+
+@pytest.mark.parametrize("max_delta", [0.0, 1.0, -1e-6, float("nan"), float("inf")])
+def test_a_policy_needs_a_maximum_delta_in_0_1(max_delta: float) -> None:
+    with pytest.raises(ValueError, match="maximum delta"):
+        PrivacyPolicy(max_delta=max_delta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,6 +217,8 @@ def test_a_run_whose_ledger_was_deleted_does_not_resume(tmp_path, image_run):
         (["--nn-backend", "foo"], "valid names: auto, faiss, numpy-blocked"),
         # Without CUDA (the interpreter is for tests), refused before anything is generated.
         (["--nn-backend", "triton"], "needs a CUDA device"),
+        # Ran and was reported as DP: refused by the policy's maximum delta (1e-5 by default).
+        (["--delta", "0.5"], "delta: 0.5 is above this installation's maximum of 1e-05"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, image_run, args, message):
@@ -225,6 +228,34 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_run, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"PRIVEVO_MAX_DELTA": "lots"}, "PRIVEVO_MAX_DELTA='lots': give a number between 0 and 1"),
+        ({"PRIVEVO_REQUIRE_DECLARED_LABELS": "true"}, "requires the label set to be declared"),
+    ],
+)
+def test_the_local_policy_comes_from_the_environment(tmp_path, image_run, environment, message):
+    command = [sys.executable, "-m", "privevo.cli", "run", "--data", str(image_run["private"])]
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "o"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **environment},
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_private_state_is_owner_only(image_run):
+    state = image_run["out"] / ".state"
+    modes = {path: path.stat().st_mode & 0o777 for path in [state, *state.rglob("*")]}
+    assert {mode for path, mode in modes.items() if path.is_dir()} == {0o700}
+    assert {mode for path, mode in modes.items() if path.is_file()} == {0o600}
+    assert any(path.name == "ledger.jsonl" for path in modes)
 
 
 def test_a_job_its_data_cannot_serve_is_refused_before_anything_is_written(tmp_path):

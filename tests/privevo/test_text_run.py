@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pe_core.policy import PrivacyPolicy
 from privevo.local import RunSpec, run_local
 
 BBC = Path(__file__).resolve().parents[2] / "data" / "bbc"
@@ -40,7 +41,7 @@ def test_grammar_run_on_bbc_news_beats_iteration_zero(tmp_path):
         num_samples=250,
         seed=11,
     )
-    summary = run_local(spec, progress=False)
+    summary = run_local(spec, policy=PrivacyPolicy(), progress=False)
     assert "DP (epsilon" in summary
     rows = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())["per_iteration"]
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.15, rows
