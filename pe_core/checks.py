@@ -73,6 +73,7 @@ def check_job(job: PeJob, data: DataShape, *, policy: PrivacyPolicy | None = Non
     if isinstance(api, ChecksData) and getattr(api, "modality", None) == data.modality:
         problems += api.refusals(dict(job.api_config), data)
     problems += _label_problems(job, data.labels)
+    problems += _unit_problems(job, data)
     if problems:
         raise JobRefused(problems)
 
@@ -118,6 +119,20 @@ def check_label_fractions(job: PeJob, label_names: tuple[str, ...]) -> None:
             f"label_fractions must name every label exactly: unknown {unknown}, "
             f"missing {missing}; labels are {list(label_names)}"
         )
+
+
+def _unit_problems(job: PeJob, data: DataShape) -> list[str]:
+    if job.privacy_unit == "user" and not data.has_users:
+        return [
+            "privacy_unit: 'user' needs the records' users; name the column that holds them "
+            "(--user-column, or user_column at upload)"
+        ]
+    if job.privacy_unit == "record" and data.has_users:
+        return [
+            "privacy_unit: the records name their users, so the unit of privacy is one user; "
+            "set privacy_unit: user (or leave the user column out to protect single records)"
+        ]
+    return []
 
 
 def _label_problems(job: PeJob, labels: tuple[str, ...]) -> list[str]:

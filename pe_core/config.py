@@ -43,6 +43,15 @@ class PeJob(BaseModel):
         None, ge=0, description="H in votes; None: 2 sigma (0 without noise)"
     )
     k: int = Field(1, ge=1, le=64, description="Nearest neighbours each record votes for")
+    privacy_unit: Literal["record", "user"] = Field(
+        "record", description="What the guarantee protects: one record, or one user's records"
+    )
+    votes_per_user: int = Field(
+        1, ge=1, le=64, description="c: distinct samples one user votes for per iteration (user)"
+    )
+    labels_per_user: int = Field(
+        1, ge=1, le=64, description="c_L: labels one user is counted in by DP label counts (user)"
+    )
     selection: Literal["sample", "rank"] = "sample"
     keep_selected: bool = False
     folds: int = Field(1, ge=1, le=64, description="Variations made of each selected sample")
@@ -107,13 +116,22 @@ class PeJob(BaseModel):
 
     @property
     def releases_per_iteration(self) -> int:
-        """k: one record changes k distinct vote counts by 1 (see ``pe_core.histogram``)."""
-        return self.k
+        """Sensitivity-1 releases one vote histogram is charged as: one record changes k
+        distinct counts by 1, one user c (see ``pe_core.histogram``)."""
+        return self.votes_per_user if self.privacy_unit == "user" else self.k
+
+    @property
+    def label_count_releases(self) -> int:
+        """Sensitivity-1 releases DP label counts are charged as: one record is in one label,
+        one user is counted in at most c_L labels (see ``pe_core.histogram``)."""
+        return self.labels_per_user if self.privacy_unit == "user" else 1
 
     @property
     def total_releases(self) -> int:
-        """Sensitivity-1 discrete Gaussian releases the plan makes (k*T, +1 for DP fractions)."""
-        return self.k * self.iterations + (1 if self.label_fractions == "dp" else 0)
+        """Sensitivity-1 discrete Gaussian releases the plan makes: T vote histograms, plus the
+        label counts when the fractions are ``dp``."""
+        labels = self.label_count_releases if self.label_fractions == "dp" else 0
+        return self.releases_per_iteration * self.iterations + labels
 
     def degree_schedule(self) -> list[float]:
         """Degree of iteration t = 1..T: given, or linear from degree_start to degree_end."""

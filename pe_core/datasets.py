@@ -88,6 +88,7 @@ def load_dataset(
     text_column: str = "text",
     label_column: str = "label",
     labels: Sequence[str] | None = None,
+    user_column: str | None = None,
     id_prefix: str = "",
     zip_limits: ZipLimits = DEFAULT_ZIP_LIMITS,
 ) -> Samples:
@@ -102,6 +103,9 @@ def load_dataset(
         labels: the declared public label set, in index order. Records with another label are
             dropped silently (their number is private). When None, the label set is the sorted
             distinct folder names or column values (or the names stored in the file).
+        user_column: the field (tables) or array (``.npz``) naming each record's user, for
+            user-level privacy; its values are read as strings. Image folders and zips have
+            none.
         id_prefix: prepended to every record id (ids are ``<label>/<file>`` for image folders
             and zips, the 0-based record number for npz and tables).
         zip_limits: caps for zip archives.
@@ -113,7 +117,27 @@ def load_dataset(
         DataError: the file is missing, unreadable, empty or has the wrong schema; the message
             names the file and says how to fix it.
     """
-    source = Path(path)
+    samples = _load(Path(path), modality, text_column, label_column, labels, id_prefix, zip_limits)
+    if user_column is None:
+        return samples
+    return _with_users(_source_file(Path(path)), samples, user_column, id_prefix)
+
+
+def _source_file(source: Path) -> Path:
+    if source.is_dir() and (source / SYNTHETIC_PARQUET).is_file():
+        return source / SYNTHETIC_PARQUET
+    return source
+
+
+def _load(
+    source: Path,
+    modality: Modality | None,
+    text_column: str,
+    label_column: str,
+    labels: Sequence[str] | None,
+    id_prefix: str,
+    zip_limits: ZipLimits,
+) -> Samples:
     declared = _declared_labels(labels)
     if not source.exists():
         raise DataError(f"{source}: no such file or folder; check the path")
@@ -647,6 +671,78 @@ def _load_parquet(
     if declared is None and stored is not None:
         declared = stored
     return _image_samples(path, records, declared, prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Users
+
+
+def _with_users(source: Path, samples: Samples, column: str, prefix: str) -> Samples:
+    """``samples`` with the user of each record, read from ``column`` of the same file.
+
+    npz and table records have the 0-based record number as id, so each kept record finds its
+    row; records dropped for their label are dropped here too.
+    """
+    suffix = source.suffix.lower()
+    if source.is_dir() or suffix == ".zip":
+        raise DataError(
+            f"{source}: image folders and zips name no users; for user-level privacy give an "
+            f".npz with a {column!r} array, or a table with a {column!r} column"
+        )
+    values = _user_values(source, suffix, column)
+    users = []
+    for record_id in samples.ids.tolist():
+        row = int(record_id[len(prefix) :])
+        value = values[row] if row < len(values) else None
+        if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+            raise DataError(
+                f"{source}, record {row}: user {column!r} must be a non-empty string or an "
+                f"integer, got {value!r:.60}"
+            )
+        users.append(str(value))
+    return samples.with_users(users)
+
+
+def _user_values(source: Path, suffix: str, column: str) -> list[Any]:
+    """The column's value of every record, in record order (blank jsonl lines are no record)."""
+    if suffix == ".npz":
+        with np.load(source, allow_pickle=False) as archive:
+            if column not in archive.files:
+                raise DataError(
+                    f"{source}: no {column!r} array to name the users; it holds "
+                    f"{sorted(archive.files)}"
+                )
+            array = archive[column]
+        if array.ndim != 1 or array.dtype.kind not in "iuU":
+            raise DataError(
+                f"{source}: {column!r} must be a 1-d array of integers or strings, one user per "
+                f"image, got {array.dtype} {array.shape}"
+            )
+        return list(array.tolist())
+    if suffix == ".jsonl":
+        with source.open("rb") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+        return [record.get(column) for record in records]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import csv as pa_csv
+
+    if suffix == ".csv":
+        table = pa_csv.read_csv(
+            source,
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={column: pa.string()}, strings_can_be_null=False
+            ),
+        )
+    else:
+        table = pq.read_table(source)
+    if column not in table.column_names:
+        raise DataError(
+            f"{source}: no column {column!r} to name the users; the columns are "
+            f"{table.column_names}"
+        )
+    return list(table.column(column).to_pylist())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,36 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _unit(job: PeJob) -> dict[str, Any]:
+    """What the guarantee protects, and the sensitivity the accountant charges for it."""
+    if job.privacy_unit == "user":
+        c, c_labels = job.votes_per_user, job.labels_per_user
+        return {
+            "neighbouring_relation": "add/remove one user with all of their records",
+            "unit_of_privacy": "one user: all records that name the same user",
+            "votes_per_user": c,
+            "labels_per_user": c_labels,
+            "sensitivity": (
+                f"each user votes once for each of at most c = {c} distinct synthetic samples "
+                f"per iteration, over all of their records and labels: {c} releases of "
+                "sensitivity 1 per iteration"
+                + (
+                    f"; DP label counts count each user in at most {c_labels} label(s)"
+                    if job.label_fractions == "dp"
+                    else ""
+                )
+            ),
+        }
+    return {
+        "neighbouring_relation": "add/remove one record",
+        "unit_of_privacy": "one record of the private dataset (one file or one row)",
+        "sensitivity": (
+            "each record adds one vote to each of at most k distinct synthetic samples of its "
+            "own label per iteration: k releases of sensitivity 1 per iteration"
+        ),
+    }
+
+
 def privacy_report(
     job: PeJob,
     result: RunResult,
@@ -79,12 +109,7 @@ def privacy_report(
             "max_delta": policy.max_delta,
             "require_declared_labels": policy.require_declared_labels,
         },
-        "neighbouring_relation": "add/remove one record",
-        "unit_of_privacy": "one record of the private dataset (one file or one row)",
-        "sensitivity": (
-            "each record adds one vote to each of at most k distinct synthetic samples of its "
-            "own label per iteration: k releases of sensitivity 1 per iteration"
-        ),
+        **_unit(job),
         "threshold": result.threshold,
         "labels": {
             "names": list(result.population.label_names),

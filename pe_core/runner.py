@@ -31,7 +31,13 @@ from pe_core.config import PeJob
 from pe_core.embedders.base import CachedEmbedder, Embedder
 from pe_core.errors import PrivevoError
 from pe_core.fileio import private_directory
-from pe_core.histogram import lookahead_embeddings, prepare_embeddings, vote_counts
+from pe_core.histogram import (
+    lookahead_embeddings,
+    prepare_embeddings,
+    user_label_counts,
+    user_vote_counts,
+    vote_counts,
+)
 from pe_core.nn import AUTO, ResolvedBackend, resolve_backend
 from pe_core.population import (
     allocate,
@@ -135,6 +141,9 @@ class RunResult:
     label_fraction_source: str
     nn_backend: str | None
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    pinned_counts: NDArray[np.int64] | None = None
+    """(iterations, len(pinned)) noisy counts of the pinned candidates' bins (an audit's, see
+    ``PrivateEvolution``); None without pinned candidates."""
 
 
 def check_modalities(api: VariationApi, embedder: Embedder, private: Samples) -> None:
@@ -149,6 +158,16 @@ def check_modalities(api: VariationApi, embedder: Embedder, private: Samples) ->
         )
 
 
+def _user_codes(private: Samples) -> NDArray[np.int64]:
+    """One integer per user, shared by all of that user's records and labels."""
+    if private.users is None:
+        raise PrivevoError(
+            "the job's unit of privacy is one user, but the records name no users: give the "
+            "user column (--user-column, or user_column at upload)"
+        )
+    return np.unique(private.users, return_inverse=True)[1].astype(np.int64)
+
+
 class PrivateEvolution:
     """Runs PE for one job.
 
@@ -161,6 +180,14 @@ class PrivateEvolution:
         seed: seed of generation and selection randomness (not of the noise).
         ledger: where releases are recorded before use; default a JSON-lines file in
             ``state_dir`` (the service passes its database ledger).
+        pinned: public candidates that join every iteration's vote beside the population
+            (``pe_core.audit``'s white-box canaries): embedded as themselves (no lookahead),
+            never selected nor varied; their bins' noisy counts come back in
+            ``RunResult.pinned_counts``. They are part of the one released vote vector, so the
+            sensitivity argument of ``pe_core.histogram`` holds as it is: like the population,
+            they are fixed before the votes and the same whichever records the private data
+            holds (an audit pins every canary, included or not), and each record still adds one
+            vote to each of at most k distinct bins. None: the plain run.
 
     Callbacks may raise to stop the run between phases (cancellation): the state stays
     resumable and every recorded release stays recorded.
@@ -176,6 +203,7 @@ class PrivateEvolution:
         state_dir: Path,
         seed: int,
         ledger: Ledger | None = None,
+        pinned: Samples | None = None,
     ) -> None:
         self.job = job
         self.api = api
@@ -202,6 +230,9 @@ class PrivateEvolution:
         self.degrees = job.degree_schedule()
         # The releases this run has used so far, by key: each checkpoint lists them.
         self.used: dict[str, LedgerEntry] = {}
+        self.pinned = pinned
+        self._pinned_vectors: NDArray[np.float32] | None = None
+        self._pinned_counts: list[NDArray[np.int64]] = []
 
     def epsilon_spent(self) -> float:
         if self.job.no_privacy:
@@ -217,7 +248,11 @@ class PrivateEvolution:
             "discrete_gaussian",
             sigma=self.sigma,
             sensitivity=1,
-            count=self.job.k if key != LABEL_COUNTS_KEY else 1,
+            count=(
+                self.job.label_count_releases
+                if key == LABEL_COUNTS_KEY
+                else self.job.releases_per_iteration
+            ),
             description=key,
         )
         noisy = self.releases.release(
@@ -240,8 +275,14 @@ class PrivateEvolution:
         if fractions == "uniform":
             weights = np.ones(len(names))
         elif fractions == "dp":
-            # One record is in one label: the label-count vector has sensitivity 1.
-            clean = np.bincount(private.labels, minlength=len(names)).astype(np.int64)
+            # One record is in one label: the label-count vector has sensitivity 1. One user is
+            # counted in at most c_L labels (see user_label_counts).
+            if self.job.privacy_unit == "user":
+                clean = user_label_counts(
+                    private.labels, _user_codes(private), len(names), self.job.labels_per_user
+                )
+            else:
+                clean = np.bincount(private.labels, minlength=len(names)).astype(np.int64)
             noisy = self._release(LABEL_COUNTS_KEY, 0, clean)
             weights = np.maximum(noisy, 0).astype(np.float64)
             if weights.sum() == 0:
@@ -263,6 +304,7 @@ class PrivateEvolution:
         t: int,
         population: Samples,
         private_by_label: list[NDArray[np.float32]],
+        users_by_label: list[NDArray[np.int64]] | None,
         targets: NDArray[np.int64],
         callbacks: RunCallbacks,
     ) -> tuple[Samples, dict[str, Any]]:
@@ -277,6 +319,13 @@ class PrivateEvolution:
             ),
             job.metric,
         )
+        vote_labels = population.labels
+        if self.pinned is not None:  # an audit's pinned candidates join the vote (see __init__)
+            if self._pinned_vectors is None:
+                embedded = self.embedder.inner.embed(self.pinned)
+                self._pinned_vectors = prepare_embeddings(embedded, job.metric)
+            synthetic = np.concatenate([synthetic, self._pinned_vectors])
+            vote_labels = np.concatenate([population.labels, self.pinned.labels])
         callbacks.on_phase(t, "vote")
         if self.backend is None:
             # "auto": chosen once per job, when the sizes are known; the name goes into the report.
@@ -286,12 +335,30 @@ class PrivateEvolution:
                 n_synthetic=len(synthetic),
                 dim=synthetic.shape[1],
             )
-        counts = vote_counts(
-            private_by_label, synthetic, population.labels, k=job.k, backend=self.backend.backend
-        )
+        if users_by_label is None:
+            counts = vote_counts(
+                private_by_label,
+                synthetic,
+                vote_labels,
+                k=job.k,
+                backend=self.backend.backend,
+            )
+        else:
+            counts = user_vote_counts(
+                private_by_label,
+                users_by_label,
+                synthetic,
+                vote_labels,
+                k=job.k,
+                votes_per_user=job.votes_per_user,
+                backend=self.backend.backend,
+            )
         callbacks.on_phase(t, "noise")
         noisy = self._release(histogram_key(t), t, counts)
         del counts
+        if self.pinned is not None:
+            self._pinned_counts.append(noisy[len(population) :])
+            noisy = noisy[: len(population)]
         callbacks.on_phase(t, "select")
         scores = threshold_counts(noisy, self.threshold)
         parts, fallbacks = [], []
@@ -344,6 +411,8 @@ class PrivateEvolution:
                 "the checkpoint was made by a different job configuration or seed; "
                 "rerun with the original settings or use a new output directory"
             )
+        if latest is not None and self.pinned is not None:
+            raise CheckpointError("a run with pinned candidates (an audit) cannot resume")
         if latest is not None:
             self.used = self._verified_releases(latest)
         targets, fraction_source = self._label_targets(private)
@@ -358,11 +427,16 @@ class PrivateEvolution:
 
         callbacks.on_phase(start, "embed-private")
         private_vectors = prepare_embeddings(self.embedder.inner.embed(private), self.job.metric)
-        private_by_label = [
-            private_vectors[private.labels == label] for label in range(len(private.label_names))
-        ]
+        partitions = [private.labels == label for label in range(len(private.label_names))]
+        private_by_label = [private_vectors[members] for members in partitions]
+        users_by_label = None
+        if self.job.privacy_unit == "user":
+            codes = _user_codes(private)
+            users_by_label = [codes[members] for members in partitions]
         for t in range(start, self.job.iterations + 1):
-            population, diag = self._iterate(t, population, private_by_label, targets, callbacks)
+            population, diag = self._iterate(
+                t, population, private_by_label, users_by_label, targets, callbacks
+            )
             diagnostics = [*diagnostics, diag]
             self.embedder.forget(set(population.ids.tolist()))
             callbacks.on_phase(t, "checkpoint")
@@ -380,6 +454,7 @@ class PrivateEvolution:
             label_fraction_source=fraction_source,
             nn_backend=None if self.backend is None else self.backend.name,
             diagnostics=diagnostics,
+            pinned_counts=None if self.pinned is None else np.stack(self._pinned_counts),
         )
 
     def _checkpoint(

@@ -37,6 +37,8 @@ class Samples:
         texts: n strings, or None for images.
         params: per-sample generator parameters, columnar: each value has length n. APIs whose
             variation acts on parameters (simulators) keep them here.
+        users: (n,) the user each record belongs to, for private data whose unit of privacy is
+            one user (PRIVATE, like the records); None otherwise and for synthetic samples.
     """
 
     ids: NDArray[np.str_]
@@ -45,6 +47,7 @@ class Samples:
     images: NDArray[np.uint8] | None = None
     texts: tuple[str, ...] | None = None
     params: Mapping[str, NDArray] = field(default_factory=dict)
+    users: NDArray[np.str_] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -76,6 +79,11 @@ class Samples:
                 raise ValueError(f"param {key!r} has length {len(value)}, expected {n}")
             params[key] = _frozen(value)
         object.__setattr__(self, "params", MappingProxyType(params))
+        if self.users is not None:
+            users = np.asarray(self.users, dtype=np.str_)
+            if users.shape != (n,):
+                raise ValueError(f"users must have shape ({n},), got {users.shape}")
+            object.__setattr__(self, "users", _frozen(users))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -94,6 +102,7 @@ class Samples:
             images=None if self.images is None else self.images[idx],
             texts=None if self.texts is None else tuple(self.texts[i] for i in idx.tolist()),
             params={key: value[idx] for key, value in self.params.items()},
+            users=None if self.users is None else self.users[idx],
         )
 
     def with_label(self, label: int) -> Samples:
@@ -107,6 +116,19 @@ class Samples:
             images=self.images,
             texts=self.texts,
             params=dict(self.params),
+            users=self.users,
+        )
+
+    def with_users(self, users: Sequence[str] | NDArray[np.str_]) -> Samples:
+        """The same records, each belonging to the user at its position in ``users``."""
+        return Samples(
+            ids=self.ids,
+            labels=self.labels,
+            label_names=self.label_names,
+            images=self.images,
+            texts=self.texts,
+            params=dict(self.params),
+            users=np.asarray(users, dtype=np.str_),
         )
 
     @staticmethod
@@ -120,6 +142,8 @@ class Samples:
                 raise ValueError("cannot concat samples with different label sets or modalities")
             if set(part.params) != set(first.params):
                 raise ValueError("cannot concat samples with different parameter columns")
+            if (part.users is None) != (first.users is None):
+                raise ValueError("cannot concat samples with and without users")
         return Samples(
             ids=np.concatenate([p.ids for p in parts]),
             labels=np.concatenate([p.labels for p in parts]),
@@ -129,6 +153,9 @@ class Samples:
             else np.concatenate([p.images for p in parts if p.images is not None]),
             texts=None if first.texts is None else tuple(t for p in parts for t in p.texts or ()),
             params={k: np.concatenate([p.params[k] for p in parts]) for k in first.params},
+            users=None
+            if first.users is None
+            else np.concatenate([p.users for p in parts if p.users is not None]),
         )
 
 
@@ -140,14 +167,17 @@ class DataShape:
         modality: "image" or "text".
         labels: the public label set the job runs on (declared, or the dataset's label values).
         image_shape: (height, width, channels) of every image; None for texts.
+        has_users: whether the records name their users (a user column), so that the unit of
+            privacy can be one user.
     """
 
     modality: Modality
     labels: tuple[str, ...]
     image_shape: tuple[int, int, int] | None = None
+    has_users: bool = False
 
     @classmethod
     def of(cls, samples: Samples) -> DataShape:
         """The schema of loaded records (their shape and label set, no statistic of them)."""
         shape = None if samples.images is None else tuple(int(n) for n in samples.images.shape[1:])
-        return cls(samples.modality, samples.label_names, shape)  # type: ignore[arg-type]
+        return cls(samples.modality, samples.label_names, shape, samples.users is not None)  # type: ignore[arg-type]

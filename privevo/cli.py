@@ -115,6 +115,21 @@ def run(
     ] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column [default: text]")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column [default: label]")] = None,
+    user_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Column (or npz array) naming each record's user: protects one user's records "
+            "(privacy unit 'user') instead of one record"
+        ),
+    ] = None,
+    votes_per_user: Annotated[
+        int | None,
+        typer.Option(help="User unit: distinct samples one user votes for per iteration [1]"),
+    ] = None,
+    labels_per_user: Annotated[
+        int | None,
+        typer.Option(help="User unit: labels one user is counted in by dp fractions [1]"),
+    ] = None,
     nn_backend: Annotated[
         str | None,
         typer.Option(help=f"{' | '.join(backend_names())} (triton: CUDA only) [default: auto]"),
@@ -176,6 +191,9 @@ def run(
         "label_fractions": None if label_fractions is None else _parse_fractions(label_fractions),
         "text_column": text_column,
         "label_column": label_column,
+        "user_column": user_column,
+        "votes_per_user": votes_per_user,
+        "labels_per_user": labels_per_user,
         "nn_backend": nn_backend,
         "seed": seed,
     }

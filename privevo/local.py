@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 from rich.progress import (
     BarColumn,
     Progress,
@@ -32,7 +32,7 @@ from pe_core.policy import PrivacyPolicy
 from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import DataShape, Samples
 
-SOURCE_FIELDS = ("data", "eval_data", "text_column", "label_column")
+SOURCE_FIELDS = ("data", "eval_data", "text_column", "label_column", "user_column")
 """The RunSpec fields beyond the job that run.json records (``out`` is where it lies)."""
 
 
@@ -46,6 +46,16 @@ class RunSpec(PeJob):
     out: Path = Path("privevo-out")
     text_column: str = "text"
     label_column: str = "label"
+    user_column: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _users_make_the_unit(cls, data: Any) -> Any:
+        # Naming the users' column asks for user-level privacy; an explicit unit is kept (and
+        # refused by the checks when it disagrees with the data).
+        if isinstance(data, dict) and data.get("user_column") and "privacy_unit" not in data:
+            return {**data, "privacy_unit": "user"}
+        return data
 
     def job(self) -> PeJob:
         return PeJob.model_validate(self.model_dump(include=set(PeJob.model_fields)))
@@ -96,12 +106,13 @@ class ProgressBar:
         self.progress.update(self.task, completed=report.iteration, eps=eps)
 
 
-def _load(spec: RunSpec, path: Path, labels: list[str] | None) -> Samples:
+def _load(spec: RunSpec, path: Path, labels: list[str] | None, *, users: bool) -> Samples:
     return load_dataset(
         path,
         text_column=spec.text_column,
         label_column=spec.label_column,
         labels=labels,
+        user_column=spec.user_column if users else None,
     )
 
 
@@ -132,7 +143,7 @@ def run_local(
     terminal."""
     layout = OutputLayout(spec.out)
     _check_out_dir(layout, resume)
-    private = _load(spec, spec.data, spec.labels)
+    private = _load(spec, spec.data, spec.labels, users=True)
     label_source = (
         "declared with --labels" if spec.labels else "the dataset's folder or column values"
     )
@@ -143,7 +154,7 @@ def run_local(
                 f"--eval-data {spec.eval_data} is the private data itself: "
                 "evaluate on held-out data"
             )
-        evaluation = _load(spec, spec.eval_data, list(private.label_names))
+        evaluation = _load(spec, spec.eval_data, list(private.label_names), users=False)
         refuse_overlap(private, evaluation)
     job = spec.job()
     # Before any model loads or any state is written: the job against the data's public shape.

@@ -113,7 +113,7 @@ def test_jobs_their_data_cannot_serve_are_refused_with_every_problem(
 def test_the_checks_see_public_inputs_only() -> None:
     # The job and the schema: no records, no counts, so a refusal reveals nothing private.
     assert list(inspect.signature(check_job).parameters) == ["job", "data", "policy"]
-    assert set(DataShape.__dataclass_fields__) == {"modality", "labels", "image_shape"}
+    assert set(DataShape.__dataclass_fields__) == {"modality", "labels", "image_shape", "has_users"}
 
 
 @pytest.mark.parametrize(

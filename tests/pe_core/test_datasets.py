@@ -519,3 +519,51 @@ def test_deeply_nested_json_line_is_a_data_error(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(DataError, match="nested too deeply"):
         load_dataset(path, modality="text")
+
+
+# ---------------------------------------------------------------------------------------------
+# Users
+
+
+def test_every_format_with_a_user_column_names_each_kept_records_user(tmp_path: Path) -> None:
+    rows = [("a", "x", "u1"), ("b", "y", "u2"), ("c", "x", "u1"), ("d", "z", "u3")]
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text(
+        "\n\n".join(json.dumps({"text": t, "label": lab, "who": u}) for t, lab, u in rows) + "\n"
+    )
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label,who\n" + "".join(f"{t},{lab},{u}\n" for t, lab, u in rows))
+    parquet = tmp_path / "t.parquet"
+    columns = {
+        "text": [r[0] for r in rows],
+        "label": [r[1] for r in rows],
+        "who": [r[2] for r in rows],
+    }
+    pq.write_table(pa.table(columns), parquet)
+    npz = tmp_path / "i.npz"
+    np.savez(
+        npz,
+        images=np.zeros((4, 2, 2), np.uint8),
+        labels=np.array([0, 1, 0, 2]),
+        who=np.array([7, 8, 7, 9]),
+    )
+    for path in (jsonl, csv, parquet):
+        samples = load_dataset(path, labels=["x", "y"], user_column="who")
+        assert samples.users is not None and samples.users.tolist() == ["u1", "u2", "u1"]
+    samples = load_dataset(npz, user_column="who", labels=["0", "2"])
+    assert samples.users is not None and samples.users.tolist() == ["7", "7", "9"]
+    assert load_dataset(npz).users is None
+
+
+def test_a_user_column_that_cannot_serve_is_a_clear_error(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "f", {"a": [1, 2]})
+    with pytest.raises(DataError, match="image folders and zips name no users"):
+        load_dataset(folder, user_column="who")
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"text": "a", "label": "x", "who": "u"}\n{"text": "b", "label": "x"}\n')
+    with pytest.raises(DataError, match="record 1: user 'who' must be a non-empty string"):
+        load_dataset(jsonl, user_column="who")
+    npz = tmp_path / "i.npz"
+    np.savez(npz, images=np.zeros((2, 2, 2), np.uint8), labels=np.array([0, 1]))
+    with pytest.raises(DataError, match="no 'who' array to name the users"):
+        load_dataset(npz, user_column="who")

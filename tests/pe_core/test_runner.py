@@ -11,6 +11,7 @@ from pe_core.apis import create_api
 from pe_core.checkpoint import CheckpointError
 from pe_core.config import PeJob
 from pe_core.embedders import create_embedder
+from pe_core.errors import PrivevoError
 from pe_core.metrics import downstream_accuracy
 from pe_core.population import allocate
 from pe_core.privacy import InsecureSeededSampler
@@ -167,6 +168,34 @@ def test_each_checkpoint_lists_the_releases_it_was_built_from(tmp_path, private_
     }
     final = engine.checkpoints.load(2).meta["releases"]
     assert [r["release_sha256"] for r in final] == [e.release_sha256 for e in result.ledger]
+
+
+def test_a_user_level_run_charges_c_releases_per_iteration(tmp_path, private_digits):
+    users = [f"user-{i % 7}" for i in range(len(private_digits))]  # users span labels
+    job = JOB.model_copy(
+        update={
+            "privacy_unit": "user",
+            "votes_per_user": 3,
+            "labels_per_user": 2,
+            "label_fractions": "dp",
+            "iterations": 2,
+        }
+    )
+    engine, _ = _engine(tmp_path, private_digits.with_users(users), job=job)
+    result = engine.run(private_digits.with_users(users))
+    assert [(e.key, e.event.count) for e in result.ledger] == [
+        ("label-counts", 2),
+        (histogram_key(1), 3),
+        (histogram_key(2), 3),
+    ]
+    assert result.calibration is not None and result.calibration.releases == 2 + 3 * 2
+
+
+def test_a_user_level_job_needs_users(tmp_path, private_digits):
+    job = JOB.model_copy(update={"privacy_unit": "user", "iterations": 1})
+    engine, _ = _engine(tmp_path, private_digits, job=job)
+    with pytest.raises(PrivevoError, match="the records name no users"):
+        engine.run(private_digits)
 
 
 def test_pe_beats_its_initial_population(tmp_path, private_digits, heldout_digits):

@@ -191,6 +191,39 @@ def test_existing_output_needs_resume_and_resume_finishes(image_run):
     assert after == before  # nothing new was released
 
 
+def test_a_user_level_run_protects_users(tmp_path):
+    digits = digits_28(6)
+    data = tmp_path / "digits.npz"
+    users = np.array([f"patient-{i % 9}" for i in range(len(digits))])
+    np.savez(data, images=digits.images, labels=digits.labels, patient=users)
+    out = tmp_path / "out"
+    privevo(
+        "run", "--data", str(data), "--out", str(out), "--user-column", "patient",
+        "--votes-per-user", "2", "--iterations", "2", "--num-samples", "40", "--epsilon", "4",
+        "--nn-backend", "numpy-blocked", "--quiet",
+    )  # fmt: skip
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["status"] == "DP" and report["epsilon"] <= 4.0
+    assert report["unit_of_privacy"] == "one user: all records that name the same user"
+    assert report["votes_per_user"] == 2 and report["releases"] == 4
+    run = json.loads((out / ".state" / "run.json").read_text())
+    assert run["job"]["privacy_unit"] == "user" and run["source"]["user_column"] == "patient"
+    # The unit is fixed by the data: protecting single records of it is refused, before
+    # anything is written.
+    refused = privevo(
+        "run", "--data", str(data), "--out", str(tmp_path / "o"), "--user-column", "patient",
+        "--quiet", "-c", str(_config(tmp_path, "privacy_unit: record")), check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "the unit of privacy is one user" in refused.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def _config(folder: Path, text: str) -> Path:
+    path = folder / "job.yaml"
+    path.write_text(text + "\n")
+    return path
+
+
 def test_a_run_whose_ledger_was_deleted_does_not_resume(tmp_path, image_run):
     """The issue's case: deleting the ledger of a finished run and resuming produced a report
     of "DP", 1 release and a third of the epsilon for the same synthetic data."""
