@@ -119,11 +119,23 @@ def check_key(key: str) -> str:
     return key
 
 
+PRIVATE_FOLDER_MODE = 0o700
+"""Mode of every folder the storage makes: its objects are private data (uploads, job state,
+results), so only the service's own user may list or enter them."""
+
+PRIVATE_FILE_MODE = 0o600
+"""Mode of every object the storage writes (``tempfile.mkstemp`` makes files so)."""
+
+
 class LocalStorage:
     """Objects as files under a root folder on a local (or mounted) filesystem.
 
     Writes go to a temporary file beside the target, are fsynced and renamed into place, and
     the rename is fsynced too: after a crash an object is either complete or absent.
+
+    Everything held here is private to the service's user: folders are made 0700 and objects
+    0600 whatever the process's umask, and a root the user owns is closed to others (0700)
+    when opened, which also covers folders an older version made readable.
 
     Args:
         root: the folder holding every object; created when missing.
@@ -131,17 +143,28 @@ class LocalStorage:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        _make_private_folders(self.root)
+        info = self.root.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(self.root, PRIVATE_FOLDER_MODE)
 
     def _file(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
+    def make_folder(self, prefix: str) -> Path:
+        """Makes the local folder of ``prefix`` (and the folders above it) if missing, each
+        0700, and returns it: for code that writes its own files there (a job's state)."""
+        folder = self._file(prefix)
+        _make_private_folders(folder)
+        return folder
+
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         target = self._file(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_folders(target.parent)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)  # mkstemp's documented mode, made explicit
             with os.fdopen(fd, "wb") as handle:
                 yield handle
                 handle.flush()
@@ -193,3 +216,19 @@ class LocalStorage:
 
 
 register_storage("local", LocalStorage)
+
+
+def _make_private_folders(folder: Path) -> None:
+    """``mkdir -p`` with mode 0700 for every folder it makes (``Path.mkdir(parents=True)``
+    gives the parents the default mode instead)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=PRIVATE_FOLDER_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another writer
+        # mkdir's mode passes through the umask, which may take bits away but never adds any.
+        os.chmod(path, PRIVATE_FOLDER_MODE)

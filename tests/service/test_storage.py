@@ -169,3 +169,28 @@ def test_registry(tmp_path: Path) -> None:
     assert isinstance(storage, Storage)
     with pytest.raises(UnknownNameError, match="local"):
         create_storage("s4", root=tmp_path)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_private_objects_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "store")
+    put(storage, "uploads/u1/data.npz", b"private records")
+    put(storage, "results/j1/synthetic/labels.csv", b"label\n")
+    folder = storage.make_folder("datasets/d1/jobs/j1/state")
+    assert folder == storage.root / "datasets/d1/jobs/j1/state" and folder.is_dir()
+    folders = [storage.root, *(p for p in storage.root.rglob("*") if p.is_dir())]
+    files = [p for p in storage.root.rglob("*") if p.is_file()]
+    assert len(folders) == 11 and len(files) == 2
+    assert {str(p): oct(mode(p)) for p in folders} == {str(p): "0o700" for p in folders}
+    assert {str(p): oct(mode(p)) for p in files} == {str(p): "0o600" for p in files}
+
+
+def test_an_existing_root_is_closed_to_others(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    LocalStorage(root)
+    assert mode(root) == 0o700
