@@ -235,7 +235,12 @@ def _add_routes(
         openapi_extra={"requestBody": DatasetForm.request_body()},
     )
     async def create_dataset(request: Request, s: Db, owner: Tenant) -> DatasetPublic:
-        """Uploads a private dataset with its privacy budget cap."""
+        """Uploads a private dataset with its privacy budget cap.
+
+        An upload sharing any record (decoded content, not label, however the file was saved)
+        with datasets of the tenant, deleted ones included, joins their budget and cannot raise
+        its cap (409); otherwise it gets a budget of its own. Caps above the server's maximum
+        are refused (422)."""
         # The body is parsed as it arrives, not spooled first: the file goes straight into
         # storage, refused (413) as soon as it passes the limit, and a wrong API key is refused
         # before any of it is read.
@@ -258,6 +263,7 @@ def _add_routes(
         )
         try:
             form, stored = _dataset_form(received)
+            _check_caps(form, db.get_tenant(s, owner), settings)
             path = storage.path(stored.key)
             assert path is not None
             summary = await run_in_threadpool(
@@ -267,6 +273,7 @@ def _add_routes(
                 text_column=form.text_column,
                 label_column=form.label_column,
                 display_name=received.filename,
+                digest_key=db.tenant_digest_key(s, owner),
             )
             dataset = db.create_dataset(
                 s,
@@ -282,6 +289,7 @@ def _add_routes(
                 text_column=form.text_column,
                 label_column=form.label_column,
                 image_shape=summary.image_shape,
+                digests=summary.record_digests,
             )
         except BaseException:
             storage.delete_prefix(prefix)  # nothing half-stored
@@ -339,18 +347,21 @@ def _add_routes(
         response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> JobPublic:
-        """Reserves the job's (epsilon, delta) against the dataset's budget and queues it."""
+        """Reserves the job's (epsilon, delta) against the dataset's budget and queues it.
+
+        A job that makes any release is charged all it reserved, however it ends (stopping it
+        early after watching its progress refunds nothing); one that ends before its first
+        release is refunded."""
         if body.no_privacy:
             raise PrivevoError("the service runs private jobs only; no_privacy is for the CLI")
-        if body.insecure_test_noise and not settings.allow_insecure_test_noise:
-            raise PrivevoError("insecure_test_noise is disabled on this server")
         spec = body.model_dump(mode="json")
         repeated = idempotency_key is not None and _job_with_key(s, owner, idempotency_key)
         if not repeated:
-            # Refused (422) on the job and the dataset's public schema alone, before any of its
-            # budget is reserved; a retry of a created job gets that job back instead.
+            # Refused (422) on the job, the operator's policy (largest delta, declared labels,
+            # test noise) and the dataset's public schema alone, before any of its budget is
+            # reserved; a retry of a created job gets that job back instead.
             dataset = db.get_dataset(s, owner, body.dataset_id)
-            check_job(body, _data_shape(dataset, body.labels))
+            check_job(body, _data_shape(dataset, body.labels), policy=settings.policy)
         job = db.reserve(
             s,
             owner,
@@ -418,7 +429,8 @@ def _add_routes(
         responses=_ERRORS,
     )
     def cancel_job(job_id: str, s: Db, owner: Tenant) -> JobPublic:
-        """Best effort: releases already made stay charged."""
+        """Best effort. A job that made any release is charged its whole reservation, since
+        when to stop was chosen after watching its results; one that made none is refunded."""
         return JobPublic.of(db.cancel(s, owner, job_id))
 
     @app.get(
@@ -489,6 +501,25 @@ def _dataset_form(received: ReceivedForm) -> tuple[DatasetForm, UploadedFile]:
         if received.file is not None:
             return form, received.file
     raise RequestValidationError(errors)
+
+
+def _check_caps(form: DatasetForm, tenant: db.Tenant, settings: Settings) -> None:
+    """Refuses (422) budget caps above the tenant's own limits, or else the installation's
+    (``PRIVEVO_MAX_EPSILON_CAP``, ``PRIVEVO_MAX_DELTA_CAP``)."""
+    limits = [
+        ("epsilon_cap", form.epsilon_cap, tenant.max_epsilon_cap, settings.max_epsilon_cap),
+        ("delta_cap", form.delta_cap, tenant.max_delta_cap, settings.max_delta_cap),
+    ]
+    problems = []
+    for name, value, own, installation in limits:
+        limit, whose = (installation, "this installation's") if own is None else (own, "your")
+        if value > limit:
+            problems.append(
+                f"{name}: {value:g} is above {whose} maximum of {limit:g}; upload with "
+                f"{name} <= {limit:g}, or ask the operator for more"
+            )
+    if problems:
+        raise UploadRejected(422, "; ".join(problems))
 
 
 def _data_shape(dataset: db.Dataset, labels: list[str] | None) -> DataShape:

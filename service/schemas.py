@@ -16,7 +16,10 @@ class ErrorBody(BaseModel):
 
 
 class BudgetPublic(BaseModel):
-    """A dataset's privacy budget; jobs add up by basic composition (sums of eps and delta)."""
+    """A dataset's privacy budget, shared by every dataset of the tenant holding any of the same
+    records (however they were saved). Jobs add up by basic composition (sums of eps and
+    delta); a job that made any release is charged all it reserved, one that made none
+    nothing."""
 
     epsilon_cap: float
     delta_cap: float
@@ -39,7 +42,11 @@ class DatasetPublic(BaseModel):
     modality: Literal["image", "text"]
     record_count: int
     labels: list[str]
-    sha256: str
+    sha256: str = Field(description="sha256 of the uploaded file's bytes")
+    duplicate_records: int = Field(
+        description="Records repeating an earlier record of the upload (content, not label): "
+        "each copy votes, so a repeated record counts as that many records"
+    )
     created_at: datetime
     budget: BudgetPublic
 
@@ -52,6 +59,7 @@ class DatasetPublic(BaseModel):
             record_count=dataset.record_count,
             labels=list(dataset.labels),
             sha256=dataset.sha256,
+            duplicate_records=dataset.duplicate_records,
             created_at=dataset.created_at,
             budget=BudgetPublic.of(budget),
         )

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
+
 DEFAULT_HOME = Path("privevo-data")
 
 
@@ -49,7 +51,33 @@ class Settings(BaseSettings):
         "lock keeps it from running twice); workers beat every stale_after_s / 4 s, at most 30 s",
     )
     allow_insecure_test_noise: bool = Field(
-        False, description="Accept jobs with seeded NOT PRIVATE noise (tests only)"
+        False,
+        description="Accept and run jobs with seeded NOT PRIVATE noise (tests only); without "
+        "it the gateway refuses them and workers will not run them",
+    )
+    max_delta: float = Field(
+        DEFAULT_MAX_DELTA,
+        gt=0,
+        lt=1,
+        description="The largest delta one job may use; a job asking more is refused (422)",
+    )
+    require_declared_labels: bool = Field(
+        False,
+        description="Refuse (422) jobs that do not declare their label set, so that no job's "
+        "labels are read from the private data",
+    )
+    max_epsilon_cap: float = Field(
+        10.0,
+        gt=0,
+        description="The largest epsilon cap an upload may give its budget (422 above); a "
+        "tenant's own limit, where the operator set one, takes its place",
+    )
+    max_delta_cap: float = Field(
+        DEFAULT_MAX_DELTA,
+        gt=0,
+        lt=1,
+        description="The largest delta cap an upload may give its budget (422 above); a "
+        "tenant's own limit, where the operator set one, takes its place",
     )
     openai_api_key: str | None = Field(
         None,
@@ -59,6 +87,15 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         None, description="The one OpenAI-compatible server the key may be sent to (workers)"
     )
+
+    @property
+    def policy(self) -> PrivacyPolicy:
+        """The privacy policy the gateway checks jobs against and workers run them under."""
+        return PrivacyPolicy(
+            max_delta=self.max_delta,
+            require_declared_labels=self.require_declared_labels,
+            allow_insecure_test_noise=self.allow_insecure_test_noise,
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -9,11 +9,14 @@ Two steps, both safe on hostile input:
    (limit, malformed body, client gone, disk full) leaves no object behind.
 2. ``validate_dataset`` loads the stored file with ``pe_core.datasets.load_dataset`` and turns
    every failure into an ``UploadRejected`` with a 4xx status and a message saying how to fix
-   the file; user data never causes a 500.
+   the file; user data never causes a 500. With the tenant's digest key it also makes the
+   records' keyed digests (:mod:`service.digests`) from the records as decoded, which decide
+   the budget the dataset joins.
 
-Neither step returns or logs record contents. The summary holds the record count and the label
-names, which the service shows only to the tenant who owns the data (they are not DP outputs
-and must never appear in anything released or shown to anyone else).
+Neither step returns or logs record contents. The summary holds the record count, the label
+names and the number of repeated records, which the service shows only to the tenant who owns
+the data (they are not DP outputs and must never appear in anything released or shown to
+anyone else); its record digests are shown to no one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterab
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
@@ -39,6 +42,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from pe_core.datasets import DEFAULT_ZIP_LIMITS, TABLE_SUFFIXES, ZipLimits, load_dataset
 from pe_core.errors import DataError, PrivevoError
 from pe_core.samples import DataShape, Modality
+from service.digests import RecordDigests, digest_records, new_digest_key
 from service.storage import Storage
 
 if TYPE_CHECKING:
@@ -136,12 +140,18 @@ class DatasetSummary:
         labels: the label names found, sorted (or as stored in an npz/parquet file).
         modality: "image" or "text".
         image_shape: (height, width, channels) of every image; None for texts.
+        duplicate_records: records that repeat an earlier record of the upload (content only,
+            not the label); each copy votes, so the tenant should know.
+        record_digests: the records' keyed digests, for the budget; None without a key. Never
+            shown, the owner included, and left out of ``repr`` and comparisons.
     """
 
     record_count: int
     labels: tuple[str, ...]
     modality: Modality
     image_shape: tuple[int, int, int] | None = None
+    duplicate_records: int = 0
+    record_digests: RecordDigests | None = field(default=None, repr=False, compare=False)
 
 
 def format_bytes(size: int) -> str:
@@ -473,8 +483,9 @@ def validate_dataset(
     label_column: str = "label",
     zip_limits: ZipLimits = DEFAULT_ZIP_LIMITS,
     display_name: str | None = None,
+    digest_key: bytes | None = None,
 ) -> DatasetSummary:
-    """Loads a stored upload to check it, and summarises it for its owner.
+    """Loads a stored upload to check it, summarises it for its owner and digests its records.
 
     The whole dataset is decoded into memory once (the loader's design); run this in a worker,
     not in the gateway. Archives (zip, npz) are refused before any decompression when their
@@ -488,9 +499,11 @@ def validate_dataset(
         zip_limits: caps on an archive's member count and total declared uncompressed size.
         display_name: how messages name the file (default: its base name), so that the
             server's storage paths never reach the client.
+        digest_key: the tenant's record digest key (``service.db.tenant_digest_key``); None
+            counts repeated records but keeps no digests.
 
     Returns:
-        The record count, label names and modality.
+        The record count, label names, modality, repeated records and record digests.
 
     Raises:
         UploadRejected: 415 for an unsupported suffix, 413 for an archive over ``zip_limits``,
@@ -526,11 +539,16 @@ def validate_dataset(
             f"against the documented format",
         ) from None
     shape = DataShape.of(samples)
+    # Over every record as decoded and before any label filter: a record is a record whatever
+    # its label (no label set is declared at upload, so none is dropped).
+    digests = digest_records(samples, digest_key or new_digest_key())
     return DatasetSummary(
         record_count=len(samples),
         labels=shape.labels,
         modality=shape.modality,
         image_shape=shape.image_shape,
+        duplicate_records=digests.duplicates,
+        record_digests=None if digest_key is None else digests,
     )
 
 

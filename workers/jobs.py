@@ -30,6 +30,7 @@ import fcntl
 import functools
 import json
 import logging
+import os
 import secrets
 import shutil
 import threading
@@ -37,7 +38,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast, get_args
 
@@ -57,6 +58,7 @@ from pe_core.errors import DataError, PrivevoError
 from pe_core.job import record_run
 from pe_core.job import run_job as run_job_parts
 from pe_core.outputs import OutputLayout
+from pe_core.policy import PrivacyPolicy
 from pe_core.privacy import LedgerError
 from pe_core.runner import IterationReport
 from pe_core.samples import Modality, Samples
@@ -75,7 +77,13 @@ from service.db import (
     read_transaction,
     update_progress,
 )
-from service.storage import InvalidKeyError, LocalStorage, ObjectNotFoundError, check_key
+from service.storage import (
+    PRIVATE_FOLDER_MODE,
+    InvalidKeyError,
+    LocalStorage,
+    ObjectNotFoundError,
+    check_key,
+)
 from workers.ledger import DbLedger
 
 logger = logging.getLogger(__name__)
@@ -83,8 +91,8 @@ logger = logging.getLogger(__name__)
 MODALITIES: Final = frozenset(get_args(Modality))
 LOCK_FILE: Final = ".lock"
 INTERNAL_ERROR: Final = (
-    "the job stopped on an internal error; the releases it made stay charged. "
-    "Contact the operator, quoting the job id"
+    "the job stopped on an internal error; a job that made any release is charged all it "
+    "reserved. Contact the operator, quoting the job id"
 )
 
 # Errors of the service's own state, not of the tenant's data or request: reported generically.
@@ -115,12 +123,17 @@ class JobContext:
         time_limit_s: the most seconds one delivery of a job may run
             (``PRIVEVO_TASK_TIME_LIMIT_S``).
         heartbeat_s: seconds between the heartbeats of a running job.
+        policy: the operator's privacy policy (``Settings.policy``), which the engine checks
+            each job against again before it draws any noise: a job queued under an older
+            policy, or written by anything but the gateway, meets this worker's. The default
+            allows no seeded test noise.
     """
 
     sessions: sessionmaker[Session]
     storage: LocalStorage
     time_limit_s: float
     heartbeat_s: float
+    policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
 
 
 class JobTimedOut(PrivevoError):
@@ -128,9 +141,9 @@ class JobTimedOut(PrivevoError):
 
     def __init__(self, limit_s: float) -> None:
         super().__init__(
-            f"the job ran past its time limit of {limit_s:g} s and was stopped; the releases it "
-            "made stay charged. Run it with fewer iterations or samples, or ask the operator to "
-            "raise PRIVEVO_TASK_TIME_LIMIT_S"
+            f"the job ran past its time limit of {limit_s:g} s and was stopped; a job that made "
+            "any release is charged all it reserved. Run it with fewer iterations or samples, "
+            "or ask the operator to raise PRIVEVO_TASK_TIME_LIMIT_S"
         )
 
 
@@ -178,7 +191,7 @@ def run_job(
     if job.status in FINAL_STATUSES:
         return job.status
     prefix = job_prefix(job.dataset_id, job.id)
-    folder = local_folder(context.storage, prefix)
+    folder = context.storage.make_folder(prefix)
     with job_lock(folder / "state") as held:
         if not held:
             logger.info("job %s is being run by another worker; this delivery stops", job_id)
@@ -213,10 +226,12 @@ def job_lock(folder: Path) -> Iterator[bool]:
     """Tries to lock a job's state folder for this process; yields whether it got the lock.
 
     An advisory ``flock`` on a file in the folder: the kernel releases it when the holder exits,
-    however it exits, so a killed worker never leaves a job locked.
+    however it exits, so a killed worker never leaves a job locked. The folder holds private
+    state: it is made 0700 (its parents too, where missing) and the lock file 0600.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / LOCK_FILE).open("a") as handle:
+    folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
+    descriptor = os.open(folder / LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -372,6 +387,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         label_source=(
             "declared in the job" if spec.labels else "the dataset's labels, as found at upload"
         ),
+        policy=context.policy,
         callbacks=[progress],
         ledger=lambda: DbLedger(
             sessions,
@@ -404,6 +420,7 @@ def _spec(job: Job) -> PeJob:
         raise PrivevoError(f"invalid job parameters: {problems}") from None
     if spec.no_privacy:
         raise PrivevoError("the service runs private jobs only; no_privacy is not accepted")
+
     # A mismatch is the gateway's bug, not the tenant's: it surfaces as an internal error.
     if (spec.iterations, spec.delta) != (job.iterations, job.delta_reserved) or not (
         spec.epsilon <= job.epsilon_reserved

@@ -10,6 +10,7 @@ only. The task is a shared task: it belongs to the app of the worker that import
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Final
 
 from celery import Task, shared_task
@@ -40,7 +41,12 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
 
     Opened lazily so that each pool process (forked after import) makes its own connections.
     The llm API's ``openai`` backend gets its key and allowed server from the same settings.
+
+    The process's umask becomes 077 here, before its first job: the engine writes a job's
+    checkpoints, noisy releases and outputs into the job's folder with its own file calls, and
+    all of it is private data, readable by the service's user only.
     """
+    os.umask(0o077)
     settings = app.settings
     register_openai_backend(
         api_key=settings.openai_api_key, allowed_base_url=settings.openai_base_url
@@ -52,6 +58,7 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
         storage,
         time_limit_s=settings.task_time_limit_s,
         heartbeat_s=settings.heartbeat_interval_s,
+        policy=settings.policy,
     )
 
 

@@ -1,26 +1,52 @@
-"""Privacy budgets: atomic reservations, exactly-once releases, and refunds when a job ends.
+"""Privacy budgets: which datasets share one, atomic reservations, exactly-once releases, and
+what a job is charged when it ends.
+
+Which datasets share a budget
+-----------------------------
+A budget belongs to records, not to files. Every upload is decoded as the engine reads it and
+each record kept as a keyed digest (:mod:`service.digests`); a new dataset joins the budget of
+every dataset of its tenant with which it shares a record digest, or the same file bytes
+(sha256; datasets uploaded before record digests have only that), and if those are several
+budgets they merge into one (:func:`place_in_budget`). So re-encoding, reordering, splitting
+or overlapping uploads never yields a second cap for a record.
+
+Why merging is sound: the datasets holding a record r all share r's digest, so they all draw
+on one budget B. Everything ever released about r came from jobs on those datasets, so by
+basic composition r's loss is at most the sum of B's jobs' (epsilon, delta), which the
+reservations keep within B's caps. A merged budget's caps are the smallest of its members'
+(an upload may not raise them: :class:`~service.db.errors.BudgetCapConflict`) and its spending
+is the sum over all its members' jobs, so every record stays within the cap of every dataset
+that holds it. Merging can only over-count (records of one member are charged for jobs on
+another): it errs on the safe side. Digests, datasets and jobs are kept when a dataset is
+deleted, so a later upload of the same records still finds the budget that paid for them.
+
+Digests are compared within one tenant only, under one tenant's key: another tenant's copy of
+the same records has a budget of its own, and nothing in its answers depends on the first.
 
 How spending is counted
 -----------------------
-A budget belongs to (tenant, sha256 of the data) and has caps ``(epsilon_cap, delta_cap)``.
-Jobs on the same data compose by basic composition: their epsilons add and their deltas add.
-A job holds, against its budget:
+Jobs on a budget compose by basic composition: their epsilons add and their deltas add. A job
+holds, against its budget:
 
 * while queued or running: what it reserved, ``(epsilon_reserved, delta_reserved)``;
 * once final: what it is charged, ``(epsilon_charged, delta_charged)`` (see :func:`finalize`).
 
 A new job fits when the holds of all jobs on the budget plus its own request stay within both
-caps. The check and the insert happen under the budget's lock (PostgreSQL: the budget row,
-``SELECT ... FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``), so concurrent requests are decided one
-after the other and together never exceed the cap.
+caps. The check and the insert happen under the tenant's budget lock
+(:func:`~service.db.queries.lock_budgets`), so concurrent requests are decided one after the
+other and together never exceed the cap.
 
-Within a job, spending follows the engine's own (tighter) accountant. Each noisy release is a
-:class:`~service.db.models.Release` row whose ``epsilon`` is what that release ADDED to the
-job's composed epsilon at the job's reserved delta: the worker computes the accountant's epsilon
-over all of the job's releases so far, subtracts the job's ``epsilon_spent`` before this
-release, and records the (non-negative) difference. The sum of a job's release epsilons is
-therefore the accountant's epsilon for everything the job released, and that sum is what the
-job is charged.
+Within a job, its releases are metered with the engine's own (tighter) accountant, for progress
+and as a guard. Each noisy release is a :class:`~service.db.models.Release` row whose
+``epsilon`` is what that release ADDED to the job's composed epsilon at the job's reserved
+delta: the worker computes the accountant's epsilon over all of the job's releases so far,
+subtracts the job's ``epsilon_spent`` before this release, and records the (non-negative)
+difference. The sum of a job's release epsilons is therefore the accountant's epsilon for
+everything the job released, and :func:`record_release` refuses a release that would take it
+past the reservation.
+
+What a job is charged: all of its reservation once it has released anything, nothing otherwise
+(see :func:`finalize` for the argument).
 
 Sums of doubles are compared with a relative slack of ``RTOL`` (1e-9): three releases of 0.4
 sum to 1.2000000000000002 and must still fit a cap of 1.2. The slack lets through at most a
@@ -33,14 +59,15 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.db.engine import read_transaction, write_transaction
 from service.db.errors import (
+    BudgetCapConflict,
     BudgetExceeded,
     IdempotencyConflict,
     JobFinished,
@@ -48,28 +75,39 @@ from service.db.errors import (
     ReleaseConflict,
     ReservationExceeded,
 )
-from service.db.models import FINAL_STATUSES, Budget, Dataset, Job, Release, utcnow
+from service.db.models import (
+    FINAL_STATUSES,
+    Budget,
+    Dataset,
+    Job,
+    RecordDigest,
+    Release,
+    utcnow,
+)
 from service.db.queries import (
     add_event,
-    budget_of_job,
     dataset_of_tenant,
     job_of_tenant,
-    lock_budget,
+    lock_budgets,
     lock_job,
+    tenant_of_job,
 )
 
 if TYPE_CHECKING:
     # For the annotation only: pe_core.privacy imports dp_accounting and scipy (about 2.6 s),
     # which the gateway never needs.
     from pe_core.privacy import DpEvent
+    from service.digests import RecordDigests
 
 RTOL: Final = 1e-9
+# Digest rows per INSERT statement: bounded statements whatever the upload's size.
+_DIGEST_BATCH: Final = 5000
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class BudgetStatus:
-    """Where a dataset's privacy budget stands.
+    """Where a dataset's privacy budget stands (shared by every dataset that shares a record).
 
     ``spent`` is what can never come back: the charges of final jobs plus what running jobs
     have already released. ``reserved`` is held by queued and running jobs but not yet spent.
@@ -138,17 +176,17 @@ def reserve(
     request = (dataset_id, float(epsilon), float(delta), spec, iterations)
     try:
         with write_transaction(session):
+            lock_budgets(session, tenant_id)
             dataset = dataset_of_tenant(session, tenant_id, dataset_id, include_deleted=True)
-            budget = lock_budget(session, tenant_id, dataset.sha256)
             if idempotency_key is not None:
                 existing = _job_by_key(session, tenant_id, idempotency_key)
                 if existing is not None:
                     return _same_request(existing, idempotency_key, request)
             if dataset.deleted_at is not None:
                 raise NotFound(f"dataset {dataset_id} not found")
-            status = _status(session, budget)
-            fits = _within(epsilon, status.epsilon_remaining, budget.epsilon_cap) and _within(
-                delta, status.delta_remaining, budget.delta_cap
+            status = _status(session, Budget.id == dataset.budget_id)
+            fits = _within(epsilon, status.epsilon_remaining, status.epsilon_cap) and _within(
+                delta, status.delta_remaining, status.delta_cap
             )
             if not fits:
                 raise BudgetExceeded(
@@ -157,8 +195,8 @@ def reserve(
                     delta=delta,
                     epsilon_remaining=status.epsilon_remaining,
                     delta_remaining=status.delta_remaining,
-                    epsilon_cap=budget.epsilon_cap,
-                    delta_cap=budget.delta_cap,
+                    epsilon_cap=status.epsilon_cap,
+                    delta_cap=status.delta_cap,
                 )
             job = Job(
                 tenant_id=tenant_id,
@@ -180,8 +218,8 @@ def reserve(
             )
             return job
     except IntegrityError:
-        # Two creates with one key on different datasets lock different budgets, so on
-        # PostgreSQL both can get past the lookup; the unique key then refuses the second.
+        # A backstop: creates of one tenant are serialised by its budget lock, so the lookup
+        # above sees an earlier create with the key; the unique key would refuse a second.
         if idempotency_key is None:
             raise
         with read_transaction(session):
@@ -194,13 +232,127 @@ def reserve(
 def remaining(session: Session, tenant_id: str, dataset_id: str) -> BudgetStatus:
     """Where the budget of one of the tenant's datasets stands (see :class:`BudgetStatus`).
 
+    One statement reads the dataset's budget and sums its jobs, so on PostgreSQL it sees one
+    snapshot even while an upload merges budgets.
+
     Raises:
         NotFound: no such dataset for this tenant.
     """
+    budget_id = (
+        select(Dataset.budget_id)
+        .where(
+            Dataset.id == dataset_id,
+            Dataset.tenant_id == tenant_id,
+            Dataset.deleted_at.is_(None),
+        )
+        .scalar_subquery()
+    )
     with read_transaction(session):
-        dataset = dataset_of_tenant(session, tenant_id, dataset_id)
-        budget = session.get_one(Budget, (tenant_id, dataset.sha256))
-        return _status(session, budget)
+        status = _status(session, Budget.id == budget_id, missing_ok=True)
+    if status is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return status
+
+
+def place_in_budget(
+    session: Session,
+    dataset: Dataset,
+    digests: RecordDigests | None,
+    *,
+    epsilon_cap: float,
+    delta_cap: float,
+) -> Budget:
+    """Stores a new dataset's record digests and puts it in the budget its records call for.
+
+    The dataset joins (and merges into one) every budget of its tenant that holds a dataset
+    sharing a record digest or the same file bytes with it; with none, it gets a budget of its
+    own with the caps asked for. A merged budget keeps the oldest budget's id and takes the
+    smallest caps of all (module docstring).
+
+    Runs inside the caller's write transaction, under the tenant's budget lock, which the
+    caller holds: two uploads sharing records are placed one after the other, and the second
+    sees the first's digests (on PostgreSQL each statement of a READ COMMITTED transaction
+    sees what committed before it, and the first commits before the second gets the lock).
+
+    Args:
+        session: in a write transaction holding :func:`~service.db.queries.lock_budgets`.
+        dataset: the new dataset, flushed, whose ``budget_id`` is a budget of its own (which
+            this deletes again when the dataset joins others).
+        digests: the upload's record digests, or None where there are none (then only the file
+            bytes are matched).
+        epsilon_cap, delta_cap: the caps the upload asked for.
+
+    Returns:
+        The budget the dataset draws on now.
+
+    Raises:
+        BudgetCapConflict: the dataset shares records with data under a smaller cap than it
+            asks for; an upload cannot raise the cap of records already spent on.
+    """
+    tenant_id, own = dataset.tenant_id, dataset.budget_id
+    if digests is not None:
+        rows = [
+            {"tenant_id": tenant_id, "dataset_id": dataset.id, "digest": digest}
+            for digest in digests
+        ]
+        for start in range(0, len(rows), _DIGEST_BATCH):
+            session.execute(insert(RecordDigest), rows[start : start + _DIGEST_BATCH])
+    new, old = aliased(RecordDigest), aliased(RecordDigest)
+    sharing_records = (
+        select(Dataset.budget_id)
+        .select_from(new)
+        .join(
+            old,
+            (old.tenant_id == new.tenant_id)
+            & (old.digest == new.digest)
+            & (old.dataset_id != new.dataset_id),
+        )
+        .join(Dataset, (Dataset.tenant_id == old.tenant_id) & (Dataset.id == old.dataset_id))
+        .where(new.tenant_id == tenant_id, new.dataset_id == dataset.id)
+    )
+    sharing_bytes = select(Dataset.budget_id).where(
+        Dataset.tenant_id == tenant_id, Dataset.sha256 == dataset.sha256, Dataset.id != dataset.id
+    )
+    joined = set(session.scalars(sharing_records.union(sharing_bytes)))
+    budget = session.get_one(Budget, own)
+    if not joined:
+        return budget
+    others = list(
+        session.scalars(
+            select(Budget)
+            .where(Budget.tenant_id == tenant_id, Budget.id.in_(joined))
+            .order_by(Budget.created_at, Budget.id)
+        )
+    )
+    epsilon_limit = min(other.epsilon_cap for other in others)
+    delta_limit = min(other.delta_cap for other in others)
+    if epsilon_cap > epsilon_limit or delta_cap > delta_limit:
+        raise BudgetCapConflict(
+            f"this data shares records with data uploaded before under a budget cap of epsilon "
+            f"{epsilon_limit:.6g}, delta {delta_limit:.6g}; it joins that budget, whose cap an "
+            f"upload cannot raise: upload it with epsilon_cap <= {epsilon_limit:.6g} and "
+            f"delta_cap <= {delta_limit:.6g}"
+        )
+    survivor = others[0]
+    survivor.epsilon_cap = min(epsilon_limit, float(epsilon_cap))
+    survivor.delta_cap = min(delta_limit, float(delta_cap))
+    merged = [other.id for other in others[1:]] + [own]
+    session.execute(
+        update(Dataset)
+        .where(Dataset.tenant_id == tenant_id, Dataset.budget_id.in_(merged))
+        .values(budget_id=survivor.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    session.execute(
+        delete(Budget)
+        .where(Budget.tenant_id == tenant_id, Budget.id.in_(merged))
+        .execution_options(synchronize_session=False)
+    )
+    session.expunge(budget)
+    dataset.budget_id = survivor.id
+    session.flush()
+    return survivor
 
 
 def record_release(
@@ -306,21 +458,29 @@ def record_release(
 
 
 def finalize(session: Session, job_id: str, status: str, error: str | None = None) -> Job:
-    """Moves a job to its final state and refunds what it reserved but did not spend.
+    """Moves a job to its final state: charged its whole reservation if it released anything,
+    refunded all of it if not.
 
-    The job is then charged, from its release rows:
+    Why a job that made any release pays all of it, however it ends (succeeded, canceled,
+    failed, past its time limit): the tenant may stop a job at any moment after watching its
+    DP diagnostics (events, server-sent events), so the moment it stops, and with it any
+    partial charge, would be chosen after seeing the results. A refund of what was "not
+    spent" then turns each job's (epsilon, delta) into an odometer read out adaptively, which
+    basic composition does not cover. Charging the reservation keeps each job's (epsilon,
+    delta) fixed before it runs: stopping early only releases less (post-processing of a
+    mechanism that was paid for in full), and basic composition over reservations chosen
+    adaptively, job after job, is a valid privacy filter (Rogers, Roth, Ullman and Vadhan
+    2016, "Privacy Odometers and Filters: Pay-as-you-Go Composition").
+    Partial refunds would need a filter proven for fully adaptive composition, such as a
+    Renyi/zCDP filter (Feldman and Zrnic 2021); this service has none.
 
-    * epsilon: ``min(epsilon_reserved, sum of its releases' epsilons)``; the sum never exceeds
-      the reservation by more than the rounding slack, since :func:`record_release` refuses
-      releases that would;
-    * delta: ``delta_reserved`` if it released anything, else 0. The accountant's epsilon is
-      valid only at the delta it was computed for, and (epsilon, delta) is spent as one pair:
-      a smaller delta would need a larger epsilon, so nothing of a used delta can be given back.
-      A job that released nothing has disclosed nothing and is charged (0, 0).
+    A job that released nothing has disclosed nothing, whatever it computed: it is charged
+    (0, 0), so failures before the first release stay free.
 
     Idempotent: a job already final is returned unchanged (the first final state wins). Runs
-    under the budget's lock, then the job's, so it serialises with reservations on the same
-    budget and with the job's own releases. Called by workers, so not scoped to a tenant; the
+    under the tenant's budget lock, then the job's, so it serialises with reservations on its
+    budget and with the job's own releases (a release recorded before this pays the whole
+    reservation; one after it is refused). Called by workers, so not scoped to a tenant; the
     service cancels with :func:`cancel`.
 
     Args:
@@ -340,7 +500,8 @@ def finalize(session: Session, job_id: str, status: str, error: str | None = Non
 
 def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     """Cancels one of the tenant's jobs (best effort: a running worker stops at its next release
-    or progress update) and refunds what it did not spend; a final job is returned unchanged.
+    or progress update); a job that released anything pays its whole reservation (see
+    :func:`finalize`), one that did not is refunded. A final job is returned unchanged.
 
     Raises:
         NotFound: no such job for this tenant.
@@ -351,8 +512,7 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
 
 
 def _finalize_locked(session: Session, job_id: str, status: str, error: str | None) -> Job:
-    tenant_id, sha256 = budget_of_job(session, job_id)
-    lock_budget(session, tenant_id, sha256)
+    lock_budgets(session, tenant_of_job(session, job_id))
     job = lock_job(session, job_id)
     if job.status in FINAL_STATUSES:
         return job
@@ -361,12 +521,12 @@ def _finalize_locked(session: Session, job_id: str, status: str, error: str | No
             Release.job_id == job_id
         )
     ).one()
-    delta_spent = job.delta_reserved if releases else 0.0
     now = utcnow()
     job.status, job.error, job.finished_at, job.updated_at = status, error, now, now
-    job.epsilon_spent, job.delta_spent = float(epsilon_sum), delta_spent
-    job.epsilon_charged = min(job.epsilon_reserved, float(epsilon_sum))
-    job.delta_charged = delta_spent
+    job.epsilon_spent = float(epsilon_sum)
+    job.delta_spent = job.delta_reserved if releases else 0.0
+    job.epsilon_charged = job.epsilon_reserved if releases else 0.0
+    job.delta_charged = job.delta_reserved if releases else 0.0
     session.flush()
     add_event(
         session,
@@ -384,7 +544,14 @@ def _finalize_locked(session: Session, job_id: str, status: str, error: str | No
     return job
 
 
-def _status(session: Session, budget: Budget) -> BudgetStatus:
+@overload
+def _status(session: Session, which: Any, *, missing_ok: Literal[False] = ...) -> BudgetStatus: ...
+@overload
+def _status(session: Session, which: Any, *, missing_ok: bool) -> BudgetStatus | None: ...
+def _status(session: Session, which: Any, *, missing_ok: bool = False) -> BudgetStatus | None:
+    """The status of the budget ``which`` selects (a condition on :class:`Budget`), summed over
+    the jobs of all of its datasets (deleted ones included: their spending stays), in one
+    statement."""
     final = Job.status.in_(FINAL_STATUSES)
 
     def total(final_value: Any, active_value: Any) -> Any:
@@ -392,25 +559,35 @@ def _status(session: Session, budget: Budget) -> BudgetStatus:
 
     statement = (
         select(
+            Budget.epsilon_cap,
+            Budget.delta_cap,
             total(Job.epsilon_charged, Job.epsilon_spent),
             total(Job.delta_charged, Job.delta_spent),
             total(0.0, Job.epsilon_reserved - Job.epsilon_spent),
             total(0.0, Job.delta_reserved - Job.delta_spent),
             func.count(case((final, None), else_=Job.id)),
         )
-        .join(Dataset, (Dataset.tenant_id == Job.tenant_id) & (Dataset.id == Job.dataset_id))
-        .where(Dataset.tenant_id == budget.tenant_id, Dataset.sha256 == budget.dataset_sha256)
+        .select_from(Budget)
+        .join(Dataset, (Dataset.tenant_id == Budget.tenant_id) & (Dataset.budget_id == Budget.id))
+        .outerjoin(Job, (Job.tenant_id == Dataset.tenant_id) & (Job.dataset_id == Dataset.id))
+        .where(which)
+        .group_by(Budget.id, Budget.epsilon_cap, Budget.delta_cap)
     )
-    eps_spent, delta_spent, eps_reserved, delta_reserved, active = session.execute(statement).one()
+    row = session.execute(statement).one_or_none()
+    if row is None:
+        if missing_ok:
+            return None
+        raise RuntimeError("no such budget")  # the caller holds the lock and read its id
+    eps_cap, delta_cap, eps_spent, delta_spent, eps_reserved, delta_reserved, active = row
     return BudgetStatus(
-        epsilon_cap=budget.epsilon_cap,
-        delta_cap=budget.delta_cap,
+        epsilon_cap=eps_cap,
+        delta_cap=delta_cap,
         epsilon_spent=float(eps_spent),
         delta_spent=float(delta_spent),
         epsilon_reserved=float(eps_reserved),
         delta_reserved=float(delta_reserved),
-        epsilon_remaining=max(budget.epsilon_cap - eps_spent - eps_reserved, 0.0),
-        delta_remaining=max(budget.delta_cap - delta_spent - delta_reserved, 0.0),
+        epsilon_remaining=max(eps_cap - eps_spent - eps_reserved, 0.0),
+        delta_remaining=max(delta_cap - delta_spent - delta_reserved, 0.0),
         active_jobs=int(active),
     )
 

@@ -5,10 +5,12 @@ Tenancy is enforced twice: every query in :mod:`service.db.repository` and
 and a dataset's budget belong to the job's (dataset's) own tenant, so a bug in a query cannot
 link rows across tenants.
 
-The privacy budget is keyed by (tenant, sha256 of the data), not by dataset row: uploading the
-same bytes again creates a new :class:`Dataset` that shares the existing :class:`Budget`, so a
-re-upload cannot reset what was spent. Datasets are soft-deleted (``deleted_at``) and jobs are
-never deleted, so the spending history of a budget is kept for good.
+A privacy budget belongs to records, not to dataset rows: every upload's records are hashed
+(:class:`RecordDigest`, keyed per tenant by :class:`TenantSecret`), and a dataset that shares any
+record with datasets of its tenant draws on their :class:`Budget` (see
+:mod:`service.db.budget`), so no re-upload, re-encoding, split or overlap resets what was spent.
+Datasets are soft-deleted (``deleted_at``); jobs, record digests and budgets are never deleted
+with them, so the spending history of a budget, and which records it covers, are kept for good.
 
 Amounts of privacy are doubles: epsilon (dimensionless, natural-log units) and delta
 (a probability).
@@ -32,6 +34,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -54,6 +57,8 @@ NAMING_CONVENTION: Final = {
 }
 
 SHA256_LENGTH: Final = 64
+DIGEST_LENGTH: Final = 32
+DIGEST_KEY_LENGTH: Final = 32
 ID_LENGTH: Final = 40
 PATH_LENGTH: Final = 1024
 
@@ -117,6 +122,22 @@ class Tenant(Base):
     )
     name: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    max_epsilon_cap: Mapped[float | None] = mapped_column(Double())
+    max_delta_cap: Mapped[float | None] = mapped_column(Double())
+
+
+class TenantSecret(Base):
+    """The key a tenant's record digests are made with (:mod:`service.digests`).
+
+    In a table of its own so that loading a tenant (every request does) never loads its key;
+    never returned, logged or shown to anyone, the tenant included.
+    """
+
+    __tablename__ = "tenant_secrets"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    digest_key: Mapped[bytes] = mapped_column(LargeBinary(DIGEST_KEY_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ApiKey(Base):
@@ -140,38 +161,56 @@ class ApiKey(Base):
 
 
 class Budget(Base):
-    """The privacy budget of one tenant's data, identified by the data's sha256.
+    """The privacy budget of a group of a tenant's datasets that share records.
 
-    Spending is not stored here: it is the sum over the budget's jobs (see
-    :func:`service.db.budget.remaining`), so it cannot drift from the jobs. This row is what
-    concurrent reservations lock.
+    Every dataset draws on exactly one budget; an upload sharing a record with datasets of
+    other budgets merges them into one whose caps are the smallest of theirs (see
+    :mod:`service.db.budget`). Spending is not stored here: it is the sum over the jobs of the
+    budget's datasets (see :func:`service.db.budget.remaining`), so it cannot drift from the
+    jobs.
+
+    Attributes:
+        epsilon_cap, delta_cap: the most all jobs on the budget's datasets may spend together.
     """
 
     __tablename__ = "budgets"
     __table_args__ = (
+        # Target of the datasets' composite foreign key (a dataset's budget is its tenant's).
+        UniqueConstraint("tenant_id", "id"),
         CheckConstraint("epsilon_cap > 0", name="epsilon_cap"),
         CheckConstraint("delta_cap > 0 AND delta_cap < 1", name="delta_cap"),
     )
 
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
-    dataset_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), primary_key=True)
+    id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), primary_key=True, default=partial(new_id, "bud")
+    )
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     epsilon_cap: Mapped[float] = mapped_column(Double())
     delta_cap: Mapped[float] = mapped_column(Double())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Dataset(Base):
-    """An uploaded private dataset; soft-deleted so its budget history stays."""
+    """An uploaded private dataset; soft-deleted so its budget history stays.
+
+    Attributes:
+        sha256: of the uploaded file's bytes, as the client can check it; an upload of the same
+            bytes joins this dataset's budget even when neither has record digests (datasets
+            uploaded before record digests existed have none).
+        budget_id: the budget the dataset's jobs draw on.
+        duplicate_records: records of the upload that repeat an earlier one of the same upload.
+    """
 
     __tablename__ = "datasets"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["tenant_id", "sha256"], ["budgets.tenant_id", "budgets.dataset_sha256"]
-        ),
-        # Target of the jobs' composite foreign key (a job's dataset is its tenant's).
+        ForeignKeyConstraint(["tenant_id", "budget_id"], ["budgets.tenant_id", "budgets.id"]),
+        # Target of the jobs' and digests' composite foreign keys (their dataset is their
+        # tenant's).
         UniqueConstraint("tenant_id", "id"),
         Index(None, "tenant_id", "sha256"),
+        Index(None, "budget_id"),
         CheckConstraint("record_count >= 0", name="record_count"),
+        CheckConstraint("duplicate_records >= 0", name="duplicate_records"),
     )
 
     id: Mapped[str] = mapped_column(
@@ -184,11 +223,32 @@ class Dataset(Base):
     labels: Mapped[list[str]]
     image_shape: Mapped[list[int] | None]
     sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    budget_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     storage_path: Mapped[str] = mapped_column(String(PATH_LENGTH))
     text_column: Mapped[str] = mapped_column(String(255), server_default="text")
     label_column: Mapped[str] = mapped_column(String(255), server_default="label")
+    duplicate_records: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
+
+
+class RecordDigest(Base):
+    """One distinct record of a dataset, as its keyed digest (:mod:`service.digests`).
+
+    Kept when the dataset is deleted: a later upload of the same records must still find the
+    budget that paid for them. Never returned, logged or compared across tenants.
+    """
+
+    __tablename__ = "record_digests"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "dataset_id"], ["datasets.tenant_id", "datasets.id"]),
+        # Finds the datasets of a tenant holding a record.
+        Index(None, "tenant_id", "digest"),
+    )
+
+    dataset_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(DIGEST_LENGTH), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(ID_LENGTH))
 
 
 class Job(Base):

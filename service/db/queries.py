@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db.errors import NotFound
-from service.db.models import Budget, Dataset, Job, JobEvent
+from service.db.models import Dataset, Job, JobEvent, Tenant
 
 
 def dataset_of_tenant(
@@ -37,14 +37,21 @@ def job_of_tenant(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def lock_budget(session: Session, tenant_id: str, sha256: str) -> Budget:
-    """The budget row, locked until the transaction ends (PostgreSQL; SQLite's lock is global)."""
-    statement = (
-        select(Budget)
-        .where(Budget.tenant_id == tenant_id, Budget.dataset_sha256 == sha256)
-        .with_for_update()
-    )
-    return session.scalars(statement).one()
+def lock_budgets(session: Session, tenant_id: str) -> None:
+    """Takes the lock that guards all of a tenant's budgets until the transaction ends.
+
+    One lock per tenant, its row in ``tenants`` (PostgreSQL: ``FOR NO KEY UPDATE``, which does
+    not block inserts of rows referencing the tenant; SQLite: ``BEGIN IMMEDIATE`` already
+    serialises every writer). Per budget would not do: an upload that shares records with
+    datasets of several budgets merges them, which changes the budget a dataset draws on, and
+    a reservation that had read the old one could then be decided against a budget that no
+    longer counts all its jobs. Under one tenant lock, every reservation, refund and merge
+    sees the grouping as the last one left it. Reservations and refunds take milliseconds;
+    an upload holds the lock while it stores its record digests.
+    """
+    statement = select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    if session.scalars(statement).one_or_none() is None:
+        raise NotFound(f"tenant {tenant_id} not found")
 
 
 def lock_job(session: Session, job_id: str) -> Job:
@@ -61,15 +68,12 @@ def lock_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def budget_of_job(session: Session, job_id: str) -> tuple[str, str]:
-    """(tenant id, data sha256) of the budget a job draws on."""
-    statement = select(Dataset.tenant_id, Dataset.sha256).join(
-        Job, (Job.tenant_id == Dataset.tenant_id) & (Job.dataset_id == Dataset.id)
-    )
-    row = session.execute(statement.where(Job.id == job_id)).one_or_none()
-    if row is None:
+def tenant_of_job(session: Session, job_id: str) -> str:
+    """The tenant of a job, whose budget lock (:func:`lock_budgets`) guards the job's budget."""
+    tenant_id = session.scalars(select(Job.tenant_id).where(Job.id == job_id)).one_or_none()
+    if tenant_id is None:
         raise NotFound(f"job {job_id} not found")
-    return row.tenant_id, row.sha256
+    return tenant_id
 
 
 def add_event(session: Session, job: Job, kind: str, payload: dict[str, Any]) -> JobEvent:

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.db.budget import place_in_budget
 from service.db.engine import read_transaction, write_transaction
-from service.db.errors import BudgetCapConflict, InvalidCursor, JobFinished, NotFound
+from service.db.errors import InvalidCursor, JobFinished, NotFound
 from service.db.models import (
     FINAL_STATUSES,
     ApiKey,
@@ -32,9 +32,11 @@ from service.db.models import (
     Job,
     JobEvent,
     Tenant,
+    TenantSecret,
     utcnow,
 )
-from service.db.queries import add_event, dataset_of_tenant, job_of_tenant, lock_job
+from service.db.queries import add_event, dataset_of_tenant, job_of_tenant, lock_budgets, lock_job
+from service.digests import RecordDigests, new_digest_key
 from service.security import generate_api_key, hash_api_key
 
 MAX_EVENT_PAGE: Final = 1000
@@ -56,12 +58,81 @@ class EventPage:
 
 
 def create_tenant(session: Session, name: str) -> Tenant:
-    """Creates a tenant."""
+    """Creates a tenant, with the key its record digests will be made with."""
     with write_transaction(session):
-        tenant = Tenant(name=name)
-        session.add(tenant)
-        session.flush()
+        return _new_tenant(session, name)
+
+
+def _new_tenant(session: Session, name: str) -> Tenant:
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    session.add(TenantSecret(tenant_id=tenant.id, digest_key=new_digest_key()))
+    session.flush()
+    return tenant
+
+
+def get_tenant(session: Session, tenant_id: str) -> Tenant:
+    """A tenant, with the limits the operator set for it.
+
+    Raises:
+        NotFound: no such tenant.
+    """
+    with read_transaction(session):
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"tenant {tenant_id} not found")
         return tenant
+
+
+def set_tenant_limits(
+    session: Session,
+    tenant_id: str,
+    *,
+    max_epsilon_cap: float | None,
+    max_delta_cap: float | None,
+) -> Tenant:
+    """Sets the largest budget caps a tenant may give its uploads (for the operator).
+
+    None falls back to the server's ``PRIVEVO_MAX_EPSILON_CAP`` / ``PRIVEVO_MAX_DELTA_CAP``.
+    Budgets already made keep their caps.
+
+    Raises:
+        NotFound: no such tenant.
+    """
+    if max_epsilon_cap is not None and not 0 < max_epsilon_cap < float("inf"):
+        raise ValueError(f"max_epsilon_cap must be finite and > 0, got {max_epsilon_cap!r}")
+    if max_delta_cap is not None and not 0 < max_delta_cap < 1:
+        raise ValueError(f"max_delta_cap must be in (0, 1), got {max_delta_cap!r}")
+    with write_transaction(session):
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+        tenant.max_epsilon_cap, tenant.max_delta_cap = max_epsilon_cap, max_delta_cap
+        return tenant
+
+
+def tenant_digest_key(session: Session, tenant_id: str) -> bytes:
+    """The key of the tenant's record digests (:mod:`service.digests`), made once per tenant.
+
+    Made here for a tenant that has none (one made by code older than the keys; the migration
+    that added them gave every tenant of its time one). Never returned by the API or logged.
+
+    Raises:
+        NotFound: no such tenant.
+    """
+    with read_transaction(session):
+        secret = session.get(TenantSecret, tenant_id)
+        if secret is not None:
+            return secret.digest_key
+    with write_transaction(session):
+        lock_budgets(session, tenant_id)
+        secret = session.get(TenantSecret, tenant_id)
+        if secret is None:
+            secret = TenantSecret(tenant_id=tenant_id, digest_key=new_digest_key())
+            session.add(secret)
+            session.flush()
+        return secret.digest_key
 
 
 def create_api_key(session: Session, tenant_id: str, name: str | None = None) -> tuple[ApiKey, str]:
@@ -120,11 +191,13 @@ def create_dataset(
     text_column: str = "text",
     label_column: str = "label",
     image_shape: Sequence[int] | None = None,
+    digests: RecordDigests | None = None,
 ) -> Dataset:
-    """Registers an uploaded dataset and, the first time its data is seen, its budget.
+    """Registers an uploaded dataset in the budget its records call for.
 
-    The budget is keyed by (tenant, ``sha256``): a re-upload of the same data shares the
-    budget already there, with what was spent of it. The caps are fixed by the first upload.
+    A dataset sharing any record digest (or its file's bytes) with datasets of the tenant,
+    deleted ones included, draws on their budget, with what was spent of it; one sharing
+    nothing gets a budget of its own with these caps (see :mod:`service.db.budget`).
 
     Args:
         session: a session not in a transaction.
@@ -133,15 +206,17 @@ def create_dataset(
         modality: "image" or "text" (the engine's modalities; not checked here).
         record_count: number of private records.
         labels: the label names.
-        sha256: sha256 hex of the canonical data file.
+        sha256: sha256 hex of the uploaded file.
         storage_path: where the data is stored.
         epsilon_cap: the budget's epsilon cap, > 0.
         delta_cap: the budget's delta cap, in (0, 1).
         text_column, label_column: the table columns the data was validated with (texts).
         image_shape: (height, width, channels) of every image (public schema); None for texts.
+        digests: the records' keyed digests under the tenant's key (:func:`tenant_digest_key`),
+            or None to match on the file's bytes alone.
 
     Raises:
-        BudgetCapConflict: this data already has a budget with other caps.
+        BudgetCapConflict: the data shares records with data under a smaller cap.
     """
     if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
@@ -150,13 +225,12 @@ def create_dataset(
     if not 0 < delta_cap < 1:
         raise ValueError(f"delta_cap must be in (0, 1), got {delta_cap!r}")
     with write_transaction(session):
-        budget = _get_or_create_budget(session, tenant_id, sha256, epsilon_cap, delta_cap)
-        if (budget.epsilon_cap, budget.delta_cap) != (float(epsilon_cap), float(delta_cap)):
-            raise BudgetCapConflict(
-                f"this data was uploaded before with a budget cap of epsilon "
-                f"{budget.epsilon_cap:.6g}, delta {budget.delta_cap:.6g}; a re-upload shares "
-                "that budget and cannot change its cap"
-            )
+        lock_budgets(session, tenant_id)
+        budget = Budget(
+            tenant_id=tenant_id, epsilon_cap=float(epsilon_cap), delta_cap=float(delta_cap)
+        )
+        session.add(budget)
+        session.flush()
         dataset = Dataset(
             tenant_id=tenant_id,
             name=name,
@@ -164,13 +238,16 @@ def create_dataset(
             record_count=record_count,
             labels=list(labels),
             sha256=sha256,
+            budget_id=budget.id,
             storage_path=storage_path,
             text_column=text_column,
             label_column=label_column,
             image_shape=None if image_shape is None else [int(n) for n in image_shape],
+            duplicate_records=0 if digests is None else digests.duplicates,
         )
         session.add(dataset)
         session.flush()
+        place_in_budget(session, dataset, digests, epsilon_cap=epsilon_cap, delta_cap=delta_cap)
         return dataset
 
 
@@ -185,7 +262,8 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
 
 
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
-    """Marks one of the tenant's datasets deleted; its budget and jobs are kept.
+    """Marks one of the tenant's datasets deleted; its budget, jobs and record digests are kept
+    (a later upload of the same records must find the budget that paid for them).
 
     Raises:
         NotFound: no such (undeleted) dataset for this tenant.
@@ -324,29 +402,6 @@ def append_event(session: Session, job_id: str, kind: str, payload: dict[str, An
         return add_event(session, job, kind, payload)
 
 
-def _get_or_create_budget(
-    session: Session, tenant_id: str, sha256: str, epsilon_cap: float, delta_cap: float
-) -> Budget:
-    budget = session.get(Budget, (tenant_id, sha256))
-    if budget is not None:
-        return budget
-    try:
-        # Two first uploads of the same data race on PostgreSQL; the loser reads the winner's.
-        with session.begin_nested():
-            budget = Budget(
-                tenant_id=tenant_id,
-                dataset_sha256=sha256,
-                epsilon_cap=float(epsilon_cap),
-                delta_cap=float(delta_cap),
-            )
-            session.add(budget)
-    except IntegrityError:
-        budget = session.get(Budget, (tenant_id, sha256))
-        if budget is None:
-            raise
-    return budget
-
-
 @dataclass(frozen=True)
 class Page:
     """One page of a listing, newest first; ``next_cursor`` is None on the last page."""
@@ -413,7 +468,5 @@ def tenant_named(session: Session, name: str) -> Tenant:
         statement = select(Tenant).where(Tenant.name == name).order_by(Tenant.created_at)
         tenant = session.scalars(statement).first()
         if tenant is None:
-            tenant = Tenant(name=name)
-            session.add(tenant)
-            session.flush()
+            tenant = _new_tenant(session, name)
         return tenant

@@ -6,6 +6,8 @@ The database comes from the connection that :func:`service.db.engine.upgrade` pa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from alembic import context
@@ -36,6 +38,28 @@ def configure(connection: Connection) -> None:
     )
 
 
+@contextmanager
+def foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """Turns SQLite's foreign keys off while migrations run.
+
+    Batch mode alters a SQLite table by copying it and dropping the original, and with foreign
+    keys on, SQLite refuses to drop a table that rows of another table reference (alembic's
+    documented remedy is this pragma). It has no effect inside a transaction, so it is set on
+    the driver's connection before the migration transaction begins; migrations that copy
+    tables check the keys themselves (``PRAGMA foreign_key_check``) before they commit.
+    """
+    if connection.dialect.name != "sqlite" or connection.in_transaction():
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
 def url_from_command_line() -> str:
     url = context.get_x_argument(as_dictionary=True).get("url")
     if not url:
@@ -52,14 +76,14 @@ def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         configure(connection)
-        with context.begin_transaction():
+        with foreign_keys_off(connection), context.begin_transaction():
             context.run_migrations()
         return
     engine = make_engine(url_from_command_line())
     try:
         with engine.connect() as connection:
             configure(connection)
-            with context.begin_transaction():
+            with foreign_keys_off(connection), context.begin_transaction():
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -85,7 +85,7 @@ def test_upload_create_wait_download(
     assert spent[-1] == pytest.approx(job.epsilon_spent)
 
     budget = alice.datasets.budget(dataset.id)
-    assert budget.epsilon_spent == pytest.approx(job.epsilon_spent)
+    assert budget.epsilon_spent == job.epsilon_reserved  # it released: it pays all it reserved
     assert (budget.epsilon_reserved, budget.active_jobs) == (0.0, 0)
 
     out = job.download(tmp_path / "result")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import zipfile
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
+from service.db import make_engine
 from tests.conftest import digits_28
 from tests.servers import Server
 
@@ -29,8 +32,10 @@ def bob(server: Server) -> Iterator[httpx.Client]:
         yield client
 
 
-def npz_bytes(n_per_label: int = 6) -> bytes:
-    digits = digits_28(n_per_label)
+def npz_bytes(n_per_label: int = 6, *, offset: int = 0) -> bytes:
+    """Digits as an npz upload. Uploads sharing any record share one budget, so a test that
+    needs a budget of its own takes its own ``offset``."""
+    digits = digits_28(n_per_label, offset=offset)
     buffer = io.BytesIO()
     np.savez(buffer, images=digits.images, labels=digits.labels)
     return buffer.getvalue()
@@ -101,7 +106,7 @@ def test_tenants_never_see_each_other(alice: httpx.Client, bob: httpx.Client, da
 
 
 def test_budget_is_reserved_refused_and_idempotent(alice: httpx.Client):
-    ds = upload(alice, npz_bytes(5), epsilon_cap="1.0").json()["id"]
+    ds = upload(alice, npz_bytes(5, offset=10), epsilon_cap="1.0").json()["id"]
     body = {"dataset_id": ds, "epsilon": 0.6, "iterations": 2}
     first = alice.post("/v1/jobs", json=body, headers={"Idempotency-Key": "abc"})
     assert first.status_code == 202
@@ -167,14 +172,14 @@ def test_bad_uploads_are_4xx_and_leave_nothing(
 
 
 def test_delete_removes_private_files_but_keeps_budget(server: Server, alice: httpx.Client):
-    created = upload(alice, npz_bytes(2), epsilon_cap="2.0").json()
+    created = upload(alice, npz_bytes(2, offset=20), epsilon_cap="2.0").json()
     job = alice.post("/v1/jobs", json={"dataset_id": created["id"], "epsilon": 0.5})
     assert job.status_code == 202
     files_before = len(stored_uploads(server))
     assert alice.delete(f"/v1/datasets/{created['id']}").status_code == 204
     assert len(stored_uploads(server)) == files_before - 1
     assert alice.get(f"/v1/datasets/{created['id']}").status_code == 404
-    again = upload(alice, npz_bytes(2), epsilon_cap="2.0").json()
+    again = upload(alice, npz_bytes(2, offset=20), epsilon_cap="2.0").json()
     assert again["sha256"] == created["sha256"]
     assert again["budget"]["epsilon_remaining"] == pytest.approx(1.5)  # not reset
 
@@ -228,7 +233,7 @@ def test_metrics_count_requests_and_jobs(server: Server, alice: httpx.Client, da
 
 
 def test_concurrent_creates_over_http_accept_exactly_what_fits(alice: httpx.Client):
-    ds = upload(alice, npz_bytes(3), epsilon_cap="1.0").json()["id"]
+    ds = upload(alice, npz_bytes(3, offset=30), epsilon_cap="1.0").json()["id"]
 
     def create(i: int) -> int:
         with httpx.Client(base_url=alice.base_url, headers=alice.headers, timeout=60) as c:
@@ -389,3 +394,128 @@ def test_a_job_that_cannot_run_is_422_before_anything_is_reserved(
     assert message in response.text
     assert carol.get(f"/v1/datasets/{dataset_id}/budget").json() == before
     assert carol.get("/v1/jobs").json()["items"] == []
+
+
+def saved(images: np.ndarray, labels: np.ndarray, *, compressed: bool = False, **extra) -> bytes:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, images=images, labels=labels, **extra)
+    return buffer.getvalue()
+
+
+def test_the_same_records_share_one_cap_however_they_are_uploaded(
+    alice: httpx.Client, bob: httpx.Client
+):
+    """Hole 1 of "Privacy II": the budget follows the records, not the bytes of the file."""
+    digits = digits_28(6, offset=60)  # 60 records no other test of this module uploads
+    images, labels = digits.images, digits.labels
+    assert images is not None
+    first = upload(alice, saved(images, labels))
+    assert first.status_code == 201, first.text
+    spent = alice.post("/v1/jobs", json={"dataset_id": first.json()["id"], "epsilon": 1.0})
+    assert spent.status_code == 202, spent.text
+    order = np.random.default_rng(0).permutation(len(images))
+    newcomers = digits_28(2, offset=90)  # 20 records never uploaded before
+    assert newcomers.images is not None
+    variants = {
+        "compressed": saved(images, labels, compressed=True),
+        "extra array": saved(images, labels, unused=np.arange(7)),
+        "reordered": saved(images[order], labels[order]),
+        "first half": saved(images[:30], labels[:30]),
+        "second half": saved(images[30:], labels[30:]),
+        "overlapping": saved(
+            np.concatenate([images[50:], newcomers.images]),
+            np.concatenate([labels[50:], newcomers.labels]),
+        ),
+    }
+    for name, content in variants.items():
+        again = upload(alice, content)
+        assert again.status_code == 201, (name, again.text)
+        budget = again.json()["budget"]
+        assert (budget["epsilon_cap"], budget["epsilon_reserved"]) == (1.0, 1.0), name
+        assert budget["epsilon_remaining"] == 0.0, name
+        refused = alice.post("/v1/jobs", json={"dataset_id": again.json()["id"], "epsilon": 1.0})
+        assert refused.status_code == 409, (name, refused.text)
+    # Another tenant's copy of the same records has a cap of its own, and its answers are
+    # those of a first upload: nothing says that someone else holds these records.
+    theirs = upload(bob, saved(images, labels))
+    assert theirs.status_code == 201, theirs.text
+    fresh = {key: value for key, value in theirs.json().items() if key not in ("id", "created_at")}
+    mine = {key: value for key, value in first.json().items() if key not in ("id", "created_at")}
+    assert fresh == mine
+    assert bob.post("/v1/jobs", json={"dataset_id": theirs.json()["id"], "epsilon": 1.0}).is_success
+
+
+def test_duplicate_records_of_an_upload_are_reported(alice: httpx.Client):
+    digits = digits_28(1, offset=100)
+    images, labels = digits.images, digits.labels
+    assert images is not None
+    twice = saved(np.concatenate([images, images[:3]]), np.concatenate([labels, labels[:3]]))
+    created = upload(alice, twice)
+    assert created.status_code == 201, created.text
+    assert (created.json()["record_count"], created.json()["duplicate_records"]) == (13, 3)
+
+
+def test_a_delta_above_the_servers_maximum_is_422_before_anything_is_reserved(
+    alice: httpx.Client, dataset: dict
+):
+    before = alice.get(f"/v1/datasets/{dataset['id']}/budget").json()
+    body = {"dataset_id": dataset["id"], "epsilon": 0.1, "delta": 2e-5}
+    response = alice.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert "delta: 2e-05 is above this installation's maximum of 1e-05" in response.text
+    assert alice.get(f"/v1/datasets/{dataset['id']}/budget").json() == before
+
+
+def test_a_cap_above_the_servers_maximum_is_422_and_leaves_nothing(
+    server: Server, alice: httpx.Client
+):
+    before = stored_uploads(server)
+    for fields, message in [
+        ({"epsilon_cap": "50"}, "epsilon_cap: 50 is above this installation's maximum of 10"),
+        ({"delta_cap": "1e-3"}, "delta_cap: 0.001 is above this installation's maximum of 1e-05"),
+    ]:
+        response = upload(alice, npz_bytes(1, offset=110), **fields)
+        assert response.status_code == 422, response.text
+        assert message in response.json()["detail"]
+    assert stored_uploads(server) == before
+
+
+def test_record_digests_never_appear_in_any_answer(
+    server: Server, db_url: str, alice: httpx.Client, dataset: dict
+):
+    job = alice.post("/v1/jobs", json={"dataset_id": dataset["id"], "epsilon": 0.01}).json()
+    answers = [
+        alice.get("/v1/datasets").text,
+        alice.get(f"/v1/datasets/{dataset['id']}").text,
+        alice.get(f"/v1/datasets/{dataset['id']}/budget").text,
+        alice.get("/v1/jobs").text,
+        alice.get(f"/v1/jobs/{job['id']}").text,
+        alice.get(f"/v1/jobs/{job['id']}/events").text,
+        alice.post(f"/v1/jobs/{job['id']}/cancel").text,
+        upload(alice, npz_bytes()).text,  # a re-upload joining the budget says nothing either
+    ]
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            stored = [
+                bytes(digest)
+                for digest in connection.execute(
+                    text("SELECT digest FROM record_digests WHERE dataset_id = :id"),
+                    {"id": dataset["id"]},
+                ).scalars()
+            ]
+    finally:
+        engine.dispose()
+    assert len(set(stored)) == 60
+    forms = {
+        form
+        for digest in stored
+        for form in (
+            digest.hex(),
+            base64.b64encode(digest).decode(),
+            base64.urlsafe_b64encode(digest).decode(),
+        )
+    }
+    shown = "\n".join(answers)
+    assert not [form for form in forms if form in shown]
+    assert "digest" not in shown

@@ -72,6 +72,7 @@ class Home:
             "PRIVEVO_BROKER_URL": REDIS_URL,
             "PRIVEVO_TASK_TIME_LIMIT_S": str(TASK_TIME_LIMIT_S),
             "PRIVEVO_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+            "PRIVEVO_ALLOW_INSECURE_TEST_NOISE": "true",
         }
 
     def new_job(self, **spec: Any) -> str:

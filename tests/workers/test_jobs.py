@@ -16,6 +16,7 @@ import yaml
 
 from pe_core.config import PeJob
 from pe_core.job import read_run_record
+from pe_core.policy import PrivacyPolicy
 from service.db import (
     append_event,
     cancel,
@@ -30,7 +31,14 @@ from workers import jobs
 
 
 def context(home: Home, time_limit_s: float = 3600.0) -> jobs.JobContext:
-    return jobs.JobContext(home.sessions, home.storage, time_limit_s=time_limit_s, heartbeat_s=0.05)
+    """A worker's context on a test server: seeded test noise allowed."""
+    return jobs.JobContext(
+        home.sessions,
+        home.storage,
+        time_limit_s=time_limit_s,
+        heartbeat_s=0.05,
+        policy=PrivacyPolicy(allow_insecure_test_noise=True),
+    )
 
 
 def job_folder(home: Home, job_id: str):
@@ -53,9 +61,11 @@ def test_a_job_publishes_its_dp_outputs_only(home: Home) -> None:
     report = json.loads(home.file(f"results/{job_id}/privacy_report.json").read_text())
     assert report["status"] == "NOT PRIVATE"  # the seeded test noise says so
     assert report["run"]["seed"] == 3
-    assert math.isclose(report["epsilon"], job.epsilon_charged, rel_tol=1e-9)
-    assert job.epsilon_charged <= 4.0
-    assert job.delta_charged == 1e-5
+    # The job made releases: it pays its whole reservation; the accountant's own epsilon for
+    # what it released is at most that.
+    assert (job.epsilon_charged, job.delta_charged) == (4.0, 1e-5)
+    assert math.isclose(report["epsilon"], job.epsilon_spent, rel_tol=1e-9)
+    assert report["epsilon"] <= job.epsilon_charged
     releases = home.releases(job_id)
     assert [r.mechanism for r in releases] == ["iteration-1/histogram", "iteration-2/histogram"]
     assert [e["iteration"] for e in home.events(job_id, "iteration")] == [0, 1, 2]
@@ -242,3 +252,15 @@ def test_the_cli_and_a_worker_run_one_job_the_same_way(home: Home, tmp_path: Pat
     assert written["labels"].pop("source") == "the dataset's folder or column values"
     assert published["run"].pop("job_id") == job_id
     assert published == written
+
+
+def test_the_worker_refuses_test_noise_unless_the_operator_allows_it(home: Home) -> None:
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    production = jobs.JobContext(home.sessions, home.storage, time_limit_s=3600.0, heartbeat_s=0.05)
+    assert jobs.run_job(production, job_id) == "failed"
+    job = home.job(job_id)
+    assert job.error is not None
+    assert job.error.startswith("insecure_test_noise: seeded test noise is NOT PRIVATE")
+    assert "PRIVEVO_ALLOW_INSECURE_TEST_NOISE" in job.error
+    assert home.releases(job_id) == []
+    assert (job.epsilon_charged, job.delta_charged) == (0.0, 0.0)

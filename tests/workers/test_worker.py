@@ -95,6 +95,13 @@ def test_a_worker_runs_a_job_to_success(home: Home, send: Send) -> None:
     assert job.status == "succeeded", worker_logs(home)
     assert len(home.releases(job_id)) == ITERATIONS
     check_results(home, job_id)
+    # Uploads, the job's private state and its results are the service user's alone, the
+    # engine's own files included (the worker runs with umask 077).
+    entries = [home.storage.root, *home.storage.root.rglob("*")]
+    modes = {str(p): oct(p.stat().st_mode & 0o777) for p in entries}
+    expected = {str(p): "0o700" if p.is_dir() else "0o600" for p in entries}
+    assert modes == expected
+    assert any("state" in path for path in modes) and any("results" in path for path in modes)
 
 
 @pytest.mark.parametrize("stop_at", ["after-record", "before-record"])
@@ -207,7 +214,8 @@ def test_a_job_canceled_while_running_stops_and_keeps_its_charge(
     (release,) = home.releases(job_id)
     assert job.status == "canceled"
     assert release.mechanism == "iteration-1/histogram"
-    assert job.epsilon_charged == release.epsilon > 0
-    assert job.delta_charged == job.delta_reserved
+    assert release.epsilon > 0
+    # Canceled after a release: it pays what it reserved, not only what it released.
+    assert (job.epsilon_charged, job.delta_charged) == (job.epsilon_reserved, job.delta_reserved)
     assert home.storage.list(jobs.result_prefix(job_id)) == []
     assert [e["iteration"] for e in home.events(job_id, "iteration")] == [0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TypeVar
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pe_core.privacy import DpEvent
 from service.db import Dataset, Job, create_dataset, create_tenant, write_transaction
 from service.db.models import utcnow
+from service.digests import RecordDigests
 
 T = TypeVar("T")
 
@@ -29,14 +30,23 @@ def new_tenant(session: Session, name: str = "acme") -> str:
     return create_tenant(session, name).id
 
 
+def digests_of(records: Iterable[str], duplicates: int = 0) -> RecordDigests:
+    """Stand-ins for the keyed digests of ``records`` (the database only compares them)."""
+    distinct = sorted({hashlib.sha256(record.encode()).digest() for record in records})
+    return RecordDigests(b"".join(distinct), duplicates)
+
+
 def new_dataset(
     session: Session,
     tenant_id: str,
     *,
     data: str = "digits",
+    records: Iterable[str] | None = None,
     epsilon_cap: float = 1.0,
     delta_cap: float = 1e-5,
 ) -> Dataset:
+    """A dataset whose file is ``data``, holding ``records`` (None: no record digests, as
+    datasets uploaded before they existed)."""
     return create_dataset(
         session,
         tenant_id,
@@ -48,6 +58,7 @@ def new_dataset(
         storage_path=f"datasets/{data}.npz",
         epsilon_cap=epsilon_cap,
         delta_cap=delta_cap,
+        digests=None if records is None else digests_of(records),
     )
 
 

@@ -1,4 +1,4 @@
-"""Reservations, releases and refunds against a dataset's privacy budget (SQLite and PostgreSQL)."""
+"""Reservations, releases and charges against a dataset's privacy budget (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_reserve_validates_its_request(db_session: Session) -> None:
         reserve(db_session, tenant, dataset.id, 0.1, DELTA, None, {}, iterations=0)
 
 
-def test_finalize_charges_what_the_releases_spent_and_refunds_the_rest(
+def test_finalize_charges_the_whole_reservation_of_a_job_that_released(
     db_session: Session,
 ) -> None:
     tenant = new_tenant(db_session)
@@ -123,18 +123,19 @@ def test_finalize_charges_what_the_releases_spent_and_refunds_the_rest(
     assert running.epsilon_remaining == pytest.approx(0.2)
 
     done = finalize(db_session, job.id, "succeeded")
-    assert (done.status, done.epsilon_charged, done.delta_charged) == ("succeeded", 0.375, DELTA)
+    assert (done.status, done.epsilon_charged, done.delta_charged) == ("succeeded", 0.8, DELTA)
+    assert done.epsilon_spent == 0.375  # what the releases metered, for the record
     assert done.finished_at is not None and done.started_at is not None
     after = remaining(db_session, tenant, dataset.id)
-    assert after.epsilon_remaining == pytest.approx(0.625)
+    assert (after.epsilon_spent, after.epsilon_remaining) == (0.8, pytest.approx(0.2))
     assert (after.epsilon_reserved, after.active_jobs) == (0.0, 0)
-    # Idempotent: the first final state wins and nothing is refunded twice.
+    # Idempotent: the first final state wins and nothing is charged twice.
     again = finalize(db_session, job.id, "failed", "late failure report")
-    assert (again.status, again.error, again.epsilon_charged) == ("succeeded", None, 0.375)
+    assert (again.status, again.error, again.epsilon_charged) == ("succeeded", None, 0.8)
     assert remaining(db_session, tenant, dataset.id) == after
     finished = [e for e in list_events(db_session, tenant, job.id).events if e.kind == "finished"]
     assert len(finished) == 1
-    assert finished[0].payload["epsilon_refunded"] == pytest.approx(0.425)
+    assert finished[0].payload["epsilon_refunded"] == 0.0
 
 
 def test_a_job_that_released_nothing_is_charged_nothing(db_session: Session) -> None:
@@ -221,7 +222,7 @@ def test_no_release_is_recorded_after_the_job_ends(db_session: Session) -> None:
     job = reserve(db_session, tenant, dataset.id, 0.5, DELTA, None, {}, iterations=2)
     record_release(db_session, job.id, 1, "votes", 0.2, sha256_of("v"), None, event=VOTES)
     canceled = cancel(db_session, tenant, job.id)
-    assert (canceled.status, canceled.epsilon_charged) == ("canceled", 0.2)
+    assert (canceled.status, canceled.epsilon_charged) == ("canceled", 0.5)
     with pytest.raises(JobFinished, match="canceled"):
         record_release(db_session, job.id, 2, "votes", 0.2, sha256_of("w"), None, event=VOTES)
     # A redelivered task asking for a release made before the cancel still gets it back.
@@ -229,7 +230,7 @@ def test_no_release_is_recorded_after_the_job_ends(db_session: Session) -> None:
         db_session, job.id, 1, "votes", 0.2, sha256_of("v"), None, event=VOTES
     )
     assert not created
-    assert remaining(db_session, tenant, dataset.id).epsilon_remaining == pytest.approx(0.8)
+    assert remaining(db_session, tenant, dataset.id).epsilon_remaining == pytest.approx(0.5)
 
 
 def test_record_release_validates_its_arguments(db_session: Session) -> None:
@@ -250,3 +251,23 @@ def test_record_release_validates_its_arguments(db_session: Session) -> None:
             )
     with pytest.raises(ValueError, match="final status"):
         finalize(db_session, job.id, "running")
+
+
+def test_a_job_that_made_any_release_pays_its_whole_reservation(db_session: Session) -> None:
+    """Hole 4 of "Privacy II": stopping early after watching the results refunds nothing."""
+    tenant = new_tenant(db_session)
+    dataset = new_dataset(db_session, tenant)
+    watched = reserve(db_session, tenant, dataset.id, 0.5, DELTA, None, {}, iterations=4)
+    record_release(db_session, watched.id, 1, "votes", 0.1, sha256_of("v"), None, event=VOTES)
+    canceled = cancel(db_session, tenant, watched.id)
+    assert (canceled.epsilon_charged, canceled.delta_charged) == (0.5, DELTA)
+    timed_out = reserve(db_session, tenant, dataset.id, 0.3, DELTA, None, {}, iterations=4)
+    record_release(db_session, timed_out.id, 1, "votes", 0.1, sha256_of("w"), None, event=VOTES)
+    failed = finalize(db_session, timed_out.id, "failed", "time limit")
+    assert (failed.epsilon_charged, failed.delta_charged) == (0.3, DELTA)
+    status = remaining(db_session, tenant, dataset.id)
+    assert (status.epsilon_spent, status.delta_spent) == (pytest.approx(0.8), 2 * DELTA)
+    assert status.epsilon_remaining == pytest.approx(0.2)
+    (finished,) = [e for e in list_events(db_session, tenant, canceled.id).events
+                   if e.kind == "finished"]  # fmt: skip
+    assert (finished.payload["epsilon_refunded"], finished.payload["delta_refunded"]) == (0, 0)

@@ -16,6 +16,7 @@ from service.db import (
     Budget,
     Dataset,
     Job,
+    RecordDigest,
     Tenant,
     get_job,
     make_engine,
@@ -54,11 +55,12 @@ def test_sqlite_connections_are_configured(db_engine: Engine) -> None:
 def test_foreign_keys_and_checks_are_enforced(db_session: Session) -> None:
     tenant, other = new_tenant(db_session), new_tenant(db_session, "other")
     dataset = new_dataset(db_session, tenant)
+    theirs = new_dataset(db_session, other)
     bad_rows = [
-        Budget(tenant_id="ten_missing", dataset_sha256="s", epsilon_cap=1.0, delta_cap=1e-5),
-        Budget(tenant_id=tenant, dataset_sha256="s", epsilon_cap=-1.0, delta_cap=1e-5),
-        Budget(tenant_id=tenant, dataset_sha256="s", epsilon_cap=1.0, delta_cap=1.0),
-        # A dataset whose data has no budget.
+        Budget(tenant_id="ten_missing", epsilon_cap=1.0, delta_cap=1e-5),
+        Budget(tenant_id=tenant, epsilon_cap=-1.0, delta_cap=1e-5),
+        Budget(tenant_id=tenant, epsilon_cap=1.0, delta_cap=1.0),
+        # A dataset drawing on another tenant's budget.
         Dataset(
             tenant_id=tenant,
             name="x",
@@ -66,8 +68,11 @@ def test_foreign_keys_and_checks_are_enforced(db_session: Session) -> None:
             record_count=1,
             labels=[],
             sha256="0" * 64,
+            budget_id=theirs.budget_id,
             storage_path="x",
         ),
+        # A record digest of one tenant filed under another tenant's dataset.
+        RecordDigest(tenant_id=tenant, dataset_id=theirs.id, digest=b"\0" * 32),
         # A job of one tenant on another tenant's dataset.
         Job(
             tenant_id=other,

@@ -5,13 +5,27 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from service.db import Base, make_engine, upgrade
+from service.db import (
+    Base,
+    BudgetExceeded,
+    TenantSecret,
+    create_dataset,
+    make_engine,
+    make_session_factory,
+    read_transaction,
+    remaining,
+    reserve,
+    tenant_digest_key,
+    upgrade,
+)
 from service.db.engine import alembic_config
+from service.digests import RecordDigests
 
 
 def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
@@ -78,5 +92,78 @@ def test_jobs_made_before_revision_0005_get_the_queue_of_their_api(db_url: str) 
             shapes = connection.execute(text("SELECT image_shape FROM datasets")).scalars().all()
         assert queues == {"j1": "cpu", "j2": "cpu", "j3": "gpu"}
         assert shapes == [None]
+    finally:
+        engine.dispose()
+
+
+def test_budgets_made_before_revision_0006_keep_their_spending_and_their_bytes(
+    db_url: str,
+) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    sha, other_sha = "1" * 64, "2" * 64
+    try:
+        with engine.connect() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0005")
+            connection.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES ('t6', 'acme', :now)"),
+                {"now": now},
+            )
+            for digest, cap in ((sha, 1.0), (other_sha, 2.0)):
+                connection.execute(
+                    text(
+                        "INSERT INTO budgets (tenant_id, dataset_sha256, epsilon_cap, delta_cap, "
+                        "created_at) VALUES ('t6', :sha, :cap, 1e-3, :now)"
+                    ),
+                    {"sha": digest, "cap": cap, "now": now},
+                )
+            # Two uploads of the same bytes, and one of other bytes.
+            for dataset_id, digest in (("d1", sha), ("d2", sha), ("d3", other_sha)):
+                connection.execute(
+                    text(
+                        "INSERT INTO datasets (id, tenant_id, name, modality, record_count, "
+                        "labels, sha256, storage_path, created_at) VALUES "
+                        "(:id, 't6', 'n', 'text', 1, '[]', :sha, 'uploads/x', :now)"
+                    ),
+                    {"id": dataset_id, "sha": digest, "now": now},
+                )
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, dataset_id, spec, status, iteration, "
+                    "iterations, epsilon_reserved, delta_reserved, epsilon_spent, delta_spent, "
+                    "epsilon_charged, delta_charged, created_at, updated_at, queue) VALUES "
+                    "('j6', 't6', 'd1', '{}', 'succeeded', 1, 1, 0.75, 1e-6, 0.5, 1e-6, 0.75, "
+                    "1e-6, :now, :now, 'cpu')"
+                ),
+                {"now": now},
+            )
+            connection.commit()
+            command.upgrade(config, "head")
+            connection.commit()
+    finally:
+        engine.dispose()
+    engine = make_engine(db_url)
+    try:
+        with make_session_factory(engine)() as session:
+            for dataset_id in ("d1", "d2"):
+                status = remaining(session, "t6", dataset_id)
+                assert (status.epsilon_cap, status.epsilon_spent) == (1.0, 0.75)
+            assert remaining(session, "t6", "d3").epsilon_remaining == 2.0
+            # A new upload of the old bytes (it has record digests, the old ones have none) joins.
+            again = create_dataset(
+                session, "t6", name="again", modality="text", record_count=1, labels=[], sha256=sha,
+                storage_path="uploads/y", epsilon_cap=1.0, delta_cap=1e-3,
+                digests=RecordDigests(b"\x07" * 32, 0),
+            )  # fmt: skip
+            assert remaining(session, "t6", again.id).epsilon_remaining == 0.25
+            with pytest.raises(BudgetExceeded):
+                reserve(session, "t6", again.id, 0.5, 1e-6, None, {}, iterations=1)
+            # The tenant of that time got a digest key of its own from the migration.
+            with read_transaction(session):
+                key = session.get_one(TenantSecret, "t6").digest_key
+            assert len(key) == 32 and tenant_digest_key(session, "t6") == key
     finally:
         engine.dispose()

@@ -1,0 +1,185 @@
+"""Budgets follow records: uploads sharing any record share one budget (SQLite and PostgreSQL).
+
+The digests here are stand-ins (sha256 of a record's name); ``tests/service/test_digests.py``
+checks the real ones, and ``tests/service/test_api.py`` the whole path from a file.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import (
+    Budget,
+    BudgetCapConflict,
+    BudgetExceeded,
+    Dataset,
+    Job,
+    RecordDigest,
+    delete_dataset,
+    finalize,
+    read_transaction,
+    record_release,
+    remaining,
+    reserve,
+)
+from tests.service.db.support import (
+    VOTES,
+    new_dataset,
+    new_tenant,
+    run_together,
+    sha256_of,
+)
+
+DELTA = 1e-6
+
+
+def records(name: str, count: int, start: int = 0) -> list[str]:
+    return [f"{name}-{i}" for i in range(start, start + count)]
+
+
+def count(session: Session, model: type, *where) -> int:
+    with read_transaction(session):
+        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def test_uploads_sharing_a_record_share_a_budget_and_disjoint_ones_do_not(
+    db_session: Session,
+) -> None:
+    tenant = new_tenant(db_session)
+    first = new_dataset(db_session, tenant, data="a", records=records("r", 60))
+    reserve(db_session, tenant, first.id, 0.7, DELTA, None, {}, iterations=1)
+    # Other bytes, one record in common: the same budget, with what was spent of it.
+    overlapping = new_dataset(
+        db_session, tenant, data="b", records=[*records("r", 1, 59), *records("new", 20)]
+    )
+    assert overlapping.budget_id == first.budget_id
+    assert remaining(db_session, tenant, overlapping.id).epsilon_remaining == pytest.approx(0.3)
+    with pytest.raises(BudgetExceeded):
+        reserve(db_session, tenant, overlapping.id, 0.5, DELTA, None, {}, iterations=1)
+    disjoint = new_dataset(db_session, tenant, data="c", records=records("other", 60))
+    assert disjoint.budget_id != first.budget_id
+    assert remaining(db_session, tenant, disjoint.id).epsilon_remaining == 1.0
+
+
+def test_a_bridging_upload_merges_budgets_summing_their_spending_under_the_smallest_caps(
+    db_session: Session,
+) -> None:
+    tenant = new_tenant(db_session)
+    left = new_dataset(db_session, tenant, data="left", records=records("l", 10), epsilon_cap=3.0)
+    right = new_dataset(db_session, tenant, data="right", records=records("r", 10), epsilon_cap=2.0)
+    assert left.budget_id != right.budget_id
+    job = reserve(db_session, tenant, left.id, 0.4, DELTA, None, {}, iterations=1)
+    record_release(db_session, job.id, 1, "votes", 0.1, sha256_of("v"), None, event=VOTES)
+    finalize(db_session, job.id, "succeeded")
+    reserve(db_session, tenant, right.id, 0.5, DELTA, None, {}, iterations=1)
+    budgets_before = count(db_session, Budget, Budget.tenant_id == tenant)
+
+    bridge = new_dataset(
+        db_session,
+        tenant,
+        data="bridge",
+        records=[*records("l", 1), *records("r", 1)],
+        epsilon_cap=1.5,
+    )
+    statuses = {d.id: remaining(db_session, tenant, d.id) for d in (left, right, bridge)}
+    assert len(set(statuses.values())) == 1
+    status = statuses[bridge.id]
+    assert (status.epsilon_cap, status.epsilon_spent, status.epsilon_reserved) == (1.5, 0.4, 0.5)
+    assert status.epsilon_remaining == pytest.approx(0.6)
+    assert status.active_jobs == 1
+    assert bridge.budget_id == left.budget_id  # the oldest budget's id stays
+    assert count(db_session, Budget, Budget.tenant_id == tenant) == budgets_before - 1
+    with read_transaction(db_session):
+        assert db_session.get_one(Dataset, right.id).budget_id == left.budget_id
+
+
+def test_an_upload_cannot_raise_the_cap_of_records_it_shares(db_session: Session) -> None:
+    tenant = new_tenant(db_session)
+    first = new_dataset(db_session, tenant, data="a", records=records("r", 5), delta_cap=1e-6)
+    datasets_before = count(db_session, Dataset, Dataset.tenant_id == tenant)
+    digests_before = count(db_session, RecordDigest, RecordDigest.tenant_id == tenant)
+    for caps in ({"epsilon_cap": 2.0, "delta_cap": 1e-6}, {"epsilon_cap": 1.0, "delta_cap": 1e-5}):
+        with pytest.raises(
+            BudgetCapConflict,
+            match=r"cap of epsilon 1, delta 1e-06; .* epsilon_cap <= 1 and delta_cap <= 1e-06",
+        ):
+            new_dataset(db_session, tenant, data="b", records=records("r", 2), **caps)
+    assert count(db_session, Dataset, Dataset.tenant_id == tenant) == datasets_before
+    assert count(db_session, RecordDigest, RecordDigest.tenant_id == tenant) == digests_before
+    # A smaller cap is taken, for every dataset of the budget.
+    lower = new_dataset(
+        db_session, tenant, data="c", records=records("r", 2), epsilon_cap=0.5, delta_cap=1e-7
+    )
+    for dataset in (first, lower):
+        status = remaining(db_session, tenant, dataset.id)
+        assert (status.epsilon_cap, status.delta_cap) == (0.5, 1e-7)
+
+
+def test_a_deleted_datasets_records_keep_its_budget(db_session: Session) -> None:
+    tenant = new_tenant(db_session)
+    gone = new_dataset(db_session, tenant, data="a", records=records("r", 30))
+    reserve(db_session, tenant, gone.id, 0.9, DELTA, None, {}, iterations=1)
+    delete_dataset(db_session, tenant, gone.id)
+    assert count(db_session, RecordDigest, RecordDigest.dataset_id == gone.id) == 30
+    again = new_dataset(db_session, tenant, data="a reordered", records=records("r", 30)[::-1])
+    assert again.budget_id == gone.budget_id
+    assert remaining(db_session, tenant, again.id).epsilon_remaining == pytest.approx(0.1)
+
+
+def test_the_same_bytes_without_record_digests_share_a_budget(db_session: Session) -> None:
+    """Datasets uploaded before record digests existed have none: their bytes still match."""
+    tenant = new_tenant(db_session)
+    legacy = new_dataset(db_session, tenant, data="old upload")
+    reserve(db_session, tenant, legacy.id, 0.6, DELTA, None, {}, iterations=1)
+    again = new_dataset(db_session, tenant, data="old upload", records=records("r", 10))
+    assert again.budget_id == legacy.budget_id
+    assert remaining(db_session, tenant, again.id).epsilon_remaining == pytest.approx(0.4)
+
+
+def test_record_digests_are_never_compared_across_tenants(db_session: Session) -> None:
+    # Equal digests under two tenants cannot happen with per-tenant keys; even so, one tenant's
+    # digests must never reach another's budget.
+    tenant, other = new_tenant(db_session), new_tenant(db_session, "other")
+    mine = new_dataset(db_session, tenant, data="a", records=records("r", 10))
+    reserve(db_session, tenant, mine.id, 1.0, DELTA, None, {}, iterations=1)
+    theirs = new_dataset(db_session, other, data="a", records=records("r", 10), epsilon_cap=5.0)
+    assert theirs.budget_id != mine.budget_id
+    assert remaining(db_session, other, theirs.id).epsilon_remaining == 5.0
+
+
+def test_concurrent_overlapping_uploads_end_in_one_budget(
+    db_factory: sessionmaker[Session],
+) -> None:
+    threads = 6
+    with db_factory() as session:
+        tenant = new_tenant(session)
+
+    def upload(session: Session, index: int) -> Dataset:
+        # Upload i holds records i and i + 1 of a chain: together they link every upload.
+        return new_dataset(
+            session, tenant, data=f"chain {index}", records=records("chain", 2, start=index)
+        )
+
+    outcomes = run_together(db_factory, threads, upload)
+    assert all(isinstance(o, Dataset) for o in outcomes), outcomes
+    with db_factory() as session, read_transaction(session):
+        budgets = session.scalars(
+            select(Dataset.budget_id).where(Dataset.tenant_id == tenant).distinct()
+        ).all()
+        assert len(budgets) == 1
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Budget).where(Budget.tenant_id == tenant)
+            )
+            == 1
+        )
+
+    def create(session: Session, index: int) -> Job:
+        dataset = outcomes[index]
+        assert isinstance(dataset, Dataset)
+        return reserve(session, tenant, dataset.id, 0.4, DELTA, None, {}, iterations=1)
+
+    created = run_together(db_factory, threads, create)
+    assert sum(isinstance(o, Job) for o in created) == 2, created
