@@ -132,7 +132,8 @@ class Datasets:
         Raises:
             InvalidRequest: the file is unreadable or of an unsupported type.
             PayloadTooLarge: it exceeds the server's upload limit.
-            Conflict: the same data was uploaded before with another budget cap.
+            Conflict: the data shares records with data uploaded before under a smaller
+                budget cap (an upload sharing any record joins that budget).
         """
         path = Path(path)
         form = _core.upload_form(
@@ -244,8 +245,8 @@ class Jobs:
                 return
 
     def cancel(self, job_id: str) -> Job:
-        """Asks the job to stop (best effort: releases already made stay charged, the rest of
-        its reservation is refunded); a finished job is returned unchanged."""
+        """Asks the job to stop (best effort). A job that made any release is charged its whole
+        reservation, one that made none is refunded; a finished job is returned unchanged."""
         call = _core.Call("POST", f"/v1/jobs/{_core.segment(job_id)}/cancel")
         return self._job(self._client._json(call))
 

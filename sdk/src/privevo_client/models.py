@@ -15,9 +15,11 @@ FINAL_STATUSES: Final = frozenset({"succeeded", "failed", "canceled"})
 
 
 class Budget(BaseModel):
-    """A dataset's privacy budget; jobs add up by basic composition (sums of eps and delta).
+    """A dataset's privacy budget, shared with every dataset of the tenant that holds any of
+    the same records; jobs add up by basic composition (sums of eps and delta).
 
-    ``*_reserved`` is held by jobs still running; ``*_remaining`` is what new jobs may take.
+    ``*_reserved`` is held by jobs still running; ``*_remaining`` is what new jobs may take. A
+    job that made any release is charged all it reserved; one that made none, nothing.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -44,6 +46,7 @@ class Dataset(BaseModel):
     record_count: int
     labels: list[str]
     sha256: str
+    duplicate_records: int = 0  # records repeating an earlier one of the upload (each votes)
     created_at: datetime
     budget: Budget
 
