@@ -8,7 +8,14 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from pe_core.registry import did_you_mean
 
@@ -84,6 +91,16 @@ class PeJob(BaseModel):
                     + "; the README's configuration reference lists every key"
                 )
         return data
+
+    @field_validator("epsilon", mode="before")
+    @classmethod
+    def _null_epsilon_is_infinite(cls, value: Any) -> Any:
+        # JSON has no infinity: an infinite epsilon (no privacy) is written as null.
+        return math.inf if value is None else value
+
+    @field_serializer("epsilon", when_used="json")
+    def _infinite_epsilon_is_null(self, value: float) -> float | None:
+        return None if math.isinf(value) else value
 
     @field_validator("degrees")
     @classmethod

@@ -224,6 +224,23 @@ def _config(folder: Path, text: str) -> Path:
     return path
 
 
+def test_a_run_without_privacy_writes_infinite_epsilon_as_null(tmp_path, image_run):
+    """--no-privacy crashed writing run.json: "Out of range float values are not JSON
+    compliant: inf". Infinity is null everywhere, and such a run resumes."""
+    out = tmp_path / "out"
+    args = ("run", "--data", str(image_run["private"]), "--out", str(out), "--quiet")
+    privevo(*args, "--no-privacy", "--iterations", "1", "--num-samples", "40")
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert (report["status"], report["epsilon"], report["epsilon_target"]) == (
+        "NOT PRIVATE",
+        None,
+        None,
+    )
+    assert report["job"]["epsilon"] is None
+    assert json.loads((out / ".state" / "run.json").read_text())["job"]["epsilon"] is None
+    privevo("run", "--out", str(out), "--resume", "--quiet")
+
+
 def test_a_run_whose_ledger_was_deleted_does_not_resume(tmp_path, image_run):
     """The issue's case: deleting the ledger of a finished run and resuming produced a report
     of "DP", 1 release and a third of the epsilon for the same synthetic data."""
