@@ -43,7 +43,7 @@ class JobRefused(PrivevoError, ValueError):
         super().__init__("; ".join(self.problems))
 
 
-def check_job(job: PeJob, data: DataShape, *, policy: PrivacyPolicy | None = None) -> None:
+def check_job(job: PeJob, data: DataShape, *, policy: PrivacyPolicy) -> None:
     """Refuses a job that would fail on its data or that the policy does not allow, before
     anything is reserved or written.
 
@@ -52,7 +52,7 @@ def check_job(job: PeJob, data: DataShape, *, policy: PrivacyPolicy | None = Non
             mismatch, images the generator cannot make, labels it cannot draw, or labels left
             without samples.
     """
-    problems = [] if policy is None else policy.refusals(job)  # WIP: policy required
+    problems = policy.refusals(job)
     api = _plugin(API_REGISTRY, "api", job.api, job.api_config, problems, given={"label_names"})
     embedder = _plugin(
         EMBEDDER_REGISTRY, "embedding", job.embedding, job.embedding_config, problems

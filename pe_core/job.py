@@ -143,7 +143,7 @@ def run_job(
     state_dir: Path,
     layout: OutputLayout,
     label_source: str,
-    policy: PrivacyPolicy | None = None,  # WIP: required once the edges pass theirs
+    policy: PrivacyPolicy,
     callbacks: Sequence[RunCallbacks] = (),
     ledger: Callable[[], Ledger] | None = None,
     resume: bool = True,
@@ -200,7 +200,7 @@ def run_job(
         sampler=sampler,
         label_source=label_source,
         generator_public_data=api.public_data,
-        policy=policy or PrivacyPolicy(allow_insecure_test_noise=True),
+        policy=policy,
     )
     report["run"] = {"seed": job.seed, "nn_backend": result.nn_backend, **(run_info or {})}
     write_result(layout, result.population, report)
