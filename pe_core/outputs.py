@@ -2,6 +2,7 @@
 
 OUT/synthetic/            the DP synthetic dataset (files + synthetic.parquet)
 OUT/privacy_report.json   the guarantee and every ledger event
+OUT/report.html           the same for people: one self-contained, shareable page
 OUT/samples/iter_XX.png   a sample grid per iteration (iter_XX.md for texts)
 OUT/eval/                 NOT DP: metrics against held-out real data, only with eval data
 OUT/.state/               PRIVATE: checkpoints, ledger, releases; deleted with the dataset
@@ -18,6 +19,7 @@ from typing import Any
 
 from pe_core.datasets import write_synthetic
 from pe_core.fileio import atomic_write_bytes
+from pe_core.html_report import render_report
 from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import Samples
 from pe_core.visualize import save_image_grid, save_series_plot, save_text_sample
@@ -39,6 +41,10 @@ class OutputLayout:
     @property
     def privacy_report(self) -> Path:
         return self.root / "privacy_report.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
 
     @property
     def samples(self) -> Path:
@@ -94,10 +100,13 @@ class SampleWriter:
             save_series_plot(
                 {
                     "share above threshold": [d["share_above_threshold"] for d in self.diagnostics],
+                    "distinct parents share": [
+                        d["distinct_parents_share"] for d in self.diagnostics
+                    ],
                 },
                 self.layout.samples / "dp_diagnostics.png",
                 title="DP diagnostics (from noisy counts)",
-                ylabel="share of synthetic samples",
+                ylabel="share",
                 first_x=1,
             )
 
@@ -139,8 +148,10 @@ class Evaluator:
 
 
 def write_result(layout: OutputLayout, population: Samples, report: Mapping[str, Any]) -> None:
-    """Writes ``synthetic/`` and ``privacy_report.json``, replacing an earlier result."""
+    """Writes ``synthetic/``, ``privacy_report.json`` and ``report.html``, replacing an earlier
+    result."""
     if layout.synthetic.exists():
         shutil.rmtree(layout.synthetic)
     write_synthetic(population, layout.synthetic)
     write_json(layout.privacy_report, report)
+    atomic_write_bytes(layout.report_html, render_report(report, layout.samples).encode())

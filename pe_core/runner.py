@@ -361,11 +361,13 @@ class PrivateEvolution:
             noisy = noisy[: len(population)]
         callbacks.on_phase(t, "select")
         scores = threshold_counts(noisy, self.threshold)
-        parts, fallbacks = [], []
+        parts, fallbacks, picks, distinct = [], [], 0, 0
         for label, n_target in enumerate(targets.tolist()):
             members = np.flatnonzero(population.labels == label)
             n_select = selection_size(n_target, folds=job.folds, keep_selected=job.keep_selected)
             chosen = select(scores[members], n_select, job.selection, rng)
+            picks += len(chosen.indices)
+            distinct += len(np.unique(chosen.indices))
             if chosen.fallback:
                 fallbacks.append(population.label_names[label])
             callbacks.on_phase(t, "vary")
@@ -385,6 +387,9 @@ class PrivateEvolution:
             "degree": degree,
             "noisy_vote_mass": int(noisy.sum()),
             "share_above_threshold": float(np.mean(scores > 0)) if len(scores) else 0.0,
+            # Selection reads the noisy counts only, so this is DP too: how many different
+            # parents the next population grows from (falling: the population loses diversity).
+            "distinct_parents_share": distinct / picks if picks else 0.0,
             "uniform_fallback_labels": fallbacks,
         }
         return Samples.concat(parts), diagnostics

@@ -207,6 +207,7 @@ def _summary(
         ),
         *[f"WARNING: {w}" for w in report["warnings"]],
         f"synthetic data:  {layout.synthetic}/",
+        f"report:          {layout.report_html}",
         f"privacy report:  {layout.privacy_report}",
         f"sample grids:    {layout.samples}/",
     ]

@@ -61,7 +61,7 @@ from service.uploads import (
 Enqueue = Callable[[str, str], None]
 """Queues the worker task of a job: (job id, queue)."""
 
-RESULT_PARTS = ("synthetic/", "privacy_report.json", "samples/")
+RESULT_PARTS = ("synthetic/", "privacy_report.json", "report.html", "samples/")
 """What a result zip holds: never ``.state/`` (private) nor ``eval/`` (not DP)."""
 
 # Bytes a form may add to its file (boundaries, part headers, the small fields): a body declaring

@@ -90,7 +90,7 @@ def test_upload_create_wait_download(
 
     out = job.download(tmp_path / "result")
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert "privacy_report.json" in files
+    assert {"privacy_report.json", "report.html"} <= set(files)
     assert any(f.startswith("synthetic/") for f in files)
     assert not any(f.startswith((".state", "eval")) for f in files)
     report = json.loads((out / "privacy_report.json").read_text())
