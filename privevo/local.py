@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from pydantic import ConfigDict, model_validator
@@ -106,6 +107,47 @@ class ProgressBar:
         self.progress.update(self.task, completed=report.iteration, eps=eps)
 
 
+class ProgressLines:
+    """One line per iteration on a stream that is not a terminal (a log, a pipe, CI), where a
+    redrawn bar shows nothing until the end: iteration t of T, epsilon spent, elapsed, ETA."""
+
+    def __init__(self, total: int, epsilon_target: float, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.epsilon_target = epsilon_target
+        self.stream = stream
+        self.started = time.monotonic()
+        self.first: int | None = None
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def on_phase(self, iteration: int, phase: str) -> None:
+        pass
+
+    def on_iteration(self, report: IterationReport) -> None:
+        # A resumed run starts after its checkpoint: the ETA counts only what this run did.
+        if self.first is None:
+            self.first = report.iteration
+        elapsed = time.monotonic() - self.started
+        done = report.iteration - self.first
+        left = self.total - report.iteration
+        eta = f"{elapsed / done * left:.0f} s" if done else "unknown"
+        eps = (
+            "none (NOT PRIVATE)"
+            if not np.isfinite(report.epsilon_spent)
+            else f"{report.epsilon_spent:.3g}/{self.epsilon_target:.3g}"
+        )
+        print(
+            f"PE iteration {report.iteration}/{self.total}: eps {eps}, "
+            f"{elapsed:.0f} s elapsed, eta {eta}",
+            file=self.stream,
+            flush=True,
+        )
+
+
 def _load(spec: RunSpec, path: Path, labels: list[str] | None, *, users: bool) -> Samples:
     return load_dataset(
         path,
@@ -173,7 +215,10 @@ def run_local(
     try:
         # The seed is drawn once and recorded, so a resumed run repeats the same choices.
         job = record_run(layout.state, job, fresh_seed=secrets.randbits(62), source=spec.source())
-        bar = ProgressBar(job.iterations, job.epsilon) if progress else None
+        bar: ProgressBar | ProgressLines | None = None
+        if progress:
+            terminal = sys.stderr.isatty()
+            bar = (ProgressBar if terminal else ProgressLines)(job.iterations, job.epsilon)
         with bar or nullcontext():
             outcome = run_job(
                 job,

@@ -241,6 +241,17 @@ def test_a_run_without_privacy_writes_infinite_epsilon_as_null(tmp_path, image_r
     privevo("run", "--out", str(out), "--resume", "--quiet")
 
 
+def test_a_run_piped_to_a_log_prints_a_line_per_iteration(tmp_path, image_run):
+    """A redrawn bar shows nothing in a log: a piped run was silent for minutes."""
+    done = privevo(
+        "run", "--data", str(image_run["private"]), "--out", str(tmp_path / "o"),
+        "--iterations", "2", "--num-samples", "40", "--epsilon", "2",
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.startswith("PE iteration")]
+    assert [line.split(":")[0] for line in lines] == [f"PE iteration {t}/2" for t in range(3)]
+    assert "eps 2/2" in lines[-1] and "eta 0 s" in lines[-1]
+
+
 def test_a_run_whose_ledger_was_deleted_does_not_resume(tmp_path, image_run):
     """The issue's case: deleting the ledger of a finished run and resuming produced a report
     of "DP", 1 release and a third of the epsilon for the same synthetic data."""
