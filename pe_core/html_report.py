@@ -273,3 +273,85 @@ to share), {_tag("public")} (a setting) or {_tag("notdp")}. This page holds DP o
 {_settings(report["job"])}
 </body></html>
 """
+
+
+_METRICS = (
+    (
+        "accuracy",
+        "A classifier trained on the synthetic samples and tested on the held-out records: "
+        "how useful the synthetic data is for the task (train on synthetic, test on real).",
+    ),
+    (
+        "fid",
+        "Frechet distance between Gaussian fits of the synthetic and held-out embeddings: lower "
+        "is closer (FID when the embedder is Inception).",
+    ),
+    ("precision", "The share of synthetic samples that fall where real records lie (fidelity)."),
+    ("recall", "The share of held-out records near some synthetic sample (diversity, coverage)."),
+)
+
+
+def render_eval_report(
+    rows: Sequence[Mapping[str, Any]],
+    eval_dir: Path,
+    *,
+    closer_to_private: float,
+    baseline: float,
+    pairs: Sequence[tuple[str, str, float, float]],
+) -> str:
+    """The NOT DP evaluation page, for the data owner only: it shows private records.
+
+    Args:
+        rows: ``eval/metrics.json``'s per-iteration metrics.
+        eval_dir: the folder holding the metrics' curves (``<metric>.png``).
+        closer_to_private, baseline: the memorisation check's share and what chance gives.
+        pairs: the closest (synthetic, private) pairs as (synthetic HTML, private HTML,
+            distance to the private record, distance to the closest held-out record).
+    """
+    metrics = [(key, how) for key, how in _METRICS if rows and key in rows[0]]
+    head = "".join(f"<th>{key}</th>" for key, _ in metrics)
+    body = "".join(
+        f"<tr><td>{row['iteration']}</td>"
+        + "".join(f"<td>{_number(row[key])}{_tag('notdp')}</td>" for key, _ in metrics)
+        + "</tr>"
+        for row in rows
+    )
+    how = "".join(f"<li><strong>{key}</strong>: {escape(text)}</li>" for key, text in metrics)
+    curves = "".join(
+        f"<figure>{_image(eval_dir / f'{key}.png', key)}</figure>"
+        for key, _ in metrics
+        if (eval_dir / f"{key}.png").is_file()
+    )
+    verdict = (
+        "well above chance: the generator may reproduce private records; look at the pairs"
+        if closer_to_private > baseline + 0.1
+        else "close to chance: no sign that the synthetic samples copy private records"
+    )
+    pair_rows = "".join(
+        f"<tr><td>{synthetic}</td><td>{private}</td><td>{_number(d_private)}{_tag('notdp')}</td>"
+        f"<td>{_number(d_heldout)}{_tag('notdp')}</td></tr>"
+        for synthetic, private, d_private, d_heldout in pairs
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>privevo evaluation: NOT DP</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>privevo evaluation <span class="status notdp">NOT DP</span></h1>
+<div class="warning">This page is NOT differentially private: it was computed from real records
+in the clear, and it shows private records. It is for the data owner only: never share it or
+publish it with the synthetic data (the shareable page is <code>report.html</code>).</div>
+<h2>Quality per iteration {_tag("notdp")}</h2>
+<p>Measured against held-out real records that the run never saw.</p>
+<table><tr><th>iteration</th>{head}</tr>{body}</table>
+<ul class="how">{how}</ul>
+{curves}
+<h2 id="memorisation">Memorisation check {_tag("notdp")}</h2>
+<p>For every final synthetic sample: its distance to the closest private record, and to the
+closest held-out record. {_number(closer_to_private)}{_tag("notdp")} of the samples are closer
+to a private record, against {_number(baseline)} for samples that saw neither set: {verdict}.</p>
+<table><tr><th>synthetic sample</th><th>closest private record</th>
+<th>distance to it</th><th>distance to closest held-out record</th></tr>{pair_rows}</table>
+</body></html>
+"""

@@ -4,22 +4,31 @@ OUT/synthetic/            the DP synthetic dataset (files + synthetic.parquet)
 OUT/privacy_report.json   the guarantee and every ledger event
 OUT/report.html           the same for people: one self-contained, shareable page
 OUT/samples/iter_XX.png   a sample grid per iteration (iter_XX.md for texts)
-OUT/eval/                 NOT DP: metrics against held-out real data, only with eval data
+OUT/eval/                 NOT DP: metrics against held-out real data, only with eval data,
+                          and report-not-dp.html, which shows private records (owner only)
 OUT/.state/               PRIVATE: checkpoints, ledger, releases; deleted with the dataset
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
 from pe_core.datasets import write_synthetic
-from pe_core.fileio import atomic_write_bytes
-from pe_core.html_report import render_report
+from pe_core.fileio import atomic_write_bytes, private_directory
+from pe_core.html_report import render_eval_report, render_report
+from pe_core.metrics import memorisation
 from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import Samples
 from pe_core.visualize import save_image_grid, save_series_plot, save_text_sample
@@ -155,3 +164,59 @@ def write_result(layout: OutputLayout, population: Samples, report: Mapping[str,
     write_synthetic(population, layout.synthetic)
     write_json(layout.privacy_report, report)
     atomic_write_bytes(layout.report_html, render_report(report, layout.samples).encode())
+
+
+MEMORISATION_PAIRS = 8
+"""The closest (synthetic, private) pairs the NOT DP page shows side by side."""
+
+
+def _show(samples: Samples, index: int) -> str:
+    """One sample as HTML: an inline PNG scaled up to at least 84 px, or escaped text."""
+    if samples.texts is not None:
+        return f"<pre>{escape(samples.texts[index])}</pre>"
+    assert samples.images is not None
+    image = Image.fromarray(
+        samples.images[index].squeeze(-1)
+        if samples.images.shape[-1] == 1
+        else samples.images[index]
+    )
+    scale = max(1, 84 // max(image.size))
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="sample">'
+
+
+def write_eval_report(
+    layout: OutputLayout,
+    evaluator: Evaluator,
+    population: Samples,
+    private: Samples,
+    heldout: Samples,
+    features: Callable[[Samples], NDArray[np.float32]],
+) -> Path:
+    """Writes ``eval/report-not-dp.html`` (owner-only, 0600): the evaluation curves and the
+    memorisation check of the final population. NOT DP: it reads and shows private records.
+
+    Returns:
+        The page's path.
+    """
+    private_directory(layout.eval)  # the page shows private records: owner-only folder
+    check = memorisation(features(population), features(private), features(heldout))
+    closest = np.argsort(check.to_private, kind="stable")[:MEMORISATION_PAIRS]
+    pairs = [
+        (
+            _show(population, int(i)),
+            _show(private, int(check.closest_private[i])),
+            float(check.to_private[i]),
+            float(check.to_heldout[i]),
+        )
+        for i in closest
+    ]
+    summary = {"closer_to_private": check.closer_to_private, "baseline": check.baseline}
+    write_json(layout.eval / "memorisation.json", {"dp": False, "note": EVAL_NOTE, **summary})
+    page = render_eval_report(evaluator.rows, layout.eval, pairs=pairs, **summary)
+    path = layout.eval / "report-not-dp.html"
+    atomic_write_bytes(path, page.encode())  # 0600, as every file atomic_write_bytes makes
+    return path

@@ -28,7 +28,7 @@ from pe_core.embedders import CachedEmbedder, create_embedder
 from pe_core.errors import DataError, PrivevoError
 from pe_core.job import read_run_record, record_run, run_job, run_started
 from pe_core.metrics import evaluate, refuse_overlap
-from pe_core.outputs import Evaluator, OutputLayout
+from pe_core.outputs import Evaluator, OutputLayout, write_eval_report
 from pe_core.policy import PrivacyPolicy
 from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import DataShape, Samples
@@ -148,13 +148,15 @@ class ProgressLines:
         )
 
 
-def _load(spec: RunSpec, path: Path, labels: list[str] | None, *, users: bool) -> Samples:
+def _load(spec: RunSpec, path: Path, labels: list[str] | None, *, private: bool) -> Samples:
     return load_dataset(
         path,
         text_column=spec.text_column,
         label_column=spec.label_column,
         labels=labels,
-        user_column=spec.user_column if users else None,
+        user_column=spec.user_column if private else None,
+        # Embedding caches are keyed by id: held-out records must not share the private ones'.
+        id_prefix="" if private else "heldout/",
     )
 
 
@@ -185,7 +187,7 @@ def run_local(
     terminal."""
     layout = OutputLayout(spec.out)
     _check_out_dir(layout, resume)
-    private = _load(spec, spec.data, spec.labels, users=True)
+    private = _load(spec, spec.data, spec.labels, private=True)
     label_source = (
         "declared with --labels" if spec.labels else "the dataset's folder or column values"
     )
@@ -196,7 +198,7 @@ def run_local(
                 f"--eval-data {spec.eval_data} is the private data itself: "
                 "evaluate on held-out data"
             )
-        evaluation = _load(spec, spec.eval_data, list(private.label_names), users=False)
+        evaluation = _load(spec, spec.eval_data, list(private.label_names), private=False)
         refuse_overlap(private, evaluation)
     job = spec.job()
     # Before any model loads or any state is written: the job against the data's public shape.
@@ -236,6 +238,10 @@ def run_local(
         if fresh and not run_started(layout.state):  # a run that did nothing leaves nothing
             shutil.rmtree(layout.root, ignore_errors=True)
         raise
+    if evaluator is not None and evaluation is not None:
+        write_eval_report(
+            layout, evaluator, outcome.result.population, private, evaluation, features
+        )
     return _summary(layout, outcome.report, evaluator, time.monotonic() - started)
 
 
@@ -261,5 +267,8 @@ def _summary(
         lines.append(
             f"evaluation (NOT DP): {layout.eval}/  accuracy {first['accuracy']:.3f} at iteration 0"
             f" -> {last['accuracy']:.3f} at iteration {last['iteration']}"
+        )
+        lines.append(
+            f"  owner-only page (shows private records): {layout.eval / 'report-not-dp.html'}"
         )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from pe_core.metrics import (
     downstream_accuracy,
     evaluate,
     frechet_distance,
+    memorisation,
     precision_recall,
     record_hashes,
     refuse_overlap,
@@ -285,3 +286,15 @@ def test_evaluate_rejects_a_different_label_set():
     )
     with pytest.raises(ValueError, match="label set"):
         evaluate(synthetic, other, _flatten)
+
+
+def test_memorisation_tells_copies_from_fresh_samples():
+    rng = np.random.default_rng(0)
+    private = rng.normal(size=(400, 8)).astype(np.float32)
+    heldout = rng.normal(size=(400, 8)).astype(np.float32)
+    fresh = memorisation(rng.normal(size=(300, 8)).astype(np.float32), private, heldout)
+    assert fresh.baseline == 0.5 and abs(fresh.closer_to_private - 0.5) < 0.1
+    copies = memorisation(private[:300] + np.float32(1e-3), private, heldout)
+    assert copies.closer_to_private == 1.0
+    np.testing.assert_array_equal(copies.closest_private, np.arange(300))
+    np.testing.assert_allclose(copies.to_private, 1e-3 * np.sqrt(8), rtol=1e-3)

@@ -165,6 +165,8 @@ def test_no_output_or_state_file_holds_non_dp_data(image_run):
     n_private = len(private)
     private_bytes = {image.tobytes() for image in private.images}
     for path in files:
+        if path == out / "eval" / "report-not-dp.html":
+            continue  # shows private records by design; owner-only (see the test below)
         data = path.read_bytes()
         assert SECRET.encode() not in data, f"{path} names a private file"
         for array in _arrays_in(path):
@@ -175,6 +177,18 @@ def test_no_output_or_state_file_holds_non_dp_data(image_run):
             with Image.open(io.BytesIO(data)) as image:
                 if image.size == (28, 28):
                     assert np.asarray(image).tobytes() not in private_bytes, path
+
+
+def test_the_not_dp_page_is_owner_only_and_checks_memorisation(image_run):
+    page = image_run["out"] / "eval" / "report-not-dp.html"
+    assert page.stat().st_mode & 0o777 == 0o600
+    assert page.parent.stat().st_mode & 0o777 == 0o700
+    html = page.read_text()
+    assert "NOT DP" in html and "Memorisation check" in html and "never share it" in html
+    check = json.loads((page.parent / "memorisation.json").read_text())
+    assert check["dp"] is False and 0 <= check["closer_to_private"] <= 1
+    assert check["baseline"] == 0.5  # 12 private and 12 held-out digits
+    assert "owner-only page" in image_run["stdout"]
 
 
 def test_existing_output_needs_resume_and_resume_finishes(image_run):
