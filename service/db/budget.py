@@ -5,23 +5,40 @@ Which datasets share a budget
 -----------------------------
 A budget belongs to records, not to files. Every upload is decoded as the engine reads it and
 each record kept as a keyed digest (:mod:`service.digests`); a new dataset joins the budget of
-every dataset of its tenant with which it shares a record digest, or the same file bytes
-(sha256; datasets uploaded before record digests have only that), and if those are several
-budgets they merge into one (:func:`place_in_budget`). So re-encoding, reordering, splitting
-or overlapping uploads never yields a second cap for a record.
+every dataset of its tenant and of its unit of privacy (below) with which it shares a record
+digest, or the same file bytes (sha256; datasets uploaded before record digests have only
+that), and if those are several budgets they merge into one (:func:`place_in_budget`). So
+re-encoding, reordering, splitting or overlapping uploads never yields a second cap for a
+record within a unit.
 
-Why merging is sound: the datasets holding a record r all share r's digest, so they all draw
-on one budget B. Everything ever released about r came from jobs on those datasets, so by
-basic composition r's loss is at most the sum of B's jobs' (epsilon, delta), which the
-reservations keep within B's caps. A merged budget's caps are the smallest of its members'
-(an upload may not raise them: :class:`~service.db.errors.BudgetCapConflict`) and its spending
-is the sum over all its members' jobs, so every record stays within the cap of every dataset
-that holds it. Merging can only over-count (records of one member are charged for jobs on
-another): it errs on the safe side. Digests, datasets and jobs are kept when a dataset is
-deleted, so a later upload of the same records still finds the budget that paid for them.
+Why merging is sound: the datasets of one unit holding a record r all share r's digest, so
+they all draw on one budget B. Everything ever released about r at that unit came from jobs on
+those datasets, so by basic composition r's loss is at most the sum of B's jobs' (epsilon,
+delta), which the reservations keep within B's caps. A merged budget's caps are the smallest
+of its members' (an upload may not raise them: :class:`~service.db.errors.BudgetCapConflict`)
+and its spending is the sum over all its members' jobs, so every record stays within the cap
+of every dataset of its unit that holds it. Merging can only over-count (records of one member
+are charged for jobs on another): it errs on the safe side. Digests, datasets and jobs are
+kept when a dataset is deleted, so a later upload of the same records still finds the budget
+that paid for them.
 
 Digests are compared within one tenant only, under one tenant's key: another tenant's copy of
 the same records has a budget of its own, and nothing in its answers depends on the first.
+
+Units of privacy
+----------------
+A dataset is record-level, or user-level when its upload named a user column; the unit is
+fixed at upload and every budget has one unit (a composite foreign key holds each dataset to a
+budget of its own unit). Groups form within a unit: a user-level upload joins and merges only
+user-level budgets of the tenant, a record-level one only record-level budgets, by the same
+content-only digests and file bytes. A record-level and a user-level charge are never summed
+against one cap: their (epsilon, delta) protect different neighbouring relations (add/remove
+one record; add/remove all of one user's records), and a sum of the two bounds neither. What
+this leaves open: a record held by datasets of both units loses, by basic composition, up to
+the user-level budget's spending plus the record-level budget's (a user-level guarantee
+covers each of its user's records too), so each cap bounds the jobs of its own unit only.
+And users are matched by their records' content, not by their ids: a user whose records in
+two user-level uploads share no content is in two budgets.
 
 How spending is counted
 -----------------------
@@ -265,9 +282,10 @@ def place_in_budget(
     """Stores a new dataset's record digests and puts it in the budget its records call for.
 
     The dataset joins (and merges into one) every budget of its tenant that holds a dataset
-    sharing a record digest or the same file bytes with it; with none, it gets a budget of its
-    own with the caps asked for. A merged budget keeps the oldest budget's id and takes the
-    smallest caps of all (module docstring).
+    of its unit of privacy sharing a record digest or the same file bytes with it; with none,
+    it gets a budget of its own with the caps asked for. A merged budget keeps the oldest
+    budget's id and takes the smallest caps of all (module docstring). Datasets of the other
+    unit are never joined, whatever they share (module docstring, "Units of privacy").
 
     Runs inside the caller's write transaction, under the tenant's budget lock, which the
     caller holds: two uploads sharing records are placed one after the other, and the second
@@ -276,8 +294,8 @@ def place_in_budget(
 
     Args:
         session: in a write transaction holding :func:`~service.db.queries.lock_budgets`.
-        dataset: the new dataset, flushed, whose ``budget_id`` is a budget of its own (which
-            this deletes again when the dataset joins others).
+        dataset: the new dataset, flushed, whose ``budget_id`` is a budget of its own, of its
+            unit (which this deletes again when the dataset joins others).
         digests: the upload's record digests, or None where there are none (then only the file
             bytes are matched).
         epsilon_cap, delta_cap: the caps the upload asked for.
@@ -289,7 +307,7 @@ def place_in_budget(
         BudgetCapConflict: the dataset shares records with data under a smaller cap than it
             asks for; an upload cannot raise the cap of records already spent on.
     """
-    tenant_id, own = dataset.tenant_id, dataset.budget_id
+    tenant_id, own, unit = dataset.tenant_id, dataset.budget_id, dataset.privacy_unit
     if digests is not None:
         rows = [
             {"tenant_id": tenant_id, "dataset_id": dataset.id, "digest": digest}
@@ -308,10 +326,17 @@ def place_in_budget(
             & (old.dataset_id != new.dataset_id),
         )
         .join(Dataset, (Dataset.tenant_id == old.tenant_id) & (Dataset.id == old.dataset_id))
-        .where(new.tenant_id == tenant_id, new.dataset_id == dataset.id)
+        .where(
+            new.tenant_id == tenant_id,
+            new.dataset_id == dataset.id,
+            Dataset.privacy_unit == unit,
+        )
     )
     sharing_bytes = select(Dataset.budget_id).where(
-        Dataset.tenant_id == tenant_id, Dataset.sha256 == dataset.sha256, Dataset.id != dataset.id
+        Dataset.tenant_id == tenant_id,
+        Dataset.sha256 == dataset.sha256,
+        Dataset.id != dataset.id,
+        Dataset.privacy_unit == unit,
     )
     joined = set(session.scalars(sharing_records.union(sharing_bytes)))
     budget = session.get_one(Budget, own)
@@ -320,7 +345,11 @@ def place_in_budget(
     others = list(
         session.scalars(
             select(Budget)
-            .where(Budget.tenant_id == tenant_id, Budget.id.in_(joined))
+            .where(
+                Budget.tenant_id == tenant_id,
+                Budget.id.in_(joined),
+                Budget.privacy_unit == unit,
+            )
             .order_by(Budget.created_at, Budget.id)
         )
     )
@@ -328,10 +357,10 @@ def place_in_budget(
     delta_limit = min(other.delta_cap for other in others)
     if epsilon_cap > epsilon_limit or delta_cap > delta_limit:
         raise BudgetCapConflict(
-            f"this data shares records with data uploaded before under a budget cap of epsilon "
-            f"{epsilon_limit:.6g}, delta {delta_limit:.6g}; it joins that budget, whose cap an "
-            f"upload cannot raise: upload it with epsilon_cap <= {epsilon_limit:.6g} and "
-            f"delta_cap <= {delta_limit:.6g}"
+            f"this data shares records with {unit}-level data uploaded before under a budget "
+            f"cap of epsilon {epsilon_limit:.6g}, delta {delta_limit:.6g}; it joins that "
+            f"budget, whose cap an upload cannot raise: upload it with epsilon_cap <= "
+            f"{epsilon_limit:.6g} and delta_cap <= {delta_limit:.6g}"
         )
     survivor = others[0]
     survivor.epsilon_cap = min(epsilon_limit, float(epsilon_cap))

@@ -12,6 +12,11 @@ record with datasets of its tenant draws on their :class:`Budget` (see
 Datasets are soft-deleted (``deleted_at``); jobs, record digests and budgets are never deleted
 with them, so the spending history of a budget, and which records it covers, are kept for good.
 
+Every dataset and budget has a unit of privacy, fixed at upload: "record" (one record) or
+"user" (all records naming one user, from the dataset's user column). A composite foreign key
+makes a dataset's budget one of its own unit, so record-level and user-level charges can never
+be summed against one cap (see :mod:`service.db.budget`).
+
 Amounts of privacy are doubles: epsilon (dimensionless, natural-log units) and delta
 (a probability).
 """
@@ -61,6 +66,10 @@ DIGEST_LENGTH: Final = 32
 DIGEST_KEY_LENGTH: Final = 32
 ID_LENGTH: Final = 40
 PATH_LENGTH: Final = 1024
+COLUMN_LENGTH: Final = 255
+"""The longest name a dataset's text, label or user column may have, in characters."""
+PRIVACY_UNITS: Final = ("record", "user")
+"""What a budget's (epsilon, delta) protect: one record, or one user's records."""
 
 
 def utcnow() -> datetime:
@@ -96,6 +105,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN (" + ", ".join(f"'{value}'" for value in values) + ")"
 
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -161,24 +174,28 @@ class ApiKey(Base):
 
 
 class Budget(Base):
-    """The privacy budget of a group of a tenant's datasets that share records.
+    """The privacy budget of a group of a tenant's datasets of one unit that share records.
 
-    Every dataset draws on exactly one budget; an upload sharing a record with datasets of
-    other budgets merges them into one whose caps are the smallest of theirs (see
-    :mod:`service.db.budget`). Spending is not stored here: it is the sum over the jobs of the
-    budget's datasets (see :func:`service.db.budget.remaining`), so it cannot drift from the
-    jobs.
+    Every dataset draws on exactly one budget, of its own unit; an upload sharing a record with
+    datasets of its unit in other budgets merges them into one whose caps are the smallest of
+    theirs (see :mod:`service.db.budget`). Spending is not stored here: it is the sum over the
+    jobs of the budget's datasets (see :func:`service.db.budget.remaining`), so it cannot drift
+    from the jobs.
 
     Attributes:
         epsilon_cap, delta_cap: the most all jobs on the budget's datasets may spend together.
+        privacy_unit: "record" or "user": what the caps protect; every dataset of the budget
+            has this unit.
     """
 
     __tablename__ = "budgets"
     __table_args__ = (
-        # Target of the datasets' composite foreign key (a dataset's budget is its tenant's).
-        UniqueConstraint("tenant_id", "id"),
+        # Target of the datasets' composite foreign key (a dataset's budget is its tenant's,
+        # and of its unit).
+        UniqueConstraint("tenant_id", "id", "privacy_unit"),
         CheckConstraint("epsilon_cap > 0", name="epsilon_cap"),
         CheckConstraint("delta_cap > 0 AND delta_cap < 1", name="delta_cap"),
+        CheckConstraint(_one_of("privacy_unit", PRIVACY_UNITS), name="privacy_unit"),
     )
 
     id: Mapped[str] = mapped_column(
@@ -187,6 +204,7 @@ class Budget(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     epsilon_cap: Mapped[float] = mapped_column(Double())
     delta_cap: Mapped[float] = mapped_column(Double())
+    privacy_unit: Mapped[str] = mapped_column(String(8), default="record", server_default="record")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -199,11 +217,18 @@ class Dataset(Base):
             uploaded before record digests existed have none).
         budget_id: the budget the dataset's jobs draw on.
         duplicate_records: records of the upload that repeat an earlier one of the same upload.
+        privacy_unit: "user" when the upload named a user column, else "record"; fixed at
+            upload, and its jobs run at this unit.
+        user_column: the field (tables) or array (npz) naming each record's user; None for a
+            record-level dataset.
     """
 
     __tablename__ = "datasets"
     __table_args__ = (
-        ForeignKeyConstraint(["tenant_id", "budget_id"], ["budgets.tenant_id", "budgets.id"]),
+        ForeignKeyConstraint(
+            ["tenant_id", "budget_id", "privacy_unit"],
+            ["budgets.tenant_id", "budgets.id", "budgets.privacy_unit"],
+        ),
         # Target of the jobs' and digests' composite foreign keys (their dataset is their
         # tenant's).
         UniqueConstraint("tenant_id", "id"),
@@ -211,6 +236,11 @@ class Dataset(Base):
         Index(None, "budget_id"),
         CheckConstraint("record_count >= 0", name="record_count"),
         CheckConstraint("duplicate_records >= 0", name="duplicate_records"),
+        CheckConstraint(
+            "(privacy_unit = 'user' AND user_column IS NOT NULL) OR "
+            "(privacy_unit = 'record' AND user_column IS NULL)",
+            name="privacy_unit",
+        ),
     )
 
     id: Mapped[str] = mapped_column(
@@ -225,9 +255,11 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
     budget_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     storage_path: Mapped[str] = mapped_column(String(PATH_LENGTH))
-    text_column: Mapped[str] = mapped_column(String(255), server_default="text")
-    label_column: Mapped[str] = mapped_column(String(255), server_default="label")
+    text_column: Mapped[str] = mapped_column(String(COLUMN_LENGTH), server_default="text")
+    label_column: Mapped[str] = mapped_column(String(COLUMN_LENGTH), server_default="label")
     duplicate_records: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    privacy_unit: Mapped[str] = mapped_column(String(8), default="record", server_default="record")
+    user_column: Mapped[str | None] = mapped_column(String(COLUMN_LENGTH))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 
@@ -275,10 +307,7 @@ class Job(Base):
         Index(None, "tenant_id", "created_at"),
         Index(None, "dataset_id"),
         Index(None, "status", "heartbeat_at"),
-        CheckConstraint(
-            "status IN (" + ", ".join(f"'{status}'" for status in JOB_STATUSES) + ")",
-            name="status",
-        ),
+        CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
         CheckConstraint("iteration >= 0 AND iteration <= iterations", name="iteration"),
         CheckConstraint("epsilon_reserved > 0", name="epsilon_reserved"),
         CheckConstraint("delta_reserved > 0 AND delta_reserved < 1", name="delta_reserved"),

@@ -25,6 +25,7 @@ from service.db.budget import place_in_budget
 from service.db.engine import read_transaction, write_transaction
 from service.db.errors import InvalidCursor, JobFinished, NotFound
 from service.db.models import (
+    COLUMN_LENGTH,
     FINAL_STATUSES,
     ApiKey,
     Budget,
@@ -192,12 +193,14 @@ def create_dataset(
     label_column: str = "label",
     image_shape: Sequence[int] | None = None,
     digests: RecordDigests | None = None,
+    user_column: str | None = None,
 ) -> Dataset:
     """Registers an uploaded dataset in the budget its records call for.
 
-    A dataset sharing any record digest (or its file's bytes) with datasets of the tenant,
-    deleted ones included, draws on their budget, with what was spent of it; one sharing
-    nothing gets a budget of its own with these caps (see :mod:`service.db.budget`).
+    A dataset sharing any record digest (or its file's bytes) with datasets of the tenant of
+    its own unit of privacy, deleted ones included, draws on their budget, with what was spent
+    of it; one sharing nothing gets a budget of its own with these caps (see
+    :mod:`service.db.budget`).
 
     Args:
         session: a session not in a transaction.
@@ -214,9 +217,12 @@ def create_dataset(
         image_shape: (height, width, channels) of every image (public schema); None for texts.
         digests: the records' keyed digests under the tenant's key (:func:`tenant_digest_key`),
             or None to match on the file's bytes alone.
+        user_column: the field or array naming each record's user, which the upload was
+            validated with: the dataset, its budget and its jobs are then user-level; None for
+            record-level.
 
     Raises:
-        BudgetCapConflict: the data shares records with data under a smaller cap.
+        BudgetCapConflict: the data shares records with data of its unit under a smaller cap.
     """
     if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
@@ -224,10 +230,16 @@ def create_dataset(
         raise ValueError(f"epsilon_cap must be finite and > 0, got {epsilon_cap!r}")
     if not 0 < delta_cap < 1:
         raise ValueError(f"delta_cap must be in (0, 1), got {delta_cap!r}")
+    if user_column is not None and not 0 < len(user_column) <= COLUMN_LENGTH:
+        raise ValueError(f"user_column must have 1-{COLUMN_LENGTH} characters, got {user_column!r}")
+    unit = "record" if user_column is None else "user"
     with write_transaction(session):
         lock_budgets(session, tenant_id)
         budget = Budget(
-            tenant_id=tenant_id, epsilon_cap=float(epsilon_cap), delta_cap=float(delta_cap)
+            tenant_id=tenant_id,
+            epsilon_cap=float(epsilon_cap),
+            delta_cap=float(delta_cap),
+            privacy_unit=unit,
         )
         session.add(budget)
         session.flush()
@@ -244,6 +256,8 @@ def create_dataset(
             label_column=label_column,
             image_shape=None if image_shape is None else [int(n) for n in image_shape],
             duplicate_records=0 if digests is None else digests.duplicates,
+            privacy_unit=unit,
+            user_column=user_column,
         )
         session.add(dataset)
         session.flush()
@@ -251,14 +265,16 @@ def create_dataset(
         return dataset
 
 
-def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
-    """One of the tenant's (undeleted) datasets.
+def get_dataset(
+    session: Session, tenant_id: str, dataset_id: str, *, include_deleted: bool = False
+) -> Dataset:
+    """One of the tenant's datasets (undeleted, unless ``include_deleted``).
 
     Raises:
         NotFound: no such dataset for this tenant.
     """
     with read_transaction(session):
-        return dataset_of_tenant(session, tenant_id, dataset_id)
+        return dataset_of_tenant(session, tenant_id, dataset_id, include_deleted=include_deleted)
 
 
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:

@@ -44,9 +44,10 @@ def new_dataset(
     records: Iterable[str] | None = None,
     epsilon_cap: float = 1.0,
     delta_cap: float = 1e-5,
+    user_column: str | None = None,
 ) -> Dataset:
     """A dataset whose file is ``data``, holding ``records`` (None: no record digests, as
-    datasets uploaded before they existed)."""
+    datasets uploaded before they existed); user-level with a ``user_column``."""
     return create_dataset(
         session,
         tenant_id,
@@ -59,6 +60,7 @@ def new_dataset(
         epsilon_cap=epsilon_cap,
         delta_cap=delta_cap,
         digests=None if records is None else digests_of(records),
+        user_column=user_column,
     )
 
 

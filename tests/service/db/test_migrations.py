@@ -167,3 +167,63 @@ def test_budgets_made_before_revision_0006_keep_their_spending_and_their_bytes(
             assert len(key) == 32 and tenant_digest_key(session, "t6") == key
     finally:
         engine.dispose()
+
+
+def test_datasets_made_before_revision_0007_are_record_level(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    try:
+        with engine.connect() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+            connection.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES ('t7', 'acme', :now)"),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO budgets (id, tenant_id, epsilon_cap, delta_cap, created_at) "
+                    "VALUES ('b7', 't7', 1.0, 1e-3, :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO datasets (id, tenant_id, name, modality, record_count, labels, "
+                    "sha256, budget_id, storage_path, created_at) VALUES ('d7', 't7', 'n', "
+                    "'text', 1, '[]', :sha, 'b7', 'uploads/x', :now)"
+                ),
+                {"sha": "7" * 64, "now": now},
+            )
+            connection.commit()
+            command.upgrade(config, "head")
+            connection.commit()
+            units = connection.execute(
+                text(
+                    "SELECT d.privacy_unit, d.user_column, b.privacy_unit FROM datasets d "
+                    "JOIN budgets b ON b.id = d.budget_id WHERE d.id = 'd7'"
+                )
+            ).one()
+        assert tuple(units) == ("record", None, "record")
+        with make_session_factory(engine)() as session:
+            # Its records' user-level upload is a dataset and a budget apart.
+            by_user = create_dataset(
+                session, "t7", name="users", modality="text", record_count=1, labels=[],
+                sha256="7" * 64, storage_path="uploads/y", epsilon_cap=1.0, delta_cap=1e-3,
+                user_column="user",
+            )  # fmt: skip
+            assert by_user.budget_id != "b7"
+        # Revision 0006 cannot represent user-level data: going back is refused, changing
+        # nothing.
+        with engine.connect() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            with pytest.raises(RuntimeError, match="1 dataset\\(s\\) are user-level"):
+                command.downgrade(config, "0006")
+            connection.rollback()
+            columns = {column["name"] for column in inspect(connection).get_columns("datasets")}
+            assert {"privacy_unit", "user_column"} <= columns
+    finally:
+        engine.dispose()

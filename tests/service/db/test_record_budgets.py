@@ -7,7 +7,8 @@ checks the real ones, and ``tests/service/test_api.py`` the whole path from a fi
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import (
@@ -23,6 +24,7 @@ from service.db import (
     record_release,
     remaining,
     reserve,
+    write_transaction,
 )
 from tests.service.db.support import (
     VOTES,
@@ -183,3 +185,57 @@ def test_concurrent_overlapping_uploads_end_in_one_budget(
 
     created = run_together(db_factory, threads, create)
     assert sum(isinstance(o, Job) for o in created) == 2, created
+
+
+def test_record_level_and_user_level_data_never_share_a_budget(db_session: Session) -> None:
+    tenant = new_tenant(db_session)
+    by_record = new_dataset(db_session, tenant, data="scans", records=records("r", 20))
+    reserve(db_session, tenant, by_record.id, 0.8, DELTA, None, {}, iterations=1)
+    # The same bytes and records, uploaded with a user column: a budget of its own.
+    by_user = new_dataset(
+        db_session, tenant, data="scans", records=records("r", 20), user_column="patient"
+    )
+    assert (by_record.privacy_unit, by_user.privacy_unit) == ("record", "user")
+    assert by_user.budget_id != by_record.budget_id
+    assert remaining(db_session, tenant, by_user.id).epsilon_remaining == 1.0
+    reserve(db_session, tenant, by_user.id, 0.5, DELTA, None, {}, iterations=1)
+    assert remaining(db_session, tenant, by_record.id).epsilon_remaining == pytest.approx(0.2)
+    # A user-level upload sharing records joins the user-level budget only, and a record-level
+    # one bridging both of them joins (and merges) record-level budgets only.
+    more_users = new_dataset(
+        db_session, tenant, data="more", records=records("r", 5), user_column="patient"
+    )
+    assert more_users.budget_id == by_user.budget_id
+    assert remaining(db_session, tenant, more_users.id).epsilon_remaining == pytest.approx(0.5)
+    other_records = new_dataset(db_session, tenant, data="other", records=records("o", 5))
+    bridge = new_dataset(
+        db_session, tenant, data="bridge", records=[*records("r", 1), *records("o", 1)]
+    )
+    assert bridge.budget_id == by_record.budget_id
+    with read_transaction(db_session):
+        assert db_session.get_one(Dataset, other_records.id).budget_id == by_record.budget_id
+        units = dict(
+            db_session.execute(
+                select(Budget.id, Budget.privacy_unit).where(Budget.tenant_id == tenant)
+            ).all()
+        )
+    assert units == {by_record.budget_id: "record", by_user.budget_id: "user"}
+    assert remaining(db_session, tenant, by_user.id).epsilon_remaining == pytest.approx(0.5)
+
+
+def test_the_database_holds_a_dataset_to_a_budget_of_its_unit(db_session: Session) -> None:
+    """A bug in a query cannot put user-level data on a record-level budget, nor make a
+    dataset user-level without its user column."""
+    tenant = new_tenant(db_session)
+    by_record = new_dataset(db_session, tenant, data="a", records=records("r", 3))
+    by_user = new_dataset(db_session, tenant, data="b", records=records("u", 3), user_column="user")
+    for change in (
+        {"budget_id": by_record.budget_id},  # user-level data on a record-level budget
+        {"user_column": None},  # user-level without the users
+    ):
+        with pytest.raises(IntegrityError), write_transaction(db_session):
+            db_session.execute(update(Dataset).where(Dataset.id == by_user.id).values(**change))
+    with pytest.raises(IntegrityError), write_transaction(db_session):
+        db_session.execute(
+            update(Dataset).where(Dataset.id == by_record.id).values(user_column="user")
+        )
