@@ -237,10 +237,13 @@ def _add_routes(
     async def create_dataset(request: Request, s: Db, owner: Tenant) -> DatasetPublic:
         """Uploads a private dataset with its privacy budget cap.
 
-        An upload sharing any record (decoded content, not label, however the file was saved)
-        with datasets of the tenant, deleted ones included, joins their budget and cannot raise
-        its cap (409); otherwise it gets a budget of its own. Caps above the server's maximum
-        are refused (422)."""
+        With ``user_column`` the dataset is user-level: every record must name its user, and
+        its budget and jobs protect all records of one user; without, one record. An upload
+        sharing any record (decoded content, not label, however the file was saved) with
+        datasets of the tenant of the same unit, deleted ones included, joins their budget and
+        cannot raise its cap (409); otherwise it gets a budget of its own. Record-level and
+        user-level data never share a budget. Caps above the server's maximum are refused
+        (422)."""
         # The body is parsed as it arrives, not spooled first: the file goes straight into
         # storage, refused (413) as soon as it passes the limit, and a wrong API key is refused
         # before any of it is read.
@@ -272,6 +275,7 @@ def _add_routes(
                 modality=form.modality,
                 text_column=form.text_column,
                 label_column=form.label_column,
+                user_column=form.user_column,
                 display_name=received.filename,
                 digest_key=db.tenant_digest_key(s, owner),
             )
@@ -290,6 +294,7 @@ def _add_routes(
                 label_column=form.label_column,
                 image_shape=summary.image_shape,
                 digests=summary.record_digests,
+                user_column=form.user_column,
             )
         except BaseException:
             storage.delete_prefix(prefix)  # nothing half-stored
@@ -349,18 +354,22 @@ def _add_routes(
     ) -> JobPublic:
         """Reserves the job's (epsilon, delta) against the dataset's budget and queues it.
 
-        A job that makes any release is charged all it reserved, however it ends (stopping it
-        early after watching its progress refunds nothing); one that ends before its first
-        release is refunded."""
+        A job that does not say ``privacy_unit`` runs at its dataset's unit; one that names
+        the other unit is refused (422). A job that makes any release is charged all it
+        reserved, however it ends (stopping it early after watching its progress refunds
+        nothing); one that ends before its first release is refunded."""
         if body.no_privacy:
             raise PrivevoError("the service runs private jobs only; no_privacy is for the CLI")
-        spec = body.model_dump(mode="json")
         repeated = idempotency_key is not None and _job_with_key(s, owner, idempotency_key)
+        # A retry finds its job's dataset even if it was deleted since, so that its spec reads
+        # as the first one's did; reserve() then returns that job.
+        dataset = db.get_dataset(s, owner, body.dataset_id, include_deleted=repeated)
+        body = _at_dataset_unit(body, dataset)
+        spec = body.model_dump(mode="json")
         if not repeated:
             # Refused (422) on the job, the operator's policy (largest delta, declared labels,
-            # test noise) and the dataset's public schema alone, before any of its budget is
-            # reserved; a retry of a created job gets that job back instead.
-            dataset = db.get_dataset(s, owner, body.dataset_id)
+            # test noise) and the dataset's public schema (its unit included) alone, before any
+            # of its budget is reserved; a retry of a created job gets that job back instead.
             check_job(body, _data_shape(dataset, body.labels), policy=settings.policy)
         job = db.reserve(
             s,
@@ -528,6 +537,21 @@ def _data_shape(dataset: db.Dataset, labels: list[str] | None) -> DataShape:
         modality=dataset.modality,  # type: ignore[arg-type]
         labels=tuple(labels if labels is not None else dataset.labels),
         image_shape=None if dataset.image_shape is None else tuple(dataset.image_shape),  # type: ignore[arg-type]
+        has_users=dataset.user_column is not None,
+    )
+
+
+def _at_dataset_unit(body: JobCreate, dataset: db.Dataset) -> JobCreate:
+    """The job with its dataset's unit of privacy where the job does not name one.
+
+    The unit is fixed at upload, so a job on user-level data is user-level unless it says
+    otherwise (and is then refused by ``check_job``); the spec stored with the job, which the
+    worker runs, names the unit either way.
+    """
+    if "privacy_unit" in body.model_fields_set:
+        return body
+    return JobCreate.model_validate(
+        {**body.model_dump(exclude_unset=True), "privacy_unit": dataset.privacy_unit}
     )
 
 

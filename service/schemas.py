@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pe_core.config import PeJob
 from service.db import BudgetStatus, Dataset, Job, JobEvent
+from service.db.models import COLUMN_LENGTH
 
 
 class ErrorBody(BaseModel):
@@ -16,10 +17,10 @@ class ErrorBody(BaseModel):
 
 
 class BudgetPublic(BaseModel):
-    """A dataset's privacy budget, shared by every dataset of the tenant holding any of the same
-    records (however they were saved). Jobs add up by basic composition (sums of eps and
-    delta); a job that made any release is charged all it reserved, one that made none
-    nothing."""
+    """A dataset's privacy budget, shared by every dataset of the tenant and of its unit of
+    privacy holding any of the same records (however they were saved). Jobs add up by basic
+    composition (sums of eps and delta); a job that made any release is charged all it
+    reserved, one that made none nothing."""
 
     epsilon_cap: float
     delta_cap: float
@@ -47,6 +48,14 @@ class DatasetPublic(BaseModel):
         description="Records repeating an earlier record of the upload (content, not label): "
         "each copy votes, so a repeated record counts as that many records"
     )
+    privacy_unit: Literal["record", "user"] = Field(
+        description="What the budget and every job on this data protect: one record, or all "
+        "records naming one user (user_column); fixed at upload"
+    )
+    user_column: str | None = Field(
+        description="The field (tables) or array (npz) naming each record's user; null for "
+        "record-level data"
+    )
     created_at: datetime
     budget: BudgetPublic
 
@@ -60,6 +69,8 @@ class DatasetPublic(BaseModel):
             labels=list(dataset.labels),
             sha256=dataset.sha256,
             duplicate_records=dataset.duplicate_records,
+            privacy_unit=dataset.privacy_unit,
+            user_column=dataset.user_column,
             created_at=dataset.created_at,
             budget=BudgetPublic.of(budget),
         )
@@ -72,8 +83,18 @@ class DatasetForm(BaseModel):
     modality: Literal["image", "text"]
     epsilon_cap: float = Field(gt=0, le=100)
     delta_cap: float = Field(1e-5, gt=0, lt=1)
-    text_column: str = "text"
-    label_column: str = "label"
+    # Column names are capped at what the datasets table stores: a longer name of a column
+    # the file really has would pass validation and then fail to be stored.
+    text_column: str = Field("text", min_length=1, max_length=COLUMN_LENGTH)
+    label_column: str = Field("label", min_length=1, max_length=COLUMN_LENGTH)
+    user_column: str | None = Field(
+        None,
+        min_length=1,
+        max_length=COLUMN_LENGTH,
+        description="For user-level privacy: the field (jsonl, csv, parquet) or array (npz) "
+        "naming each record's user; its jobs then protect all records of one user. Image "
+        "folders and zips name no users",
+    )
 
     @classmethod
     def request_body(cls) -> dict[str, Any]:

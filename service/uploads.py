@@ -16,7 +16,10 @@ Two steps, both safe on hostile input:
 Neither step returns or logs record contents. The summary holds the record count, the label
 names and the number of repeated records, which the service shows only to the tenant who owns
 the data (they are not DP outputs and must never appear in anything released or shown to
-anyone else); its record digests are shown to no one.
+anyone else); its record digests are shown to no one. With a user column the records are loaded
+with their users, so a missing or malformed column is refused here; the summary then says the
+unit is one user, and holds no count of users (a count of private users has no place beside
+DP outputs, so none is made).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 import anyio.to_thread
 from python_multipart.exceptions import FormParserError
@@ -59,6 +62,9 @@ MAX_FORM_FIELD_BYTES: Final = 4096
 
 MAX_FORM_PARTS: Final = 16
 """The most parts (the file and the fields) a form may have."""
+
+PrivacyUnit = Literal["record", "user"]
+"""What a dataset's budget protects: one record, or all records of one user."""
 
 _ARCHIVE_SUFFIXES = frozenset({".npz", ".zip"})
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
@@ -142,6 +148,7 @@ class DatasetSummary:
         image_shape: (height, width, channels) of every image; None for texts.
         duplicate_records: records that repeat an earlier record of the upload (content only,
             not the label); each copy votes, so the tenant should know.
+        privacy_unit: "user" when the records were loaded with a user column, else "record".
         record_digests: the records' keyed digests, for the budget; None without a key. Never
             shown, the owner included, and left out of ``repr`` and comparisons.
     """
@@ -151,6 +158,7 @@ class DatasetSummary:
     modality: Modality
     image_shape: tuple[int, int, int] | None = None
     duplicate_records: int = 0
+    privacy_unit: PrivacyUnit = "record"
     record_digests: RecordDigests | None = field(default=None, repr=False, compare=False)
 
 
@@ -481,6 +489,7 @@ def validate_dataset(
     modality: Modality | None,
     text_column: str = "text",
     label_column: str = "label",
+    user_column: str | None = None,
     zip_limits: ZipLimits = DEFAULT_ZIP_LIMITS,
     display_name: str | None = None,
     digest_key: bytes | None = None,
@@ -496,6 +505,8 @@ def validate_dataset(
         modality: "image" or "text", or None to infer it from the format.
         text_column: the text field of csv, jsonl and parquet files.
         label_column: the label field of csv, jsonl and parquet files.
+        user_column: the field (tables) or array (npz) naming each record's user, for a
+            user-level dataset; every record must name one. None for record-level.
         zip_limits: caps on an archive's member count and total declared uncompressed size.
         display_name: how messages name the file (default: its base name), so that the
             server's storage paths never reach the client.
@@ -503,12 +514,13 @@ def validate_dataset(
             counts repeated records but keeps no digests.
 
     Returns:
-        The record count, label names, modality, repeated records and record digests.
+        The record count, label names, modality, repeated records, unit and record digests.
 
     Raises:
         UploadRejected: 415 for an unsupported suffix, 413 for an archive over ``zip_limits``,
-            422 for a corrupt, empty or wrongly shaped file (the loader's message, which says
-            how to fix it), 400 for any other failure to read it.
+            422 for a corrupt, empty or wrongly shaped file or a missing or malformed user
+            column (the loader's message, which says how to fix it), 400 for any other failure
+            to read it.
     """
     source = Path(path)
     name = display_name if display_name is not None else source.name
@@ -521,6 +533,7 @@ def validate_dataset(
             modality=modality,
             text_column=text_column,
             label_column=label_column,
+            user_column=user_column,
             zip_limits=zip_limits,
         )
     except DataError as exc:
@@ -548,6 +561,7 @@ def validate_dataset(
         modality=shape.modality,
         image_shape=shape.image_shape,
         duplicate_records=digests.duplicates,
+        privacy_unit="user" if shape.has_users else "record",
         record_digests=None if digest_key is None else digests,
     )
 

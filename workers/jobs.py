@@ -433,6 +433,12 @@ def _spec(job: Job) -> PeJob:
 
 
 def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Samples:
+    """The dataset's records as validated at upload: with their users when it is user-level.
+
+    The users come from the dataset, never from the job: the engine's ``check_job`` then
+    refuses a spec whose unit differs from the data's before any noise is drawn, whoever
+    wrote the spec.
+    """
     if dataset.modality not in MODALITIES:
         raise RuntimeError(f"dataset {dataset.id} has unknown modality {dataset.modality!r}")
     path = storage.path(dataset.storage_path)
@@ -444,6 +450,7 @@ def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Sampl
             text_column=dataset.text_column,
             label_column=dataset.label_column,
             labels=labels,
+            user_column=dataset.user_column,
         )
     except DataError as exc:
         # The tenant knows the dataset by its name, not by the server's storage path.

@@ -519,3 +519,136 @@ def test_record_digests_never_appear_in_any_answer(
     shown = "\n".join(answers)
     assert not [form for form in forms if form in shown]
     assert "digest" not in shown
+
+
+@pytest.fixture(scope="module")
+def dave(server: Server) -> Iterator[httpx.Client]:
+    """A tenant for the user-level tests: it holds their datasets and jobs only."""
+    with server.client(server.cli("keys", "create", "--tenant", "dave")) as client:
+        yield client
+
+
+def patients_npz(**arrays: np.ndarray) -> bytes:
+    """20 digits no other test of this module uploads, with ``arrays`` beside them."""
+    digits = digits_28(2, offset=140)
+    assert digits.images is not None
+    return saved(digits.images, digits.labels, **arrays)
+
+
+def png_zip() -> bytes:
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png, format="PNG")
+    return _zip({"a/1.png": png.getvalue(), "b/2.png": png.getvalue()})
+
+
+PATIENTS = np.array([f"patient-{i % 7}" for i in range(20)])
+NOTES = b"".join(
+    b'{"text": "visit note %d", "label": "%s", "user": "u%d"}\n'
+    % (i, b"ab"[i % 2 : i % 2 + 1], i % 3)
+    for i in range(12)
+)
+
+
+def test_a_user_column_makes_user_level_data_with_budgets_apart_from_record_level_ones(
+    dave: httpx.Client,
+):
+    by_user = upload(dave, patients_npz(patient=PATIENTS), user_column="patient")
+    assert by_user.status_code == 201, by_user.text
+    shown = by_user.json()
+    assert (shown["privacy_unit"], shown["user_column"], shown["record_count"]) == (
+        "user",
+        "patient",
+        20,
+    )
+    # The owner sees the unit, not how many users there are.
+    assert [key for key in shown if "user" in key] == ["user_column"]
+    assert dave.get(f"/v1/datasets/{shown['id']}").json()["privacy_unit"] == "user"
+    notes = upload(dave, NOTES, "notes.jsonl", modality="text", user_column="user")
+    assert notes.status_code == 201, notes.text
+    assert (notes.json()["privacy_unit"], notes.json()["user_column"]) == ("user", "user")
+
+    # The same bytes and records without the user column: record-level, a budget apart.
+    by_record = upload(dave, patients_npz(patient=PATIENTS))
+    assert by_record.status_code == 201, by_record.text
+    assert (by_record.json()["privacy_unit"], by_record.json()["user_column"]) == ("record", None)
+    assert by_record.json()["sha256"] == shown["sha256"]
+    assert by_record.json()["budget"]["epsilon_remaining"] == 1.0
+
+    # A job that does not name its unit runs at the dataset's; spending on one unit's budget
+    # leaves the other's alone.
+    body = {"dataset_id": shown["id"], "epsilon": 0.6, "iterations": 2, "votes_per_user": 2}
+    job = dave.post("/v1/jobs", json=body, headers={"Idempotency-Key": "user-level"})
+    assert job.status_code == 202, job.text
+    assert job.json()["spec"]["privacy_unit"] == "user"
+    # A retry of the same body is the same job (its stored spec names the unit it was given).
+    again = dave.post("/v1/jobs", json=body, headers={"Idempotency-Key": "user-level"})
+    assert (again.status_code, again.json()["id"]) == (202, job.json()["id"])
+    record_job = dave.post("/v1/jobs", json={"dataset_id": by_record.json()["id"], "epsilon": 0.3})
+    assert record_job.status_code == 202, record_job.text
+    assert record_job.json()["spec"]["privacy_unit"] == "record"
+    user_budget = dave.get(f"/v1/datasets/{shown['id']}/budget").json()
+    record_budget = dave.get(f"/v1/datasets/{by_record.json()['id']}/budget").json()
+    assert (user_budget["epsilon_reserved"], record_budget["epsilon_reserved"]) == (0.6, 0.3)
+    assert user_budget["epsilon_remaining"] == pytest.approx(0.4)
+    assert record_budget["epsilon_remaining"] == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "fields", "message"),
+    [
+        ("digits.npz", patients_npz(), {}, "digits.npz: no 'patient' array to name the users"),
+        (
+            "digits.npz",
+            patients_npz(patient=PATIENTS[:5]),
+            {},
+            "digits.npz, record 5: user 'patient' must be a non-empty string or an integer",
+        ),
+        ("digits.zip", png_zip(), {}, "image folders and zips name no users"),
+        (
+            "notes.jsonl",
+            NOTES.replace(b', "user": "u1"', b""),
+            {"modality": "text", "user_column": "user"},
+            "notes.jsonl, record 1: user 'user' must be a non-empty string",
+        ),
+        ("digits.npz", patients_npz(patient=PATIENTS), {"user_column": "p" * 256}, "user_column"),
+    ],
+    ids=["missing", "short", "zip", "jsonl-record-without-user", "too-long"],
+)
+def test_a_bad_user_column_is_422_and_stores_nothing(
+    server: Server, dave: httpx.Client, filename, content, fields, message
+):
+    before = (stored_uploads(server), dave.get("/v1/datasets").json())
+    response = upload(dave, content, filename, **{"user_column": "patient", **fields})
+    assert response.status_code == 422, response.text
+    assert message in response.text
+    assert (stored_uploads(server), dave.get("/v1/datasets").json()) == before
+
+
+def test_a_job_of_the_other_unit_is_422_before_anything_is_reserved(dave: httpx.Client):
+    # Uploads that join the budgets of the first test's datasets (or make them, alone).
+    by_user = upload(dave, patients_npz(patient=PATIENTS), user_column="patient").json()
+    by_record = upload(dave, patients_npz(patient=PATIENTS)).json()
+    for dataset, unit, message in [
+        (by_user, "record", "the records name their users, so the unit of privacy is one user"),
+        (by_record, "user", "privacy_unit: 'user' needs the records' users"),
+    ]:
+        before = (dave.get(f"/v1/datasets/{dataset['id']}/budget").json(), dave.get("/v1/jobs"))
+        body = {"dataset_id": dataset["id"], "epsilon": 0.1, "privacy_unit": unit}
+        response = dave.post("/v1/jobs", json=body)
+        assert response.status_code == 422, response.text
+        assert message in response.json()["detail"]
+        after = (dave.get(f"/v1/datasets/{dataset['id']}/budget").json(), dave.get("/v1/jobs"))
+        assert after[0] == before[0]
+        assert after[1].json() == before[1].json()
+
+
+def test_a_column_name_longer_than_the_database_stores_is_422(server: Server, alice: httpx.Client):
+    # A 256-character column the file really has: it used to pass validation, then fail to be
+    # stored (PostgreSQL: a 500) or be stored whole (SQLite).
+    column = "t" * 256
+    content = f"{column},label\nhello,a\nworld,b\n".encode()
+    before = stored_uploads(server)
+    response = upload(alice, content, "long.csv", modality="text", text_column=column)
+    assert response.status_code == 422, response.text
+    assert "text_column" in response.text
+    assert stored_uploads(server) == before

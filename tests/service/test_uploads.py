@@ -434,3 +434,60 @@ def test_validation_in_a_child_process_returns_the_summary_or_the_rejection(
         validate_in_child_process(bad, modality="text")
     assert info.value.status_code == 422
     assert "body" in info.value.message
+
+
+def patients_npz(path: Path, **arrays: np.ndarray) -> Path:
+    """Six 8x8 images of two labels, three patients (two images each), plus ``arrays``."""
+    images = np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8)
+    np.savez(path, images=images, labels=np.array([0, 1] * 3), **arrays)
+    return path
+
+
+def test_a_user_column_makes_the_upload_user_level(tmp_path: Path) -> None:
+    npz = patients_npz(
+        tmp_path / "scans.npz", patient=np.array(["p1", "p1", "p2", "p2", "p3", "p3"])
+    )
+    jsonl = tmp_path / "notes.jsonl"
+    jsonl.write_text(
+        "".join(f'{{"text": "note {i}", "label": "a", "user": {i % 2}}}\n' for i in range(4))
+    )
+    for path, column in ((npz, "patient"), (jsonl, "user")):
+        with_users = validate_dataset(path, modality=None, user_column=column)
+        without = validate_dataset(path, modality=None)
+        assert (with_users.privacy_unit, without.privacy_unit) == ("user", "record")
+        # The same records either way; the owner's summary holds no count of users.
+        assert with_users.record_count == without.record_count
+        assert {f for f in vars(with_users) if "user" in f} == set()
+
+
+@pytest.mark.parametrize(
+    ("make", "column", "message"),
+    [
+        (lambda p: patients_npz(p / "d.npz"), "patient", "d.npz: no 'patient' array"),
+        (
+            lambda p: patients_npz(p / "d.npz", patient=np.array(["p1", "p2"])),
+            "patient",
+            "d.npz, record 2: user 'patient' must be a non-empty string",
+        ),
+        (
+            lambda p: patients_npz(p / "d.npz", patient=np.ones((6, 2), dtype=np.int64)),
+            "patient",
+            "'patient' must be a 1-d array",
+        ),
+        (lambda p: write_zip(p / "d.zip", {"a/1.png": png(1)}), "user", "name no users"),
+    ],
+    ids=["missing", "short", "2-d", "zip"],
+)
+def test_a_bad_user_column_is_422_saying_what_to_fix(
+    tmp_path: Path, make, column: str, message: str
+) -> None:
+    error = rejection(make(tmp_path), user_column=column)
+    assert error.status_code == 422
+    assert message in error.message
+
+
+def test_a_jsonl_record_without_its_user_is_422(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jsonl"
+    path.write_text('{"text": "a", "label": "x", "user": "u1"}\n{"text": "b", "label": "x"}\n')
+    error = rejection(path, user_column="user")
+    assert (error.status_code, error.message.startswith("notes.jsonl, record 1: ")) == (422, True)

@@ -75,15 +75,21 @@ class Home:
             "PRIVEVO_ALLOW_INSECURE_TEST_NOISE": "true",
         }
 
-    def new_job(self, **spec: Any) -> str:
-        """A queued drawtext job on 20 digits per label (28x28), T = 2, 60 samples."""
+    def new_job(self, *, user_column: str | None = None, **spec: Any) -> str:
+        """A queued drawtext job on 20 digits per label (28x28), T = 2, 60 samples.
+
+        With ``user_column`` the dataset is user-level: the npz holds that array, naming 25
+        users of 8 records each.
+        """
         digits = digits_28(20)
+        users = {} if user_column is None else {user_column: np.arange(len(digits)) % 25}
         buffer = io.BytesIO()
         np.savez(
             buffer,
             images=digits.images,
             labels=digits.labels,
             label_names=np.array(digits.label_names),
+            **users,
         )
         data = buffer.getvalue()
         key = f"uploads/{hashlib.sha256(data).hexdigest()[:16]}.npz"
@@ -105,6 +111,7 @@ class Home:
                 storage_path=key,
                 epsilon_cap=10.0,
                 delta_cap=1e-3,
+                user_column=user_column,
             )
             # Stored as the gateway stores its job body: the engine's fields and the dataset.
             body = {**job, "dataset_id": dataset.id}

@@ -218,17 +218,27 @@ def test_a_text_dataset_is_loaded_with_the_columns_it_was_uploaded_with(home: Ho
     assert len(home.releases(job_id)) == 1
 
 
-def test_the_cli_and_a_worker_run_one_job_the_same_way(home: Home, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("unit", "users"),
+    [({}, {}), ({"privacy_unit": "user", "votes_per_user": 2}, {"user_column": "patient"})],
+    ids=["record", "user"],
+)
+def test_the_cli_and_a_worker_run_one_job_the_same_way(
+    home: Home, tmp_path: Path, unit: dict, users: dict
+) -> None:
     """One assembly path (pe_core.job): the same seeded job gives the same run record, the same
-    synthetic data and the same report, whether the CLI or a worker runs it."""
-    job_id = home.new_job(insecure_test_noise=True, seed=3)
-    assert jobs.run_job(context(home), job_id) == "succeeded"
+    synthetic data and the same report, whether the CLI or a worker runs it; at the user level
+    too, the worker loading each record's user from the dataset's user column."""
+    job_id = home.new_job(insecure_test_noise=True, seed=3, **unit, **users)
+    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
     job = home.job(job_id)
     with home.sessions() as session:
         data = home.storage.path(get_dataset(session, job.tenant_id, job.dataset_id).storage_path)
     spec = {k: v for k, v in job.spec.items() if k != "dataset_id"}
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({**spec, "data": str(data), "out": str(tmp_path / "cli")}))
+    config.write_text(
+        yaml.safe_dump({**spec, **users, "data": str(data), "out": str(tmp_path / "cli")})
+    )
     subprocess.run(
         [sys.executable, "-m", "privevo.cli", "run", "-c", str(config), "--quiet"],
         check=True,
@@ -252,6 +262,23 @@ def test_the_cli_and_a_worker_run_one_job_the_same_way(home: Home, tmp_path: Pat
     assert written["labels"].pop("source") == "the dataset's folder or column values"
     assert published["run"].pop("job_id") == job_id
     assert published == written
+    if users:
+        assert published["unit_of_privacy"] == "one user: all records that name the same user"
+        assert published["releases"] == 2 * ITERATIONS  # c = 2 releases per iteration
+        assert [release.event["count"] for release in home.releases(job_id)] == [2] * ITERATIONS
+
+
+def test_a_record_level_spec_on_user_level_data_fails_before_any_release(home: Home) -> None:
+    """The worker loads the users from the dataset, whatever the spec says: a record-level
+    spec that did not come through the gateway is refused before any noise, and refunded."""
+    job_id = home.new_job(insecure_test_noise=True, seed=3, user_column="patient")
+    assert home.job(job_id).spec["privacy_unit"] == "record"
+    assert jobs.run_job(context(home), job_id) == "failed"
+    job = home.job(job_id)
+    assert job.error is not None
+    assert "the records name their users, so the unit of privacy is one user" in job.error
+    assert home.releases(job_id) == []
+    assert (job.epsilon_charged, job.delta_charged) == (0.0, 0.0)
 
 
 def test_the_worker_refuses_test_noise_unless_the_operator_allows_it(home: Home) -> None:
