@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 from privevo_client import (
     AsyncClient,
     AsyncJob,
     BudgetExceeded,
+    InvalidRequest,
     JobFailed,
     NotFound,
     Unauthorized,
 )
 
+from tests.conftest import digits_28
 from tests.sdk.conftest import write_digits_npz
 from tests.sdk.proxy import flaky_proxy
 from tests.servers import Server
@@ -70,5 +73,20 @@ def test_errors_and_retries(server: Server, alice_key: str, bob_key: str, tmp_pa
         async with AsyncClient(server.url, alice_key) as alice:
             assert (await alice.datasets.budget(dataset.id)).epsilon_reserved == 0.2
             await alice.jobs.cancel(job.id)
+
+    asyncio.run(scenario())
+
+
+def test_a_user_column_uploads_user_level_data(server: Server, alice_key: str, tmp_path: Path):
+    digits = digits_28(2, offset=160)
+    path = tmp_path / "scans.npz"
+    np.savez(path, images=digits.images, labels=digits.labels, patient=np.arange(20) % 4)
+
+    async def scenario() -> None:
+        async with AsyncClient(server.url, alice_key) as client:
+            dataset = await client.datasets.upload(path, epsilon_cap=1.0, user_column="patient")
+            assert (dataset.privacy_unit, dataset.user_column) == ("user", "patient")
+            with pytest.raises(InvalidRequest, match="no 'visitor' array"):
+                await client.datasets.upload(path, epsilon_cap=1.0, user_column="visitor")
 
     asyncio.run(scenario())

@@ -193,3 +193,21 @@ def test_wait_reports_progress_and_raises_for_a_canceled_job(
     assert lines[0].startswith(f"job {job.id} [") and lines[0].endswith("0/3 - eps 0/0.5 queued")
     assert lines[-1].endswith("canceled")
     assert len(lines) == 2
+
+
+def test_a_user_column_uploads_user_level_data(alice: Client, tmp_path: Path):
+    digits = digits_28(2, offset=150)
+    path = tmp_path / "scans.npz"
+    np.savez(path, images=digits.images, labels=digits.labels, patient=np.arange(20) % 4)
+    by_user = alice.datasets.upload(path, epsilon_cap=1.0, user_column="patient")
+    assert (by_user.privacy_unit, by_user.user_column) == ("user", "patient")
+    assert alice.datasets.get(by_user.id) == by_user
+    by_record = alice.datasets.upload(path, epsilon_cap=1.0)  # the same file, a budget apart
+    assert (by_record.privacy_unit, by_record.user_column) == ("record", None)
+    job = alice.jobs.create(by_user, epsilon=0.4, iterations=1, num_samples=10)
+    assert job.spec["privacy_unit"] == "user"
+    assert alice.datasets.budget(by_record.id).epsilon_remaining == 1.0
+    job.cancel()
+    with pytest.raises(InvalidRequest, match="no 'visitor' array to name the users") as bad:
+        alice.datasets.upload(path, epsilon_cap=1.0, user_column="visitor")
+    assert bad.value.status == 422

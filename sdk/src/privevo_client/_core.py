@@ -152,6 +152,7 @@ def upload_form(
     delta_cap: float,
     text_column: str,
     label_column: str,
+    user_column: str | None,
 ) -> dict[str, str]:
     """The form fields of an upload of ``path``: name and modality default from the path."""
     return {
@@ -161,6 +162,7 @@ def upload_form(
         "delta_cap": repr(float(delta_cap)),
         "text_column": text_column,
         "label_column": label_column,
+        **({} if user_column is None else {"user_column": user_column}),
     }
 
 

@@ -102,6 +102,7 @@ class AsyncDatasets:
         delta_cap: float = 1e-5,
         text_column: str = "text",
         label_column: str = "label",
+        user_column: str | None = None,
     ) -> Dataset:
         """Uploads a private dataset; see ``Datasets.upload``."""
         path = Path(path)
@@ -113,6 +114,7 @@ class AsyncDatasets:
             delta_cap=delta_cap,
             text_column=text_column,
             label_column=label_column,
+            user_column=user_column,
         )
         if not path.is_dir():
             return Dataset.model_validate(await self._client._json(_core.upload_call(path, form)))

@@ -117,6 +117,7 @@ class Datasets:
         delta_cap: float = 1e-5,
         text_column: str = "text",
         label_column: str = "label",
+        user_column: str | None = None,
     ) -> Dataset:
         """Uploads a private dataset, streaming it from disk, with its privacy budget cap.
 
@@ -128,12 +129,16 @@ class Datasets:
             modality: "image" or "text"; default inferred from ``path`` (required for parquet).
             delta_cap: the most delta all jobs may spend together.
             text_column, label_column: columns of a text table.
+            user_column: for user-level privacy, the column (tables) or array (npz) naming
+                each record's user: the budget and every job then protect all records of one
+                user. Fixed at upload; user-level and record-level data never share a budget.
 
         Raises:
-            InvalidRequest: the file is unreadable or of an unsupported type.
+            InvalidRequest: the file is unreadable, of an unsupported type, or (with
+                ``user_column``) a record names no user.
             PayloadTooLarge: it exceeds the server's upload limit.
-            Conflict: the data shares records with data uploaded before under a smaller
-                budget cap (an upload sharing any record joins that budget).
+            Conflict: the data shares records with data of the same unit uploaded before
+                under a smaller budget cap (an upload sharing any record joins that budget).
         """
         path = Path(path)
         form = _core.upload_form(
@@ -144,6 +149,7 @@ class Datasets:
             delta_cap=delta_cap,
             text_column=text_column,
             label_column=label_column,
+            user_column=user_column,
         )
         if not path.is_dir():
             return Dataset.model_validate(self._client._json(_core.upload_call(path, form)))

@@ -15,8 +15,9 @@ FINAL_STATUSES: Final = frozenset({"succeeded", "failed", "canceled"})
 
 
 class Budget(BaseModel):
-    """A dataset's privacy budget, shared with every dataset of the tenant that holds any of
-    the same records; jobs add up by basic composition (sums of eps and delta).
+    """A dataset's privacy budget, shared with every dataset of the tenant and of its unit of
+    privacy that holds any of the same records; jobs add up by basic composition (sums of eps
+    and delta).
 
     ``*_reserved`` is held by jobs still running; ``*_remaining`` is what new jobs may take. A
     job that made any release is charged all it reserved; one that made none, nothing.
@@ -47,6 +48,8 @@ class Dataset(BaseModel):
     labels: list[str]
     sha256: str
     duplicate_records: int = 0  # records repeating an earlier one of the upload (each votes)
+    privacy_unit: Literal["record", "user"] = "record"  # what its budget and jobs protect
+    user_column: str | None = None  # the column naming each record's user (user-level)
     created_at: datetime
     budget: Budget
 
