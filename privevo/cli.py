@@ -1,10 +1,11 @@
-"""The ``privevo`` command line: run PE locally, calibrate noise."""
+"""The ``privevo`` command line: run PE locally, audit a run, calibrate noise."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -212,36 +213,173 @@ def run(
         api_key=os.environ.get(API_KEY_SETTING), allowed_base_url=os.environ.get(BASE_URL_SETTING)
     )
     try:
-        summary = run_local(spec, policy=_local_policy(), resume=resume, progress=not quiet)
+        done = run_local(spec, policy=_local_policy(), resume=resume, progress=not quiet)
     except JobRefused as exc:
         problems = "\n".join(f"  {problem}" for problem in exc.problems)
         raise fail(f"the job cannot run on this data:\n{problems}") from None
     except PrivevoError as exc:
         raise fail(str(exc)) from None
-    typer.echo(summary)
+    typer.echo(done.summary())
 
 
-POLICY_SETTINGS = ("PRIVEVO_MAX_DELTA", "PRIVEVO_REQUIRE_DECLARED_LABELS")
-"""The environment variables of the local privacy policy: the service's settings of the same
-names (``PRIVEVO_ALLOW_INSECURE_TEST_NOISE`` excepted: on their own machine, users may run seeded
-test noise, and its reports say NOT PRIVATE)."""
+@app.command()
+def audit(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="A run's YAML config (its eval_data is not used)"),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data the audited run uses [default: data/mnist/test.npz, the public MNIST "
+            "stand-in from `make data`]. On private data the audit spends its budget."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="New folder for audit.json and the run's state [default: privevo-audit]"),
+    ] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Claimed epsilon [default: 1]")] = None,
+    delta: Annotated[float | None, typer.Option(help="Claimed delta [default: 1e-6]")] = None,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", "-T", help="Noisy releases T [default: 4]")
+    ] = None,
+    num_samples: Annotated[
+        int | None, typer.Option(help="Synthetic samples in all [default: 2000]")
+    ] = None,
+    lookahead: Annotated[int | None, typer.Option(help="Lookahead L [default: 0]")] = None,
+    k: Annotated[int | None, typer.Option(help="Neighbours per record [default: 1]")] = None,
+    embedding: Annotated[
+        str | None,
+        typer.Option(help=f"Embedder: {_names(EMBEDDER_REGISTRY)} [default: raw-pixels]"),
+    ] = None,
+    nn_backend: Annotated[
+        str | None,
+        typer.Option(help=f"{' | '.join(backend_names())} (triton: CUDA only) [default: auto]"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the run's generation")] = None,
+    canaries: Annotated[
+        int, typer.Option("--canaries", "-m", help="m: canary records, each in with prob. 1/2")
+    ] = 2000,
+    guesses: Annotated[
+        int,
+        typer.Option(
+            "--guesses", "-r", help="r: guesses (half 'in' on top scores, half 'out'); rest abstain"
+        ),
+    ] = 200,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="white-box: score each canary by the noisy counts of its own pinned candidate; "
+            "black-box: by its distance to the synthetic data (little power for PE)"
+        ),
+    ] = "white-box",
+    canary_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the canaries and their coins [default: fresh, reported]"),
+    ] = None,
+    confidence: Annotated[float, typer.Option(help="Confidence of the bound")] = 0.95,
+    insecure_test_noise: Annotated[
+        bool,
+        typer.Option("--insecure-test-noise", help="Seeded noise, reproducible: NOT PRIVATE"),
+    ] = False,
+    no_privacy: Annotated[
+        bool, typer.Option("--no-privacy", help="No noise: shows what the audit can see")
+    ] = False,
+    inject_bug_sigma_divisor: Annotated[
+        float | None,
+        typer.Option(hidden=True, help="NOT PRIVATE: draw the noise at sigma / this"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
+) -> None:
+    """Measure a lower bound on the epsilon a PE run actually leaks, and print it as JSON.
+
+    Adds m canary records (drawtext digits, small and turned: legal for the generator, unlike
+    real digits), each independently with probability 1/2, runs the job once, scores each
+    canary from the released output alone, guesses "in" for the r/2 top scores and "out" for
+    the r/2 lowest, and turns the correct guesses into the largest epsilon they refute at the
+    chosen confidence, 95% by default (one-run method of Steinke, Nasr & Jagielski 2023). A
+    bound above the claimed epsilon means the run leaks more than it claims; one at or below
+    it is consistent with the claim. The report (also OUT/audit.json) holds the bound, its
+    confidence, m, r, the canaries' design and seed, next to the claimed epsilon.
+
+    The audit is a run on its data: on private data it spends that dataset's budget like any
+    run. The default data is the MNIST stand-in, which is public: audit there.
+
+    Example (a row of the README's table, about 20 s on 2 cores):
+    privevo audit --config configs/demo-mnist.yaml --epsilon 4 --out runs/audit-eps4
+    """
+    from pe_core.audit import AuditPlan
+    from pe_core.checks import JobRefused
+    from privevo.audit import STAND_IN, audit_local, summary
+    from privevo.local import RunSpec
+
+    settings: dict[str, Any] = {}
+    if config is not None:
+        try:
+            loaded = yaml.safe_load(config.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise fail(f"cannot read config {config}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise fail(f"config {config} must be a YAML mapping of options")
+        settings.update({key: value for key, value in loaded.items() if key != "eval_data"})
+    flags: dict[str, Any] = {
+        "data": data,
+        "out": out,
+        "epsilon": epsilon,
+        "delta": delta,
+        "iterations": iterations,
+        "num_samples": num_samples,
+        "lookahead": lookahead,
+        "k": k,
+        "embedding": embedding,
+        "nn_backend": nn_backend,
+        "seed": seed,
+    }
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    settings.setdefault("data", STAND_IN)
+    settings.setdefault("out", Path("privevo-audit"))
+    if insecure_test_noise:
+        settings["insecure_test_noise"] = True
+    if no_privacy:
+        settings["no_privacy"] = True
+        settings["epsilon"] = math.inf
+    try:
+        spec = RunSpec.model_validate(settings)
+    except ValidationError as exc:
+        raise fail(_validation_message("invalid audit settings", exc)) from None
+    plan = AuditPlan(
+        canaries=canaries,
+        guesses=guesses,
+        mode=mode,  # type: ignore[arg-type]  # checked by plan.problems()
+        seed=secrets.randbits(32) if canary_seed is None else canary_seed,
+        confidence=confidence,
+    )
+    try:
+        report = audit_local(
+            spec,
+            plan,
+            policy=_local_policy(),
+            sigma_divisor=inject_bug_sigma_divisor,
+            progress=not quiet,
+        )
+    except JobRefused as exc:
+        problems = "\n".join(f"  {problem}" for problem in exc.problems)
+        raise fail(f"the job cannot run on this data:\n{problems}") from None
+    except PrivevoError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(summary(report), err=True)
+    typer.echo(json.dumps(report, indent=2))
 
 
 def _local_policy() -> Any:
     """The privacy policy of a local run, from this edge's environment."""
-    from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
+    from privevo.local import local_policy
 
-    max_delta, require = (os.environ.get(name) for name in POLICY_SETTINGS)
     try:
-        return PrivacyPolicy(
-            max_delta=DEFAULT_MAX_DELTA if max_delta is None else float(max_delta),
-            require_declared_labels=(require or "").strip().lower() in ("1", "true", "yes"),
-            allow_insecure_test_noise=True,
-        )
-    except ValueError:
-        raise fail(
-            f"PRIVEVO_MAX_DELTA={max_delta!r}: give a number between 0 and 1, e.g. 1e-5"
-        ) from None
+        return local_policy(os.environ)
+    except PrivevoError as exc:
+        raise fail(str(exc)) from None
 
 
 @privacy_app.command()
@@ -256,19 +394,17 @@ def calibrate(
     ] = False,
 ) -> None:
     """Print the noise sigma that meets (epsilon, delta) for T iterations, as JSON."""
-    from pe_core.config import PeJob
-    from pe_core.privacy import calibrate_sigma
+    from privevo.api import calibrate as calibrate_job
 
     try:
         # The job model's own count of releases, as a run with these settings makes them.
-        releases = PeJob(
-            epsilon=epsilon,
-            delta=delta,
-            iterations=iterations,
+        result = calibrate_job(
+            epsilon,
+            delta,
+            iterations,
             k=k,
             label_fractions="dp" if dp_label_fractions else "uniform",
-        ).total_releases
-        result = calibrate_sigma(epsilon, delta, releases=releases)
+        )
     except ValidationError as exc:
         raise fail(_validation_message("invalid calibration settings", exc)) from None
     except ValueError as exc:
@@ -280,7 +416,7 @@ def calibrate(
         "delta": delta,
         "iterations": iterations,
         "k": k,
-        "releases": releases,
+        "releases": result.releases,
         "mechanism": result.mechanism,
         "accountant": result.accountant,
     }
