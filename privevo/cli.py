@@ -394,17 +394,19 @@ def calibrate(
     ] = False,
 ) -> None:
     """Print the noise sigma that meets (epsilon, delta) for T iterations, as JSON."""
-    from privevo.api import calibrate as calibrate_job
+    from pe_core.config import PeJob
+    from pe_core.privacy import calibrate_sigma
 
     try:
         # The job model's own count of releases, as a run with these settings makes them.
-        result = calibrate_job(
-            epsilon,
-            delta,
-            iterations,
+        releases = PeJob(
+            epsilon=epsilon,
+            delta=delta,
+            iterations=iterations,
             k=k,
             label_fractions="dp" if dp_label_fractions else "uniform",
-        )
+        ).total_releases
+        result = calibrate_sigma(epsilon, delta, releases=releases)
     except ValidationError as exc:
         raise fail(_validation_message("invalid calibration settings", exc)) from None
     except ValueError as exc:
@@ -416,7 +418,7 @@ def calibrate(
         "delta": delta,
         "iterations": iterations,
         "k": k,
-        "releases": result.releases,
+        "releases": releases,
         "mechanism": result.mechanism,
         "accountant": result.accountant,
     }

@@ -6,7 +6,9 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,7 +31,7 @@ from pe_core.errors import DataError, PrivevoError
 from pe_core.job import read_run_record, record_run, run_job, run_started
 from pe_core.metrics import evaluate, refuse_overlap
 from pe_core.outputs import Evaluator, OutputLayout, write_eval_report
-from pe_core.policy import PrivacyPolicy
+from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
 from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import DataShape, Samples
 
@@ -180,11 +182,56 @@ def recorded_settings(out: Path) -> dict[str, Any]:
     return {**record.job.model_dump(mode="json"), **record.source, "out": str(out)}
 
 
+POLICY_SETTINGS = ("PRIVEVO_MAX_DELTA", "PRIVEVO_REQUIRE_DECLARED_LABELS")
+"""The environment variables of the local privacy policy: the service's settings of the same
+names (``PRIVEVO_ALLOW_INSECURE_TEST_NOISE`` excepted: on their own machine, users may run seeded
+test noise, and its reports say NOT PRIVATE)."""
+
+
+def local_policy(environ: Mapping[str, str]) -> PrivacyPolicy:
+    """The privacy policy of a local run, from this edge's environment.
+
+    Raises:
+        PrivevoError: a setting that does not parse; the message says how to fix it.
+    """
+    max_delta, require = (environ.get(name) for name in POLICY_SETTINGS)
+    try:
+        return PrivacyPolicy(
+            max_delta=DEFAULT_MAX_DELTA if max_delta is None else float(max_delta),
+            require_declared_labels=(require or "").strip().lower() in ("1", "true", "yes"),
+            allow_insecure_test_noise=True,
+        )
+    except ValueError:
+        raise PrivevoError(
+            f"PRIVEVO_MAX_DELTA={max_delta!r}: give a number between 0 and 1, e.g. 1e-5"
+        ) from None
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """A finished local run.
+
+    Attributes:
+        layout: where its outputs are (``layout.report_html``, ``layout.synthetic``, ...).
+        report: its privacy report, as ``privacy_report.json`` holds it.
+        evaluation: NOT DP metrics per iteration against ``eval_data``; empty without it.
+        seconds: how long the run took.
+    """
+
+    layout: OutputLayout
+    report: dict[str, Any]
+    evaluation: list[dict[str, Any]]
+    seconds: float
+
+    def summary(self) -> str:
+        """A few lines for the terminal: the guarantee and where everything is."""
+        return _summary(self.layout, self.report, self.evaluation, self.seconds)
+
+
 def run_local(
     spec: RunSpec, *, policy: PrivacyPolicy, resume: bool = False, progress: bool = True
-) -> str:
-    """Runs the job described by ``spec`` under ``policy`` and returns a short summary for the
-    terminal."""
+) -> LocalRun:
+    """Runs the job described by ``spec`` under ``policy``."""
     layout = OutputLayout(spec.out)
     _check_out_dir(layout, resume)
     private = _load(spec, spec.data, spec.labels, private=True)
@@ -242,11 +289,12 @@ def run_local(
         write_eval_report(
             layout, evaluator, outcome.result.population, private, evaluation, features
         )
-    return _summary(layout, outcome.report, evaluator, time.monotonic() - started)
+    rows = [] if evaluator is None else evaluator.rows
+    return LocalRun(layout, outcome.report, rows, time.monotonic() - started)
 
 
 def _summary(
-    layout: OutputLayout, report: dict[str, Any], evaluator: Evaluator | None, seconds: float
+    layout: OutputLayout, report: dict[str, Any], rows: list[dict[str, Any]], seconds: float
 ) -> str:
     eps = report["epsilon"]
     lines = [
@@ -262,8 +310,8 @@ def _summary(
         f"privacy report:  {layout.privacy_report}",
         f"sample grids:    {layout.samples}/",
     ]
-    if evaluator is not None and evaluator.rows:
-        first, last = evaluator.rows[0], evaluator.rows[-1]
+    if rows:
+        first, last = rows[0], rows[-1]
         lines.append(
             f"evaluation (NOT DP): {layout.eval}/  accuracy {first['accuracy']:.3f} at iteration 0"
             f" -> {last['accuracy']:.3f} at iteration {last['iteration']}"

@@ -41,8 +41,8 @@ def test_grammar_run_on_bbc_news_beats_iteration_zero(tmp_path):
         num_samples=250,
         seed=11,
     )
-    summary = run_local(spec, policy=PrivacyPolicy(), progress=False)
-    assert "DP (epsilon" in summary
+    done = run_local(spec, policy=PrivacyPolicy(), progress=False)
+    assert "DP (epsilon" in done.summary()
     rows = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())["per_iteration"]
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.15, rows
     texts = (tmp_path / "out" / "synthetic" / "texts.jsonl").read_text().splitlines()
