@@ -713,10 +713,11 @@ def _user_values(source: Path, suffix: str, column: str) -> list[Any]:
                     f"{sorted(archive.files)}"
                 )
             array = archive[column]
-        if array.ndim != 1 or array.dtype.kind not in "iuU":
+            images = len(archive[next(k for k in ("images", "x") if k in archive.files)])
+        if array.ndim != 1 or array.dtype.kind not in "iuU" or len(array) != images:
             raise DataError(
                 f"{source}: {column!r} must be a 1-d array of integers or strings, one user per "
-                f"image, got {array.dtype} {array.shape}"
+                f"image ({images}), got {array.dtype} {array.shape}"
             )
         return list(array.tolist())
     if suffix == ".jsonl":

@@ -567,3 +567,6 @@ def test_a_user_column_that_cannot_serve_is_a_clear_error(tmp_path: Path) -> Non
     np.savez(npz, images=np.zeros((2, 2, 2), np.uint8), labels=np.array([0, 1]))
     with pytest.raises(DataError, match="no 'who' array to name the users"):
         load_dataset(npz, user_column="who")
+    np.savez(npz, images=np.zeros((2, 2, 2), np.uint8), labels=np.array([0, 1]), who=np.arange(3))
+    with pytest.raises(DataError, match=r"one user per image \(2\), got int64 \(3,\)"):
+        load_dataset(npz, user_column="who")
