@@ -394,19 +394,17 @@ def calibrate(
     ] = False,
 ) -> None:
     """Print the noise sigma that meets (epsilon, delta) for T iterations, as JSON."""
-    from pe_core.config import PeJob
-    from pe_core.privacy import calibrate_sigma
+    from privevo.api import calibrate as calibrate_job
 
     try:
         # The job model's own count of releases, as a run with these settings makes them.
-        releases = PeJob(
-            epsilon=epsilon,
-            delta=delta,
-            iterations=iterations,
+        result = calibrate_job(
+            epsilon,
+            delta,
+            iterations,
             k=k,
             label_fractions="dp" if dp_label_fractions else "uniform",
-        ).total_releases
-        result = calibrate_sigma(epsilon, delta, releases=releases)
+        )
     except ValidationError as exc:
         raise fail(_validation_message("invalid calibration settings", exc)) from None
     except ValueError as exc:
@@ -418,7 +416,7 @@ def calibrate(
         "delta": delta,
         "iterations": iterations,
         "k": k,
-        "releases": releases,
+        "releases": result.releases,
         "mechanism": result.mechanism,
         "accountant": result.accountant,
     }
