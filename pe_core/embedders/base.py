@@ -14,7 +14,21 @@ from pe_core.samples import Modality, Samples
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Maps samples to float32 vectors of shape (n, dim)."""
+    """Maps samples to float32 vectors of shape (n, dim).
+
+    Requirement: **a record's vector is a function of that record alone, bit for bit.**
+    ``embed(D)[i]`` must equal ``embed([D[i]])[0]``, whatever else ``D`` holds and wherever
+    record i stands in it. The vote-sensitivity proof (one record moves the vote vector by at
+    most its k votes) assumes each private record's votes depend on that record only; if
+    adding or removing one record could flip the last bit of another record's vector, then
+    near a distance tie one record could move another's vote too. So a private record's tensor
+    shapes, thread counts and code path must not depend on the other records, and the other
+    rows of its batch must not reach its bits: run fixed-shape batches filled with public
+    filler, or one record per call, pin thread counts, and take the same path for 1 and n
+    records (see :mod:`pe_core.embedders.batching`). Synthetic samples are public, so they are
+    exempt, but every shipped embedder meets the requirement for them as well. A contract test
+    checks every registered embedder (``tests/pe_core/embedders/contracts.py``).
+    """
 
     modality: ClassVar[Modality]
 
@@ -36,7 +50,8 @@ class CachedEmbedder:
     """Wraps an embedder with an in-memory cache keyed by sample id.
 
     Sample ids are unique per sample content (APIs give every new sample a new id), so a cached
-    vector is never stale.
+    vector is never stale; and since the inner embedder's vectors do not depend on the other
+    samples of a call, a cached vector is the one a fresh call would give, bit for bit.
     """
 
     def __init__(self, inner: Embedder) -> None:

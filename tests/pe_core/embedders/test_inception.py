@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from pe_core.embedders.inception import InceptionEmbedder, default_model_path
 from pe_core.errors import MissingDependencyError
 from pe_core.samples import Samples
 
 pytestmark = [
-    pytest.mark.models,
-    # The weights exist only as TorchScript, whose loader torch now marks as deprecated.
-    pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning"),
+    # The weights exist only as TorchScript, which torch now marks as deprecated.
+    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"),
 ]
 
 
@@ -25,6 +27,7 @@ def embedder() -> InceptionEmbedder:
     return InceptionEmbedder(batch_size=2)
 
 
+@pytest.mark.models
 def test_features_shape_finite_and_deterministic(embedder: InceptionEmbedder) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(2, 16, 16, 1), dtype=np.uint8)
@@ -46,3 +49,31 @@ def test_missing_weights_file_is_a_clear_error() -> None:
     )
     with pytest.raises(MissingDependencyError, match="not found"):
         InceptionEmbedder(model_path="/nonexistent/default_1.pt").embed(empty)
+
+
+class BatchRows(torch.nn.Module):
+    """Answers every image with the number of rows of the pass it ran in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 1), float(x.shape[0])) + 0 * x.mean(dim=(1, 2, 3))[:, None]
+
+
+def test_every_pass_has_batch_size_images(tmp_path: Path) -> None:
+    path = tmp_path / "rows.pt"
+    torch.jit.script(BatchRows()).save(str(path))
+    embedder = InceptionEmbedder(model_path=path, batch_size=4)
+    images = np.zeros((1, 5, 5, 1), np.uint8)
+    for n in (1, 4, 6):
+        samples = Samples(
+            ids=[str(i) for i in range(n)],
+            labels=[0] * n,
+            label_names=("x",),
+            images=np.repeat(images, n, axis=0),
+        )
+        # The last pass of a call is filled up: one image alone runs in a pass of four.
+        np.testing.assert_array_equal(embedder.embed(samples), np.full((n, 1), 4, np.float32))
+
+
+def test_bad_thread_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_threads"):
+        InceptionEmbedder(num_threads=0)

@@ -55,3 +55,29 @@ def test_empty_batch_and_wrong_modality(embedder: MiniLMEmbedder) -> None:
 def test_a_missing_local_folder_is_refused_before_any_download() -> None:
     with pytest.raises(MissingDependencyError, match="no sentence-transformers model folder"):
         MiniLMEmbedder(model_path="sentence-transformers/all-MiniLM-L6-v2").embed(texts("hi"))
+
+
+def test_a_pass_has_the_shape_of_its_texts_alone(embedder: MiniLMEmbedder) -> None:
+    """Every forward pass holds texts of one token count, in rows(length) rows: a shape no
+    other text of the call can change."""
+    model = embedder._load()
+    shapes: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda _module, args: shapes.append(tuple(args[0]["input_ids"].shape))
+    )
+    wide = MiniLMEmbedder(batch_size=64, tokens_per_batch=32)
+    wide._model, wide.num_threads = model, embedder.num_threads
+    try:
+        wide.embed(texts("one", "two", "a much longer sentence than the others", "three"))
+    finally:
+        hook.remove()
+    # "one", "two", "three": 3 tokens with [CLS] and [SEP], so 32 // 3 = 10 rows, 7 of them
+    # filler; the long sentence: 9 tokens, 32 // 9 = 3 rows, 2 of them filler.
+    assert sorted(shapes) == [(3, 9), (10, 3)]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="tokens_per_batch"):
+        MiniLMEmbedder(tokens_per_batch=0)
+    with pytest.raises(ValueError, match="num_threads"):
+        MiniLMEmbedder(num_threads=0)
