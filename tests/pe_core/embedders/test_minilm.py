@@ -58,22 +58,28 @@ def test_a_missing_local_folder_is_refused_before_any_download() -> None:
 
 
 def test_a_pass_has_the_shape_of_its_texts_alone(embedder: MiniLMEmbedder) -> None:
-    """Every forward pass holds texts of one token count, in rows(length) rows: a shape no
-    other text of the call can change."""
+    """Every forward pass holds texts of one padded length, in rows(length) rows with at least
+    one padded filler row: a shape no other text of the call can change."""
     model = embedder._load()
     shapes: list[tuple[int, int]] = []
-    hook = model.register_forward_pre_hook(
-        lambda _module, args: shapes.append(tuple(args[0]["input_ids"].shape))
-    )
-    wide = MiniLMEmbedder(batch_size=64, tokens_per_batch=32)
+    masks: list[bool] = []
+
+    def record(_module: object, args: tuple[dict, ...]) -> None:
+        shapes.append(tuple(args[0]["input_ids"].shape))
+        masks.append(bool((args[0]["attention_mask"] == 0).any()))
+
+    hook = model.register_forward_pre_hook(record)
+    wide = MiniLMEmbedder(batch_size=64, tokens_per_batch=96)
     wide._model, wide.num_threads = model, embedder.num_threads
+    long = " ".join(["word"] * 40)  # 42 tokens with [CLS] and [SEP]: the 64-token bucket
     try:
-        wide.embed(texts("one", "two", "a much longer sentence than the others", "three"))
+        wide.embed(texts("one", "two", long, "three", "four"))
     finally:
         hook.remove()
-    # "one", "two", "three": 3 tokens with [CLS] and [SEP], so 32 // 3 = 10 rows, 7 of them
-    # filler; the long sentence: 9 tokens, 32 // 9 = 3 rows, 2 of them filler.
-    assert sorted(shapes) == [(3, 9), (10, 3)]
+    # Four short texts (32-token bucket): 96 // 32 = 3 rows, 2 texts and a filler per pass;
+    # the long one (64-token bucket): max(2, 96 // 64) = 2 rows, itself and a filler.
+    assert sorted(shapes) == [(2, 64), (3, 32), (3, 32)]
+    assert all(masks)  # every pass is padded: transformers always takes its masked path
 
 
 def test_bad_settings_are_refused() -> None:
