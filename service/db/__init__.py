@@ -11,6 +11,7 @@ from service.db.budget import (
     record_release,
     remaining,
     reserve,
+    shared_records,
 )
 from service.db.engine import (
     DEFAULT_URL,
@@ -29,6 +30,7 @@ from service.db.errors import (
     NotFound,
     ReleaseConflict,
     ReservationExceeded,
+    WrongRole,
 )
 from service.db.models import (
     FINAL_STATUSES,
@@ -56,6 +58,7 @@ from service.db.repository import (
     get_dataset,
     get_job,
     get_tenant,
+    jobs_evaluated_on,
     list_datasets,
     list_events,
     list_jobs,
@@ -93,6 +96,7 @@ __all__ = [
     "ReservationExceeded",
     "Tenant",
     "TenantSecret",
+    "WrongRole",
     "append_event",
     "beat",
     "cancel",
@@ -104,6 +108,7 @@ __all__ = [
     "get_dataset",
     "get_job",
     "get_tenant",
+    "jobs_evaluated_on",
     "list_datasets",
     "list_events",
     "list_jobs",
@@ -116,6 +121,7 @@ __all__ = [
     "reserve",
     "revoke_api_key",
     "set_tenant_limits",
+    "shared_records",
     "tenant_digest_key",
     "tenant_for_api_key",
     "tenant_named",

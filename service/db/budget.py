@@ -25,6 +25,13 @@ that paid for them.
 Digests are compared within one tenant only, under one tenant's key: another tenant's copy of
 the same records has a budget of its own, and nothing in its answers depends on the first.
 
+Held-out datasets (role "heldout") have no budget and are never spent on: no job takes them as
+its private input (:func:`reserve` refuses), nothing DP is released about them, and what is
+computed from them (NOT DP evaluation metrics) goes to their owner only. So they never join or
+merge budgets: a private upload sharing records with held-out data only is placed as if that
+data did not exist. Their digests are kept all the same, to refuse an evaluation on data that
+overlaps the job's private dataset (:func:`shared_records`).
+
 Units of privacy
 ----------------
 A dataset is record-level, or user-level when its upload named a user column; the unit is
@@ -91,6 +98,7 @@ from service.db.errors import (
     NotFound,
     ReleaseConflict,
     ReservationExceeded,
+    WrongRole,
 )
 from service.db.models import (
     FINAL_STATUSES,
@@ -160,6 +168,7 @@ def reserve(
     *,
     iterations: int,
     queue: str = "cpu",
+    eval_dataset_id: str | None = None,
 ) -> Job:
     """Creates a queued job holding ``(epsilon, delta)`` of its dataset's budget, atomically.
 
@@ -176,12 +185,16 @@ def reserve(
         spec: the job's specification, stored as JSON.
         iterations: number of PE iterations T, >= 1.
         queue: the broker queue the job's task goes to (see ``service.broker.queue_for``).
+        eval_dataset_id: a held-out dataset of the tenant to evaluate the job on, or None.
+            The gateway checks it first (``service.evaluation.check_eval_dataset``); here a
+            foreign key holds it to the tenant.
 
     Returns:
         The new (or idempotently repeated) job.
 
     Raises:
         NotFound: no such dataset for this tenant.
+        WrongRole: the dataset is held-out: it is never a job's private input.
         BudgetExceeded: the job does not fit; the message names what is left.
         IdempotencyConflict: the key was used for a different request.
     """
@@ -190,7 +203,7 @@ def reserve(
     if not _is_int(iterations) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
     spec = json.loads(json.dumps(spec, allow_nan=False))
-    request = (dataset_id, float(epsilon), float(delta), spec, iterations)
+    request = (dataset_id, float(epsilon), float(delta), spec, iterations, eval_dataset_id)
     try:
         with write_transaction(session):
             lock_budgets(session, tenant_id)
@@ -201,6 +214,8 @@ def reserve(
                     return _same_request(existing, idempotency_key, request)
             if dataset.deleted_at is not None:
                 raise NotFound(f"dataset {dataset_id} not found")
+            if dataset.budget_id is None:
+                raise WrongRole(held_out_input(dataset_id))
             status = _status(session, Budget.id == dataset.budget_id)
             fits = _within(epsilon, status.epsilon_remaining, status.epsilon_cap) and _within(
                 delta, status.delta_remaining, status.delta_cap
@@ -224,6 +239,7 @@ def reserve(
                 epsilon_reserved=float(epsilon),
                 delta_reserved=float(delta),
                 idempotency_key=idempotency_key,
+                eval_dataset_id=eval_dataset_id,
             )
             session.add(job)
             session.flush()
@@ -266,8 +282,12 @@ def remaining(session: Session, tenant_id: str, dataset_id: str) -> BudgetStatus
     )
     with read_transaction(session):
         status = _status(session, Budget.id == budget_id, missing_ok=True)
-    if status is None:
-        raise NotFound(f"dataset {dataset_id} not found")
+        if status is None:
+            dataset = dataset_of_tenant(session, tenant_id, dataset_id)  # NotFound if none
+            raise NotFound(
+                f"dataset {dataset.id} is held-out evaluation data: it has no privacy budget, "
+                "since no job ever runs on it"
+            )
     return status
 
 
@@ -308,13 +328,9 @@ def place_in_budget(
             asks for; an upload cannot raise the cap of records already spent on.
     """
     tenant_id, own, unit = dataset.tenant_id, dataset.budget_id, dataset.privacy_unit
-    if digests is not None:
-        rows = [
-            {"tenant_id": tenant_id, "dataset_id": dataset.id, "digest": digest}
-            for digest in digests
-        ]
-        for start in range(0, len(rows), _DIGEST_BATCH):
-            session.execute(insert(RecordDigest), rows[start : start + _DIGEST_BATCH])
+    if own is None:
+        raise ValueError(f"dataset {dataset.id} is held-out: it has no budget to place")
+    store_digests(session, dataset, digests)
     new, old = aliased(RecordDigest), aliased(RecordDigest)
     sharing_records = (
         select(Dataset.budget_id)
@@ -330,6 +346,7 @@ def place_in_budget(
             new.tenant_id == tenant_id,
             new.dataset_id == dataset.id,
             Dataset.privacy_unit == unit,
+            Dataset.role == "private",  # held-out data has no budget (module docstring)
         )
     )
     sharing_bytes = select(Dataset.budget_id).where(
@@ -337,6 +354,7 @@ def place_in_budget(
         Dataset.sha256 == dataset.sha256,
         Dataset.id != dataset.id,
         Dataset.privacy_unit == unit,
+        Dataset.role == "private",
     )
     joined = set(session.scalars(sharing_records.union(sharing_bytes)))
     budget = session.get_one(Budget, own)
@@ -382,6 +400,63 @@ def place_in_budget(
     dataset.budget_id = survivor.id
     session.flush()
     return survivor
+
+
+def store_digests(session: Session, dataset: Dataset, digests: RecordDigests | None) -> None:
+    """Stores a new dataset's record digests (none where ``digests`` is None), in bounded
+    statements, inside the caller's write transaction."""
+    if digests is None:
+        return
+    rows = [
+        {"tenant_id": dataset.tenant_id, "dataset_id": dataset.id, "digest": digest}
+        for digest in digests
+    ]
+    for start in range(0, len(rows), _DIGEST_BATCH):
+        session.execute(insert(RecordDigest), rows[start : start + _DIGEST_BATCH])
+
+
+def shared_records(session: Session, tenant_id: str, first_id: str, second_id: str) -> int:
+    """How many distinct records two of the tenant's datasets share, by their record digests.
+
+    Datasets of the same file bytes share all their records, whatever digests they have
+    (datasets uploaded before digests existed have none): then the smaller record count is
+    returned. Compared under the tenant's own key, never across tenants.
+
+    Args:
+        session: a session not in a transaction (this function runs its own).
+    """
+    first, second = aliased(Dataset), aliased(Dataset)
+    one, other = aliased(RecordDigest), aliased(RecordDigest)
+    with read_transaction(session):
+        same_bytes = session.execute(
+            select(func.min(first.record_count), func.min(second.record_count))
+            .select_from(first)
+            .join(second, (second.tenant_id == first.tenant_id) & (second.sha256 == first.sha256))
+            .where(first.tenant_id == tenant_id, first.id == first_id, second.id == second_id)
+        ).one_or_none()
+        if same_bytes is not None and same_bytes[0] is not None:
+            return int(min(same_bytes))
+        statement = (
+            select(func.count())
+            .select_from(one)
+            .join(
+                other,
+                (other.tenant_id == one.tenant_id)
+                & (other.digest == one.digest)
+                & (other.dataset_id == second_id),
+            )
+            .where(one.tenant_id == tenant_id, one.dataset_id == first_id)
+        )
+        return int(session.scalar(statement) or 0)
+
+
+def held_out_input(dataset_id: str) -> str:
+    """Why a held-out dataset cannot be a job's private input, and what to do instead."""
+    return (
+        f"dataset {dataset_id} is held-out evaluation data: it is never a job's private input "
+        "and has no budget. Run the job on a private dataset and name this one as its "
+        "eval_dataset_id"
+    )
 
 
 def record_release(
@@ -631,7 +706,14 @@ def _job_by_key(session: Session, tenant_id: str, key: str) -> Job | None:
 
 
 def _same_request(job: Job, key: str, request: tuple[Any, ...]) -> Job:
-    recorded = (job.dataset_id, job.epsilon_reserved, job.delta_reserved, job.spec, job.iterations)
+    recorded = (
+        job.dataset_id,
+        job.epsilon_reserved,
+        job.delta_reserved,
+        job.spec,
+        job.iterations,
+        job.eval_dataset_id,
+    )
     if recorded != request:
         raise IdempotencyConflict(
             f"idempotency key {key!r} was already used for a different request (job {job.id})"

@@ -66,3 +66,8 @@ class ReleaseConflict(PrivevoError):
 
 class InvalidCursor(PrivevoError, ValueError):
     """A pagination cursor this server did not issue."""
+
+
+class WrongRole(PrivevoError):
+    """A dataset is used for what its role forbids: held-out data as a job's private input, or
+    private data as a job's evaluation data (answered 422, before anything is reserved)."""

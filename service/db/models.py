@@ -12,6 +12,12 @@ record with datasets of its tenant draws on their :class:`Budget` (see
 Datasets are soft-deleted (``deleted_at``); jobs, record digests and budgets are never deleted
 with them, so the spending history of a budget, and which records it covers, are kept for good.
 
+A dataset is private (the input of jobs, drawing on a budget) or held-out (role "heldout"): real
+data that only scores jobs' synthetic data against, NOT DP, for the owner's eyes. A held-out
+dataset has no budget (``budget_id`` is NULL, a check holds it), is never a job's private input,
+and never joins or merges budgets; its record digests are kept to refuse an evaluation that
+overlaps a job's private data.
+
 Every dataset and budget has a unit of privacy, fixed at upload: "record" (one record) or
 "user" (all records naming one user, from the dataset's user column). A composite foreign key
 makes a dataset's budget one of its own unit, so record-level and user-level charges can never
@@ -70,6 +76,8 @@ COLUMN_LENGTH: Final = 255
 """The longest name a dataset's text, label or user column may have, in characters."""
 PRIVACY_UNITS: Final = ("record", "user")
 """What a budget's (epsilon, delta) protect: one record, or one user's records."""
+DATASET_ROLES: Final = ("private", "heldout")
+"""What a dataset is for: the private input of jobs, or held-out data that only evaluates them."""
 
 
 def utcnow() -> datetime:
@@ -209,13 +217,16 @@ class Budget(Base):
 
 
 class Dataset(Base):
-    """An uploaded private dataset; soft-deleted so its budget history stays.
+    """An uploaded dataset, private or held-out; soft-deleted so its budget history stays.
 
     Attributes:
         sha256: of the uploaded file's bytes, as the client can check it; an upload of the same
             bytes joins this dataset's budget even when neither has record digests (datasets
             uploaded before record digests existed have none).
-        budget_id: the budget the dataset's jobs draw on.
+        budget_id: the budget the dataset's jobs draw on; None for held-out data, which no
+            job draws on.
+        role: "private" (the input of jobs) or "heldout" (evaluation data only, NOT DP; never
+            a job's input, no budget, record-level); fixed at upload.
         duplicate_records: records of the upload that repeat an earlier one of the same upload.
         privacy_unit: "user" when the upload named a user column, else "record"; fixed at
             upload, and its jobs run at this unit.
@@ -241,6 +252,13 @@ class Dataset(Base):
             "(privacy_unit = 'record' AND user_column IS NULL)",
             name="privacy_unit",
         ),
+        CheckConstraint(_one_of("role", DATASET_ROLES), name="role"),
+        # Private data draws on a budget; held-out data has none and names no users.
+        CheckConstraint(
+            "(role = 'private' AND budget_id IS NOT NULL) OR "
+            "(role = 'heldout' AND budget_id IS NULL AND user_column IS NULL)",
+            name="budget",
+        ),
     )
 
     id: Mapped[str] = mapped_column(
@@ -253,13 +271,14 @@ class Dataset(Base):
     labels: Mapped[list[str]]
     image_shape: Mapped[list[int] | None]
     sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
-    budget_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    budget_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     storage_path: Mapped[str] = mapped_column(String(PATH_LENGTH))
     text_column: Mapped[str] = mapped_column(String(COLUMN_LENGTH), server_default="text")
     label_column: Mapped[str] = mapped_column(String(COLUMN_LENGTH), server_default="label")
     duplicate_records: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     privacy_unit: Mapped[str] = mapped_column(String(8), default="record", server_default="record")
     user_column: Mapped[str | None] = mapped_column(String(COLUMN_LENGTH))
+    role: Mapped[str] = mapped_column(String(8), default="private", server_default="private")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 
@@ -295,6 +314,10 @@ class Job(Base):
     ``queue`` is the broker queue its task goes to (``cpu`` or ``gpu``), decided at reservation
     from the job's API (:func:`service.broker.queue_for`).
 
+    ``eval_dataset_id`` names the tenant's held-out dataset the worker scores the job's
+    synthetic data against (NOT DP, owner only), or None; a composite foreign key holds it to
+    the job's own tenant.
+
     ``heartbeat_at`` is when the worker running the job last showed it was alive (at every
     progress update and release, and periodically in between); a running job whose heartbeat
     is old lost its worker and is re-enqueued (:func:`service.db.repository.requeue_stale_jobs`).
@@ -303,9 +326,13 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         ForeignKeyConstraint(["tenant_id", "dataset_id"], ["datasets.tenant_id", "datasets.id"]),
+        ForeignKeyConstraint(
+            ["tenant_id", "eval_dataset_id"], ["datasets.tenant_id", "datasets.id"]
+        ),
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index(None, "tenant_id", "created_at"),
         Index(None, "dataset_id"),
+        Index(None, "eval_dataset_id"),
         Index(None, "status", "heartbeat_at"),
         CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
         CheckConstraint("iteration >= 0 AND iteration <= iterations", name="iteration"),
@@ -319,6 +346,7 @@ class Job(Base):
     )
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     dataset_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    eval_dataset_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     spec: Mapped[dict[str, Any]]
     queue: Mapped[str] = mapped_column(String(16), default="cpu", server_default="cpu")
     status: Mapped[str] = mapped_column(String(16), default="queued")

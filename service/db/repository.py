@@ -21,11 +21,12 @@ from typing import Any, Final
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.budget import place_in_budget
+from service.db.budget import place_in_budget, store_digests
 from service.db.engine import read_transaction, write_transaction
 from service.db.errors import InvalidCursor, JobFinished, NotFound
 from service.db.models import (
     COLUMN_LENGTH,
+    DATASET_ROLES,
     FINAL_STATUSES,
     ApiKey,
     Budget,
@@ -187,20 +188,23 @@ def create_dataset(
     labels: list[str],
     sha256: str,
     storage_path: str,
-    epsilon_cap: float,
-    delta_cap: float,
+    epsilon_cap: float | None = None,
+    delta_cap: float | None = None,
     text_column: str = "text",
     label_column: str = "label",
     image_shape: Sequence[int] | None = None,
     digests: RecordDigests | None = None,
     user_column: str | None = None,
+    role: str = "private",
 ) -> Dataset:
-    """Registers an uploaded dataset in the budget its records call for.
+    """Registers an uploaded dataset: a private one in the budget its records call for, a
+    held-out one without any.
 
-    A dataset sharing any record digest (or its file's bytes) with datasets of the tenant of
-    its own unit of privacy, deleted ones included, draws on their budget, with what was spent
-    of it; one sharing nothing gets a budget of its own with these caps (see
-    :mod:`service.db.budget`).
+    A private dataset sharing any record digest (or its file's bytes) with private datasets of
+    the tenant of its own unit of privacy, deleted ones included, draws on their budget, with
+    what was spent of it; one sharing nothing gets a budget of its own with these caps (see
+    :mod:`service.db.budget`). A held-out dataset only keeps its record digests (to refuse an
+    evaluation overlapping a job's private data); no job spends on it.
 
     Args:
         session: a session not in a transaction.
@@ -211,38 +215,45 @@ def create_dataset(
         labels: the label names.
         sha256: sha256 hex of the uploaded file.
         storage_path: where the data is stored.
-        epsilon_cap: the budget's epsilon cap, > 0.
-        delta_cap: the budget's delta cap, in (0, 1).
+        epsilon_cap: the budget's epsilon cap, > 0; private data only.
+        delta_cap: the budget's delta cap, in (0, 1); private data only.
         text_column, label_column: the table columns the data was validated with (texts).
         image_shape: (height, width, channels) of every image (public schema); None for texts.
         digests: the records' keyed digests under the tenant's key (:func:`tenant_digest_key`),
             or None to match on the file's bytes alone.
         user_column: the field or array naming each record's user, which the upload was
             validated with: the dataset, its budget and its jobs are then user-level; None for
-            record-level.
+            record-level (and for held-out data, always).
+        role: "private" or "heldout" (see :class:`~service.db.models.Dataset`).
 
     Raises:
         BudgetCapConflict: the data shares records with data of its unit under a smaller cap.
     """
     if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
-    if not 0 < epsilon_cap < float("inf"):
+    if role not in DATASET_ROLES:
+        raise ValueError(f"role must be one of {DATASET_ROLES}, got {role!r}")
+    if role == "heldout" and (epsilon_cap, delta_cap, user_column) != (None, None, None):
+        raise ValueError("held-out data has no budget caps and no user column")
+    if role == "private" and (epsilon_cap is None or not 0 < epsilon_cap < float("inf")):
         raise ValueError(f"epsilon_cap must be finite and > 0, got {epsilon_cap!r}")
-    if not 0 < delta_cap < 1:
+    if role == "private" and (delta_cap is None or not 0 < delta_cap < 1):
         raise ValueError(f"delta_cap must be in (0, 1), got {delta_cap!r}")
     if user_column is not None and not 0 < len(user_column) <= COLUMN_LENGTH:
         raise ValueError(f"user_column must have 1-{COLUMN_LENGTH} characters, got {user_column!r}")
     unit = "record" if user_column is None else "user"
     with write_transaction(session):
         lock_budgets(session, tenant_id)
-        budget = Budget(
-            tenant_id=tenant_id,
-            epsilon_cap=float(epsilon_cap),
-            delta_cap=float(delta_cap),
-            privacy_unit=unit,
-        )
-        session.add(budget)
-        session.flush()
+        budget = None
+        if epsilon_cap is not None and delta_cap is not None:
+            budget = Budget(
+                tenant_id=tenant_id,
+                epsilon_cap=float(epsilon_cap),
+                delta_cap=float(delta_cap),
+                privacy_unit=unit,
+            )
+            session.add(budget)
+            session.flush()
         dataset = Dataset(
             tenant_id=tenant_id,
             name=name,
@@ -250,7 +261,7 @@ def create_dataset(
             record_count=record_count,
             labels=list(labels),
             sha256=sha256,
-            budget_id=budget.id,
+            budget_id=None if budget is None else budget.id,
             storage_path=storage_path,
             text_column=text_column,
             label_column=label_column,
@@ -258,10 +269,14 @@ def create_dataset(
             duplicate_records=0 if digests is None else digests.duplicates,
             privacy_unit=unit,
             user_column=user_column,
+            role=role,
         )
         session.add(dataset)
         session.flush()
-        place_in_budget(session, dataset, digests, epsilon_cap=epsilon_cap, delta_cap=delta_cap)
+        if epsilon_cap is None or delta_cap is None:
+            store_digests(session, dataset, digests)
+        else:
+            place_in_budget(session, dataset, digests, epsilon_cap=epsilon_cap, delta_cap=delta_cap)
         return dataset
 
 
@@ -298,6 +313,13 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """
     with read_transaction(session):
         return job_of_tenant(session, tenant_id, job_id)
+
+
+def jobs_evaluated_on(session: Session, tenant_id: str, dataset_id: str) -> list[Job]:
+    """The tenant's jobs that name ``dataset_id`` as their held-out evaluation data."""
+    statement = select(Job).where(Job.tenant_id == tenant_id, Job.eval_dataset_id == dataset_id)
+    with read_transaction(session):
+        return list(session.scalars(statement))
 
 
 def list_events(

@@ -45,9 +45,12 @@ def new_dataset(
     epsilon_cap: float = 1.0,
     delta_cap: float = 1e-5,
     user_column: str | None = None,
+    role: str = "private",
 ) -> Dataset:
     """A dataset whose file is ``data``, holding ``records`` (None: no record digests, as
-    datasets uploaded before they existed); user-level with a ``user_column``."""
+    datasets uploaded before they existed); user-level with a ``user_column``; held-out (no
+    budget, no caps) with ``role="heldout"``."""
+    heldout = role == "heldout"
     return create_dataset(
         session,
         tenant_id,
@@ -57,10 +60,11 @@ def new_dataset(
         labels=[str(c) for c in range(10)],
         sha256=sha256_of(data),
         storage_path=f"datasets/{data}.npz",
-        epsilon_cap=epsilon_cap,
-        delta_cap=delta_cap,
+        epsilon_cap=None if heldout else epsilon_cap,
+        delta_cap=None if heldout else delta_cap,
         digests=None if records is None else digests_of(records),
         user_column=user_column,
+        role=role,
     )
 
 

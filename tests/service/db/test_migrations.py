@@ -227,3 +227,56 @@ def test_datasets_made_before_revision_0007_are_record_level(db_url: str) -> Non
             assert {"privacy_unit", "user_column"} <= columns
     finally:
         engine.dispose()
+
+
+def test_datasets_made_before_revision_0008_are_private(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    try:
+        with engine.connect() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0007")
+            connection.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES ('t8', 'acme', :now)"),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO budgets (id, tenant_id, epsilon_cap, delta_cap, created_at) "
+                    "VALUES ('b8', 't8', 1.0, 1e-3, :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO datasets (id, tenant_id, name, modality, record_count, labels, "
+                    "sha256, budget_id, storage_path, created_at) VALUES ('d8', 't8', 'n', "
+                    "'text', 1, '[]', :sha, 'b8', 'uploads/x', :now)"
+                ),
+                {"sha": "8" * 64, "now": now},
+            )
+            connection.commit()
+            command.upgrade(config, "head")
+            connection.commit()
+            role = connection.execute(text("SELECT role FROM datasets WHERE id = 'd8'")).one()
+        assert tuple(role) == ("private",)
+        assert remaining(make_session_factory(engine)(), "t8", "d8").epsilon_remaining == 1.0
+        with make_session_factory(engine)() as session:
+            heldout = create_dataset(
+                session, "t8", name="held", modality="text", record_count=1, labels=[],
+                sha256="9" * 64, storage_path="uploads/y", role="heldout",
+            )  # fmt: skip
+            assert heldout.budget_id is None
+        # Revision 0007 cannot represent data without a budget: going back is refused.
+        with engine.connect() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            with pytest.raises(RuntimeError, match="1 dataset\\(s\\) are held-out"):
+                command.downgrade(config, "0007")
+            connection.rollback()
+            columns = {column["name"] for column in inspect(connection).get_columns("datasets")}
+            assert "role" in columns
+    finally:
+        engine.dispose()

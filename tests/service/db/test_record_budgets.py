@@ -17,13 +17,16 @@ from service.db import (
     BudgetExceeded,
     Dataset,
     Job,
+    NotFound,
     RecordDigest,
+    WrongRole,
     delete_dataset,
     finalize,
     read_transaction,
     record_release,
     remaining,
     reserve,
+    shared_records,
     write_transaction,
 )
 from tests.service.db.support import (
@@ -239,3 +242,53 @@ def test_the_database_holds_a_dataset_to_a_budget_of_its_unit(db_session: Sessio
         db_session.execute(
             update(Dataset).where(Dataset.id == by_record.id).values(user_column="user")
         )
+
+
+def test_held_out_data_has_no_budget_is_never_spent_on_and_never_joins_a_budget(
+    db_session: Session,
+) -> None:
+    tenant = new_tenant(db_session)
+    private = new_dataset(db_session, tenant, data="a", records=records("r", 20))
+    reserve(db_session, tenant, private.id, 0.6, DELTA, None, {}, iterations=1)
+    # 5 of its records are private ones: it still joins nothing, having no budget.
+    heldout = new_dataset(
+        db_session,
+        tenant,
+        data="h",
+        records=[*records("r", 5, 15), *records("h", 10)],
+        role="heldout",
+    )
+    assert (heldout.role, heldout.budget_id) == ("heldout", None)
+    with pytest.raises(NotFound, match="held-out evaluation data: it has no privacy budget"):
+        remaining(db_session, tenant, heldout.id)
+    jobs_before = count(db_session, Job)
+    with pytest.raises(WrongRole, match="never a job's private input"):
+        reserve(db_session, tenant, heldout.id, 0.1, DELTA, None, {}, iterations=1)
+    assert count(db_session, Job) == jobs_before
+    # Private uploads sharing records (or bytes) with the held-out data only: budgets of
+    # their own, as if it did not exist.
+    for data in ("b", "h"):
+        fresh = new_dataset(db_session, tenant, data=data, records=records("h", 3))
+        assert fresh.budget_id not in (None, private.budget_id)
+        assert remaining(db_session, tenant, fresh.id).epsilon_remaining == 1.0
+    assert remaining(db_session, tenant, private.id).epsilon_remaining == pytest.approx(0.4)
+    # Its digests are kept to decide overlap with private data, within its tenant only.
+    assert shared_records(db_session, tenant, private.id, heldout.id) == 5
+    assert shared_records(db_session, tenant, heldout.id, private.id) == 5
+    other = new_tenant(db_session, "globex")
+    assert shared_records(db_session, other, private.id, heldout.id) == 0
+    same_bytes = new_dataset(db_session, tenant, data="h", records=None, role="heldout")
+    assert shared_records(db_session, tenant, heldout.id, same_bytes.id) == 600
+
+
+def test_the_database_holds_held_out_data_without_a_budget(db_session: Session) -> None:
+    tenant = new_tenant(db_session)
+    private = new_dataset(db_session, tenant, data="a", records=records("r", 3))
+    heldout = new_dataset(db_session, tenant, data="h", records=records("h", 3), role="heldout")
+    for dataset, change in (
+        (heldout, {"budget_id": private.budget_id}),  # held-out data on a budget
+        (private, {"budget_id": None}),  # private data without one
+        (private, {"role": "public"}),
+    ):
+        with pytest.raises(IntegrityError), write_transaction(db_session):
+            db_session.execute(update(Dataset).where(Dataset.id == dataset.id).values(**change))
