@@ -9,8 +9,13 @@ Where a job's files live, as storage keys:
   release vectors, the run record (seed) and the job lock. Under the dataset's prefix, so
   deleting the dataset deletes it.
 * ``datasets/<dataset>/jobs/<job>/out/``: the output layout while it is being made.
+* ``datasets/<dataset>/jobs/<job>/out/eval/``: a job with a held-out dataset
+  (``eval_dataset_id``): its NOT DP evaluation, which the gateway serves to the owner only;
+  never published, and deleted with either dataset.
 * ``results/<job>/``: the published result (``synthetic/``, ``privacy_report.json``,
   ``samples/``), written when the run has succeeded; never ``.state/`` or ``eval/``.
+
+(:mod:`service.keys` names these prefixes for the gateway and the workers alike.)
 
 A task may be delivered more than once (a worker died, Redis redelivered, Celery retried). Every
 delivery resumes from the latest checkpoint with the seed recorded by the first, and every noisy
@@ -52,15 +57,15 @@ from pe_core.apis.base import PerJobState, VariationApi
 from pe_core.checkpoint import CheckpointError
 from pe_core.config import PeJob
 from pe_core.datasets import load_dataset
-from pe_core.embedders import create_embedder
+from pe_core.embedders import CachedEmbedder, create_embedder
 from pe_core.embedders.base import Embedder
 from pe_core.errors import DataError, PrivevoError
 from pe_core.job import record_run
 from pe_core.job import run_job as run_job_parts
-from pe_core.outputs import OutputLayout
+from pe_core.outputs import Evaluator, OutputLayout, write_eval_report
 from pe_core.policy import PrivacyPolicy
 from pe_core.privacy import LedgerError
-from pe_core.runner import IterationReport
+from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import Modality, Samples
 from service.db import (
     FINAL_STATUSES,
@@ -68,6 +73,7 @@ from service.db import (
     Job,
     JobEvent,
     JobFinished,
+    NotFound,
     ReleaseConflict,
     ReservationExceeded,
     append_event,
@@ -77,6 +83,7 @@ from service.db import (
     read_transaction,
     update_progress,
 )
+from service.keys import JOB_OUTPUT, job_prefix, result_prefix
 from service.storage import (
     PRIVATE_FOLDER_MODE,
     InvalidKeyError,
@@ -145,16 +152,6 @@ class JobTimedOut(PrivevoError):
             "any release is charged all it reserved. Run it with fewer iterations or samples, "
             "or ask the operator to raise PRIVEVO_TASK_TIME_LIMIT_S"
         )
-
-
-def job_prefix(dataset_id: str, job_id: str) -> str:
-    """The storage prefix of a job's private working files (under its dataset's prefix)."""
-    return f"datasets/{dataset_id}/jobs/{job_id}"
-
-
-def result_prefix(job_id: str) -> str:
-    """The storage prefix of a job's published result."""
-    return f"results/{job_id}"
 
 
 def run_job(
@@ -363,6 +360,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
     )
     with sessions() as session:
         dataset = get_dataset(session, job.tenant_id, job.dataset_id)
+        heldout = _heldout_dataset(session, job)
         if _starts(session, job.id) >= MAX_STARTS:
             raise PrivevoError(
                 f"the job was started {MAX_STARTS} times without finishing (its worker kept "
@@ -376,19 +374,37 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
     progress = JobProgress(
         sessions, job.id, job.iterations, deadline=deadline, time_limit_s=context.time_limit_s
     )
-    layout = OutputLayout(folder / "out")
-    run_job_parts(
+    layout = OutputLayout(folder / JOB_OUTPUT)
+    embedder = cached_embedder(spec.embedding, spec.embedding_config)
+    callbacks: list[RunCallbacks] = [progress]
+    evaluation = evaluator = None
+    # Its own cache: held-out records are embedded once, not once per iteration.
+    features = CachedEmbedder(embedder).embed
+    if heldout is not None:
+        # The NOT DP metrics load scikit-learn and scipy: only for a job with held-out data.
+        from pe_core.metrics import evaluate, refuse_overlap
+
+        evaluation = _load_heldout(context.storage, heldout, private.label_names)
+        # The gateway compared record digests; this compares the decoded records, before the
+        # first release (a job refused here is refunded).
+        refuse_overlap(private, evaluation)
+        # NOT DP, owner only: scored in the job's embedding space, as the CLI does.
+        evaluator = Evaluator(
+            layout, functools.partial(evaluate, evaluation=evaluation, features=features)
+        )
+        callbacks.append(evaluator)
+    outcome = run_job_parts(
         spec,
         private,
         api=api,
-        embedder=cached_embedder(spec.embedding, spec.embedding_config),
+        embedder=embedder,
         state_dir=state,
         layout=layout,
         label_source=(
             "declared in the job" if spec.labels else "the dataset's labels, as found at upload"
         ),
         policy=context.policy,
-        callbacks=[progress],
+        callbacks=callbacks,
         ledger=lambda: DbLedger(
             sessions,
             job.id,
@@ -398,6 +414,12 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         ),
         run_info={"job_id": job.id},
     )
+    if evaluator is not None and evaluation is not None:
+        progress.on_phase(job.iterations, "evaluate")
+        write_eval_report(
+            layout, evaluator, outcome.result.population, private, evaluation, features
+        )
+        _drop_orphaned_evaluation(sessions, job, layout)
     progress.on_phase(job.iterations, "publish")
     _publish(context.storage, layout, result_prefix(job.id))
 
@@ -405,11 +427,14 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
 def _spec(job: Job) -> PeJob:
     """The job's engine parameters, checked against what the job reserved.
 
-    The stored spec is the gateway's job body: the engine's parameters plus ``dataset_id``.
+    The stored spec is the gateway's job body: the engine's parameters plus ``dataset_id``
+    (and ``eval_dataset_id``, which the job row holds too).
     """
     fields = dict(job.spec)
     if fields.pop("dataset_id", job.dataset_id) != job.dataset_id:
         raise RuntimeError(f"job {job.id}: its spec names another dataset")
+    if fields.pop("eval_dataset_id", None) != job.eval_dataset_id:
+        raise RuntimeError(f"job {job.id}: its spec names another evaluation dataset")
     try:
         spec = PeJob.model_validate(fields)
     except ValidationError as exc:
@@ -455,6 +480,57 @@ def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Sampl
     except DataError as exc:
         # The tenant knows the dataset by its name, not by the server's storage path.
         raise DataError(str(exc).replace(str(path), dataset.name)) from None
+
+
+def _heldout_dataset(session: Session, job: Job) -> Dataset | None:
+    """The job's held-out evaluation dataset, or None; checked again here (role, tenant), since
+    the worker trusts the job row's ids, not whoever wrote them."""
+    if job.eval_dataset_id is None:
+        return None
+    try:
+        heldout = get_dataset(session, job.tenant_id, job.eval_dataset_id)
+    except NotFound:
+        raise PrivevoError(
+            f"the evaluation dataset {job.eval_dataset_id} was deleted before the job ran; "
+            "create the job again without it, or with another held-out dataset"
+        ) from None
+    if heldout.role != "heldout":
+        raise RuntimeError(f"job {job.id}: its evaluation dataset is not held-out data")
+    return heldout
+
+
+def _load_heldout(storage: LocalStorage, dataset: Dataset, label_names: Sequence[str]) -> Samples:
+    """The held-out records, labelled with the job's label set.
+
+    Their ids get a prefix of their own: the evaluator's embedding cache is keyed by record
+    id, and two npz files (or tables) number their records alike, so without it a held-out
+    record would be scored with a private record's embedding.
+    """
+    path = storage.path(dataset.storage_path)
+    try:
+        return load_dataset(
+            path,
+            modality=cast(Modality, dataset.modality),
+            text_column=dataset.text_column,
+            label_column=dataset.label_column,
+            labels=list(label_names),
+            id_prefix="heldout/",
+        )
+    except DataError as exc:
+        raise DataError(str(exc).replace(str(path), dataset.name)) from None
+
+
+def _drop_orphaned_evaluation(
+    sessions: sessionmaker[Session], job: Job, layout: OutputLayout
+) -> None:
+    """Deletes the evaluation just written when its held-out dataset was deleted while the job
+    ran: the gateway's delete removed the evaluations that existed then, not this one."""
+    assert job.eval_dataset_id is not None
+    with sessions() as session:
+        try:
+            get_dataset(session, job.tenant_id, job.eval_dataset_id)
+        except NotFound:
+            shutil.rmtree(layout.eval, ignore_errors=True)
 
 
 def _publish(storage: LocalStorage, layout: OutputLayout, prefix: str) -> None:

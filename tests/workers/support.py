@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pe_core.config import PeJob
 from pe_core.privacy import release_digest
+from pe_core.samples import Samples
 from service.db import (
     Job,
     JobEvent,
@@ -75,26 +76,34 @@ class Home:
             "PRIVEVO_ALLOW_INSECURE_TEST_NOISE": "true",
         }
 
-    def new_job(self, *, user_column: str | None = None, **spec: Any) -> str:
-        """A queued drawtext job on 20 digits per label (28x28), T = 2, 60 samples.
-
-        With ``user_column`` the dataset is user-level: the npz holds that array, naming 25
-        users of 8 records each.
-        """
-        digits = digits_28(20)
-        users = {} if user_column is None else {user_column: np.arange(len(digits)) % 25}
+    def store_npz(self, samples: Samples, **arrays: Any) -> tuple[str, str]:
+        """Stores ``samples`` as an uploaded npz; returns (its storage key, its sha256)."""
         buffer = io.BytesIO()
         np.savez(
             buffer,
-            images=digits.images,
-            labels=digits.labels,
-            label_names=np.array(digits.label_names),
-            **users,
+            images=samples.images,
+            labels=samples.labels,
+            label_names=np.array(samples.label_names),
+            **arrays,
         )
         data = buffer.getvalue()
         key = f"uploads/{hashlib.sha256(data).hexdigest()[:16]}.npz"
         with self.storage.open_write(key) as handle:
             handle.write(data)
+        return key, hashlib.sha256(data).hexdigest()
+
+    def new_job(
+        self, *, user_column: str | None = None, heldout: Samples | None = None, **spec: Any
+    ) -> str:
+        """A queued drawtext job on 20 digits per label (28x28), T = 2, 60 samples.
+
+        With ``user_column`` the dataset is user-level: the npz holds that array, naming 25
+        users of 8 records each. With ``heldout``, those records are a held-out dataset of the
+        same tenant that the job names as its ``eval_dataset_id``.
+        """
+        digits = digits_28(20)
+        users = {} if user_column is None else {user_column: np.arange(len(digits)) % 25}
+        key, sha256 = self.store_npz(digits, **users)
         job = PeJob(
             iterations=ITERATIONS, num_samples=60, epsilon=4.0, delta=1e-5, **spec
         ).model_dump(mode="json")
@@ -107,16 +116,38 @@ class Home:
                 modality="image",
                 record_count=len(digits),
                 labels=list(digits.label_names),
-                sha256=hashlib.sha256(data).hexdigest(),
+                sha256=sha256,
                 storage_path=key,
                 epsilon_cap=10.0,
                 delta_cap=1e-3,
                 user_column=user_column,
             )
+            evaluation = {}
+            if heldout is not None:
+                heldout_key, heldout_sha256 = self.store_npz(heldout)
+                evaluation["eval_dataset_id"] = create_dataset(
+                    session,
+                    tenant.id,
+                    name="heldout.npz",
+                    modality="image",
+                    record_count=len(heldout),
+                    labels=list(heldout.label_names),
+                    sha256=heldout_sha256,
+                    storage_path=heldout_key,
+                    role="heldout",
+                ).id
             # Stored as the gateway stores its job body: the engine's fields and the dataset.
-            body = {**job, "dataset_id": dataset.id}
+            body = {**job, "dataset_id": dataset.id, **evaluation}
             return reserve(
-                session, tenant.id, dataset.id, 4.0, 1e-5, None, body, iterations=ITERATIONS
+                session,
+                tenant.id,
+                dataset.id,
+                4.0,
+                1e-5,
+                None,
+                body,
+                iterations=ITERATIONS,
+                eval_dataset_id=evaluation.get("eval_dataset_id"),
             ).id
 
     def job(self, job_id: str) -> Job:
