@@ -35,6 +35,7 @@ from pe_core.errors import PrivevoError
 from pe_core.samples import DataShape
 from service import db
 from service.broker import make_celery, prepare_broker, queue_for, send_job
+from service.console import mount_console
 from service.schemas import (
     BudgetPublic,
     DatasetForm,
@@ -102,12 +103,15 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         version="1",
         summary="Differentially private synthetic data with Private Evolution",
         lifespan=lifespan,
+        docs_url=None,  # service.console serves /docs and /redoc from local files
+        redoc_url=None,
     )
     app.state.sessions = sessions
     app.state.storage = storage
     _install_error_handlers(app)
     _install_metrics(app, sessions)
     _add_routes(app, settings, sessions, storage, send)
+    mount_console(app, storage)
     return app
 
 

@@ -56,11 +56,19 @@ class DatasetPublic(BaseModel):
         description="The field (tables) or array (npz) naming each record's user; null for "
         "record-level data"
     )
+    role: Literal["private", "heldout"] = Field(
+        description="private: the input of jobs, with a privacy budget. heldout: real data "
+        "that only evaluates jobs (NOT DP scores for the owner, as a job's eval_dataset_id); "
+        "never a job's input, no budget; fixed at upload"
+    )
     created_at: datetime
-    budget: BudgetPublic
+    budget: BudgetPublic | None = Field(
+        description="The privacy budget its jobs draw on; null for held-out data, which no job "
+        "ever spends on"
+    )
 
     @classmethod
-    def of(cls, dataset: Dataset, budget: BudgetStatus) -> DatasetPublic:
+    def of(cls, dataset: Dataset, budget: BudgetStatus | None) -> DatasetPublic:
         return cls(
             id=dataset.id,
             name=dataset.name,
@@ -71,8 +79,9 @@ class DatasetPublic(BaseModel):
             duplicate_records=dataset.duplicate_records,
             privacy_unit=dataset.privacy_unit,
             user_column=dataset.user_column,
+            role=dataset.role,
             created_at=dataset.created_at,
-            budget=BudgetPublic.of(budget),
+            budget=None if budget is None else BudgetPublic.of(budget),
         )
 
 
@@ -81,8 +90,19 @@ class DatasetForm(BaseModel):
 
     name: str = Field(min_length=1, max_length=255)
     modality: Literal["image", "text"]
-    epsilon_cap: float = Field(gt=0, le=100)
-    delta_cap: float = Field(1e-5, gt=0, lt=1)
+    role: Literal["private", "heldout"] = Field(
+        "private",
+        description="private (the default): the input of jobs, with a privacy budget "
+        "(epsilon_cap required). heldout: real data disjoint from the private data that only "
+        "evaluates jobs (NOT DP scores for the owner, named as a job's eval_dataset_id); it "
+        "has no budget, is never a job's input, and takes no caps and no user_column",
+    )
+    epsilon_cap: float | None = Field(
+        None, gt=0, le=100, description="Private data only, required there: the budget's cap"
+    )
+    delta_cap: float | None = Field(
+        None, gt=0, lt=1, description="Private data only: the budget's delta cap (default 1e-5)"
+    )
     # Column names are capped at what the datasets table stores: a longer name of a column
     # the file really has would pass validation and then fail to be stored.
     text_column: str = Field("text", min_length=1, max_length=COLUMN_LENGTH)
@@ -95,6 +115,39 @@ class DatasetForm(BaseModel):
         "naming each record's user; its jobs then protect all records of one user. Image "
         "folders and zips name no users",
     )
+
+    def role_problems(self) -> list[dict[str, Any]]:
+        """What the fields sent do not allow for the role, as FastAPI reports invalid fields."""
+        if self.role == "private" and self.epsilon_cap is None:
+            return [
+                {
+                    "type": "missing",
+                    "loc": ("epsilon_cap",),
+                    "msg": "Field required: private data needs a budget cap",
+                    "input": None,
+                }
+            ]
+        sent = sorted({"epsilon_cap", "delta_cap", "user_column"} & self.model_fields_set)
+        if self.role == "heldout" and sent:
+            return [
+                {
+                    "type": "value_error",
+                    "loc": (name,),
+                    "msg": "held-out data has no privacy budget and names no users: leave "
+                    f"out {name}",
+                    "input": getattr(self, name),
+                }
+                for name in sent
+            ]
+        return []
+
+    @property
+    def budget_caps(self) -> tuple[float, float] | tuple[None, None]:
+        """(epsilon_cap, delta_cap) of private data (delta 1e-5 unless sent); none for
+        held-out data."""
+        if self.role == "heldout" or self.epsilon_cap is None:
+            return None, None
+        return self.epsilon_cap, 1e-5 if self.delta_cap is None else self.delta_cap
 
     @classmethod
     def request_body(cls) -> dict[str, Any]:
@@ -125,11 +178,21 @@ class JobCreate(PeJob):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset_id: str
+    eval_dataset_id: str | None = Field(
+        None,
+        description="NOT DP evaluation: a held-out dataset of yours (role heldout, disjoint "
+        "from the private data, labels among the job's) to score the synthetic data against "
+        "after every iteration, with a memorisation check at the end; the owner reads it at "
+        "GET /v1/jobs/{id}/evaluation. It spends no budget and is never in the result",
+    )
 
 
 class JobPublic(BaseModel):
     id: str
     dataset_id: str
+    eval_dataset_id: str | None = Field(
+        description="The held-out dataset the job is evaluated on (NOT DP), or null"
+    )
     status: Literal["queued", "running", "succeeded", "failed", "canceled"]
     iteration: int
     iterations: int
@@ -167,3 +230,59 @@ class EventPublic(BaseModel):
 class EventList(BaseModel):
     items: list[EventPublic]
     next_cursor: int | None
+
+
+NOT_DP = (
+    "NOT DP: computed in the clear from held-out records and, for the memorisation check, from "
+    "the private records; for the data owner only, never to be published with the synthetic "
+    "data."
+)
+
+
+class EvaluationIteration(BaseModel):
+    """NOT DP: the scores of one iteration's synthetic data against the held-out data, in the
+    job's embedding space."""
+
+    iteration: int = Field(description="0 is the initial population, T the final one")
+    accuracy: float = Field(
+        description="Downstream accuracy on the held-out records of a linear classifier "
+        "trained on the synthetic data, in [0, 1]"
+    )
+    fid: float = Field(
+        description="Frechet distance between Gaussians fitted to the held-out and the "
+        "synthetic embeddings (FID with the inception embedding); lower is closer"
+    )
+    precision: float = Field(
+        description="Improved precision: share of synthetic samples inside the held-out "
+        "data's manifold, in [0, 1]"
+    )
+    recall: float = Field(
+        description="Improved recall: share of held-out records inside the synthetic data's "
+        "manifold, in [0, 1]"
+    )
+
+
+class MemorisationPublic(BaseModel):
+    """NOT DP, reads private records: how close the final synthetic data comes to them."""
+
+    closer_to_private: float = Field(
+        description="Share of final synthetic samples strictly closer to a private record than "
+        "to any held-out one"
+    )
+    baseline: float = Field(
+        description="That share for samples that saw neither set, n / (n + h) for n private "
+        "and h held-out records; a share well above it means private records are reproduced"
+    )
+
+
+class EvaluationPublic(BaseModel):
+    """NOT DP: computed in the clear from held-out records and, for the memorisation check,
+    from the private records; for the data owner only, never to be published with the
+    synthetic data. A succeeded job's scores against its held-out dataset per iteration, and
+    the memorisation check of its final synthetic data."""
+
+    dp: Literal[False] = Field(False, description="Always false: " + NOT_DP)
+    job_id: str
+    eval_dataset_id: str
+    per_iteration: list[EvaluationIteration]
+    memorisation: MemorisationPublic
