@@ -36,12 +36,20 @@ from pe_core.samples import DataShape
 from service import db
 from service.broker import make_celery, prepare_broker, queue_for, send_job
 from service.console import mount_console
+from service.evaluation import (
+    EvaluationUnavailable,
+    check_eval_dataset,
+    read_evaluation,
+    read_report,
+)
+from service.keys import evaluation_prefix, result_prefix
 from service.schemas import (
     BudgetPublic,
     DatasetForm,
     DatasetList,
     DatasetPublic,
     ErrorBody,
+    EvaluationPublic,
     EventList,
     EventPublic,
     JobCreate,
@@ -64,6 +72,15 @@ Enqueue = Callable[[str, str], None]
 
 RESULT_PARTS = ("synthetic/", "privacy_report.json", "report.html", "samples/")
 """What a result zip holds: never ``.state/`` (private) nor ``eval/`` (not DP)."""
+
+REPORT_HEADERS = {
+    # The NOT DP page shows private records: saved, never rendered from the API's origin (no
+    # scripts, no fetches even if it were), never kept by a cache.
+    "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    "sandbox",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
 
 # Bytes a form may add to its file (boundaries, part headers, the small fields): a body declaring
 # more than the file limit plus this is refused before it is read.
@@ -155,6 +172,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         (db.BudgetCapConflict, 409),
         (db.IdempotencyConflict, 409),
         (db.JobFinished, 409),
+        (EvaluationUnavailable, 409),
+        (db.WrongRole, 422),
         (db.InvalidCursor, 400),
         (JobRefused, 422),
         (PrivevoError, 400),
@@ -239,7 +258,12 @@ def _add_routes(
         openapi_extra={"requestBody": DatasetForm.request_body()},
     )
     async def create_dataset(request: Request, s: Db, owner: Tenant) -> DatasetPublic:
-        """Uploads a private dataset with its privacy budget cap.
+        """Uploads a private dataset with its privacy budget cap, or held-out data.
+
+        With ``role=heldout`` the dataset is real data kept apart from the private data, which
+        only evaluates jobs (NOT DP, owner only; a job names it as ``eval_dataset_id``): it has
+        no budget and takes no caps, is never a job's private input, and never joins or
+        merges budgets.
 
         With ``user_column`` the dataset is user-level: every record must name its user, and
         its budget and jobs protect all records of one user; without, one record. An upload
@@ -270,7 +294,9 @@ def _add_routes(
         )
         try:
             form, stored = _dataset_form(received)
-            _check_caps(form, db.get_tenant(s, owner), settings)
+            epsilon_cap, delta_cap = form.budget_caps
+            if form.role == "private":
+                _check_caps(form, db.get_tenant(s, owner), settings)
             path = storage.path(stored.key)
             assert path is not None
             summary = await run_in_threadpool(
@@ -292,18 +318,19 @@ def _add_routes(
                 labels=list(summary.labels),
                 sha256=stored.sha256,
                 storage_path=stored.key,
-                epsilon_cap=form.epsilon_cap,
-                delta_cap=form.delta_cap,
+                epsilon_cap=epsilon_cap,
+                delta_cap=delta_cap,
                 text_column=form.text_column,
                 label_column=form.label_column,
                 image_shape=summary.image_shape,
                 digests=summary.record_digests,
                 user_column=form.user_column,
+                role=form.role,
             )
         except BaseException:
             storage.delete_prefix(prefix)  # nothing half-stored
             raise
-        return DatasetPublic.of(dataset, db.remaining(s, owner, dataset.id))
+        return DatasetPublic.of(dataset, _budget(s, owner, dataset))
 
     @app.get("/v1/datasets", operation_id="listDatasets", tags=["datasets"], responses=_ERRORS)
     def list_datasets(
@@ -313,7 +340,7 @@ def _add_routes(
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> DatasetList:
         page = db.list_datasets(s, owner, cursor=cursor, limit=limit)
-        items = [DatasetPublic.of(d, db.remaining(s, owner, d.id)) for d in page.items]
+        items = [DatasetPublic.of(d, _budget(s, owner, d)) for d in page.items]
         return DatasetList(items=items, next_cursor=page.next_cursor)
 
     @app.get(
@@ -321,7 +348,7 @@ def _add_routes(
     )
     def get_dataset(dataset_id: str, s: Db, owner: Tenant) -> DatasetPublic:
         dataset = db.get_dataset(s, owner, dataset_id)
-        return DatasetPublic.of(dataset, db.remaining(s, owner, dataset_id))
+        return DatasetPublic.of(dataset, _budget(s, owner, dataset))
 
     @app.get(
         "/v1/datasets/{dataset_id}/budget",
@@ -340,10 +367,14 @@ def _add_routes(
         responses=_ERRORS,
     )
     def delete_dataset(dataset_id: str, s: Db, owner: Tenant) -> Response:
-        """Removes the private files and every private-derived cache; the ledger stays."""
+        """Removes the private files and every private-derived cache; the ledger stays.
+
+        Deleting held-out data also deletes the NOT DP evaluations of the jobs it scored."""
         dataset = db.delete_dataset(s, owner, dataset_id)
         storage.delete_prefix(dataset.storage_path.rsplit("/", 1)[0])
         storage.delete_prefix(f"datasets/{dataset.id}")
+        for job in db.jobs_evaluated_on(s, owner, dataset.id):
+            storage.delete_prefix(evaluation_prefix(job.dataset_id, job.id))
         return Response(status_code=204)
 
     @app.post(
@@ -361,7 +392,13 @@ def _add_routes(
         A job that does not say ``privacy_unit`` runs at its dataset's unit; one that names
         the other unit is refused (422). A job that makes any release is charged all it
         reserved, however it ends (stopping it early after watching its progress refunds
-        nothing); one that ends before its first release is refunded."""
+        nothing); one that ends before its first release is refunded.
+
+        With ``eval_dataset_id`` the job is also scored, NOT DP, against that held-out dataset
+        of the tenant (``GET /v1/jobs/{id}/evaluation``); refused (422) before anything is
+        reserved when it is unknown, private data, of another shape or label set, or shares
+        any record with the job's dataset. Held-out data is never a job's ``dataset_id``
+        (422)."""
         if body.no_privacy:
             raise PrivevoError("the service runs private jobs only; no_privacy is for the CLI")
         repeated = idempotency_key is not None and _job_with_key(s, owner, idempotency_key)
@@ -374,7 +411,12 @@ def _add_routes(
             # Refused (422) on the job, the operator's policy (largest delta, declared labels,
             # test noise) and the dataset's public schema (its unit included) alone, before any
             # of its budget is reserved; a retry of a created job gets that job back instead.
-            check_job(body, _data_shape(dataset, body.labels), policy=settings.policy)
+            if dataset.role != "private":
+                raise db.WrongRole(db.budget.held_out_input(dataset.id))
+            shape = _data_shape(dataset, body.labels)
+            check_job(body, shape, policy=settings.policy)
+            if body.eval_dataset_id is not None:
+                check_eval_dataset(s, owner, body.eval_dataset_id, dataset, shape, body.num_samples)
         job = db.reserve(
             s,
             owner,
@@ -385,6 +427,7 @@ def _add_routes(
             spec,
             iterations=body.iterations,
             queue=queue_for(body),
+            eval_dataset_id=body.eval_dataset_id,
         )
         if not repeated:
             enqueue(job.id, job.queue)
@@ -460,7 +503,7 @@ def _add_routes(
             raise db.JobFinished(
                 f"job {job_id} is {job.status}; its result exists once it has succeeded"
             )
-        prefix = f"results/{job_id}"
+        prefix = result_prefix(job_id)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for key in storage.list(prefix):
@@ -473,6 +516,47 @@ def _add_routes(
             buffer,
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
+        )
+
+    @app.get(
+        "/v1/jobs/{job_id}/evaluation",
+        operation_id="getJobEvaluation",
+        tags=["jobs"],
+        responses=_ERRORS,
+    )
+    def job_evaluation(job_id: str, s: Db, owner: Tenant, response: Response) -> EvaluationPublic:
+        """NOT DP, owner only: the job's scores against its held-out dataset per iteration and
+        the memorisation check of its final synthetic data, computed in the clear from
+        held-out and private records. Never publish them with the synthetic data.
+
+        404 when the job has no ``eval_dataset_id`` or its evaluation was deleted with one of
+        its datasets; 409 until the job has succeeded."""
+        job = db.get_job(s, owner, job_id)
+        response.headers["Cache-Control"] = "no-store"
+        return EvaluationPublic.model_validate(read_evaluation(s, storage, owner, job))
+
+    @app.get(
+        "/v1/jobs/{job_id}/evaluation/report",
+        operation_id="getJobEvaluationReport",
+        tags=["jobs"],
+        responses={**_ERRORS, 200: {"content": {"text/html": {}}}},
+        response_class=Response,
+    )
+    def job_evaluation_report(job_id: str, s: Db, owner: Tenant) -> Response:
+        """NOT DP, owner only: ``report-not-dp.html``, the evaluation's curves and the
+        memorisation check with the closest (synthetic, PRIVATE record) pairs side by side.
+        It shows private records: a download (attachment), never cached, never shared.
+
+        404 and 409 as for ``GET /v1/jobs/{id}/evaluation``."""
+        job = db.get_job(s, owner, job_id)
+        page = read_report(s, storage, owner, job)
+        return Response(
+            page,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{job_id}-report-not-dp.html"',
+                **REPORT_HEADERS,
+            },
         )
 
 
@@ -511,7 +595,8 @@ def _dataset_form(received: ReceivedForm) -> tuple[DatasetForm, UploadedFile]:
             {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
         ]
     else:
-        if received.file is not None:
+        errors += [{**error, "loc": ("body", *error["loc"])} for error in form.role_problems()]
+        if received.file is not None and not errors:
             return form, received.file
     raise RequestValidationError(errors)
 
@@ -519,12 +604,15 @@ def _dataset_form(received: ReceivedForm) -> tuple[DatasetForm, UploadedFile]:
 def _check_caps(form: DatasetForm, tenant: db.Tenant, settings: Settings) -> None:
     """Refuses (422) budget caps above the tenant's own limits, or else the installation's
     (``PRIVEVO_MAX_EPSILON_CAP``, ``PRIVEVO_MAX_DELTA_CAP``)."""
+    epsilon_cap, delta_cap = form.budget_caps
     limits = [
-        ("epsilon_cap", form.epsilon_cap, tenant.max_epsilon_cap, settings.max_epsilon_cap),
-        ("delta_cap", form.delta_cap, tenant.max_delta_cap, settings.max_delta_cap),
+        ("epsilon_cap", epsilon_cap, tenant.max_epsilon_cap, settings.max_epsilon_cap),
+        ("delta_cap", delta_cap, tenant.max_delta_cap, settings.max_delta_cap),
     ]
     problems = []
     for name, value, own, installation in limits:
+        if value is None:
+            continue
         limit, whose = (installation, "this installation's") if own is None else (own, "your")
         if value > limit:
             problems.append(
@@ -533,6 +621,11 @@ def _check_caps(form: DatasetForm, tenant: db.Tenant, settings: Settings) -> Non
             )
     if problems:
         raise UploadRejected(422, "; ".join(problems))
+
+
+def _budget(s: Session, owner: str, dataset: db.Dataset) -> db.BudgetStatus | None:
+    """Where a dataset's budget stands; None for held-out data, which has none."""
+    return None if dataset.role == "heldout" else db.remaining(s, owner, dataset.id)
 
 
 def _data_shape(dataset: db.Dataset, labels: list[str] | None) -> DataShape:
