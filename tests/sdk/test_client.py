@@ -190,7 +190,8 @@ def test_wait_reports_progress_and_raises_for_a_canceled_job(
     assert ended.value.status == "canceled" and ended.value.job is job
     assert job.wait(raise_on_failure=False, progress=False).status == "canceled"
     lines = capsys.readouterr().err.splitlines()  # not a terminal: one line per change
-    assert lines[0].startswith(f"job {job.id} [") and lines[0].endswith("0/3 - eps 0/0.5 queued")
+    assert lines[0].startswith(f"job {job.id} [")
+    assert lines[0].endswith("0/3 - eps 0/0.5 eta unknown queued")
     assert lines[-1].endswith("canceled")
     assert len(lines) == 2
 
@@ -211,3 +212,30 @@ def test_a_user_column_uploads_user_level_data(alice: Client, tmp_path: Path):
     with pytest.raises(InvalidRequest, match="no 'visitor' array to name the users") as bad:
         alice.datasets.upload(path, epsilon_cap=1.0, user_column="visitor")
     assert bad.value.status == 422
+
+
+def test_held_out_data_is_uploaded_without_a_budget(alice: Client, tmp_path: Path):
+    data = alice.datasets.upload(
+        write_digits_npz(tmp_path / "mine.npz", 2, offset=160), epsilon_cap=1.0
+    )
+    held = alice.datasets.upload(
+        write_digits_npz(tmp_path / "held.npz", 2, offset=170), role="heldout"
+    )
+    assert (held.role, held.budget, data.role) == ("heldout", None, "private")
+    assert alice.datasets.get(held.id) == held
+    with pytest.raises(NotFound, match="no privacy budget"):
+        alice.datasets.budget(held.id)
+    # Refused before anything is sent: caps on held-out data, private data without one.
+    with pytest.raises(ValueError, match="held-out data has no privacy budget"):
+        alice.datasets.upload(tmp_path / "held.npz", role="heldout", epsilon_cap=1.0)
+    with pytest.raises(ValueError, match="pass epsilon_cap"):
+        alice.datasets.upload(tmp_path / "held.npz")
+    with pytest.raises(InvalidRequest, match="never a job's private input"):
+        alice.jobs.create(held, epsilon=0.5)
+    job = alice.jobs.create(data, epsilon=0.5, num_samples=20, eval_dataset=held)
+    assert (job.eval_dataset_id, job.spec["eval_dataset_id"]) == (held.id, held.id)
+    with pytest.raises(Conflict, match="once it has succeeded"):
+        job.evaluation()
+    with pytest.raises(Conflict, match="once it has succeeded"):
+        job.evaluation_report(tmp_path / "report.html")
+    job.cancel()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from privevo_client import Client, JobFailed
+from privevo_client import Client, JobFailed, NotFound
 
 from tests.sdk.conftest import write_digits_npz
 from tests.servers import Server
@@ -95,3 +95,52 @@ def test_upload_create_wait_download(
     assert not any(f.startswith((".state", "eval")) for f in files)
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["run"]["job_id"] == job.id
+
+
+def test_an_evaluated_job_shows_its_owner_the_not_dp_scores(
+    alice: Client,
+    bob: Client,
+    worker: Worker,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    data = alice.datasets.upload(
+        write_digits_npz(tmp_path / "mine.npz", 6, offset=140), epsilon_cap=1.0
+    )
+    held = alice.datasets.upload(
+        write_digits_npz(tmp_path / "held.npz", 4, offset=100), role="heldout"
+    )
+    job = alice.jobs.create(
+        data,
+        epsilon=1.0,
+        iterations=2,
+        num_samples=40,
+        api="drawtext",
+        eval_dataset=held,
+        embedding_config={"size": 14},
+    )
+    try:
+        job.wait(timeout=FLOW_TIMEOUT_S, poll_interval=0.2)
+    except JobFailed as failed:
+        pytest.fail(f"{failed}\nworker log:\n{worker.log_tail()}")
+    except TimeoutError:
+        pytest.skip(f"no worker finished the job within {FLOW_TIMEOUT_S} s: it is {job.status}")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].endswith("succeeded") and " eta " not in lines[-1]
+    assert all(" eta " in line for line in lines[:-1])
+
+    evaluation = job.evaluation()
+    assert (evaluation.dp, evaluation.job_id, evaluation.eval_dataset_id) == (
+        False,
+        job.id,
+        held.id,
+    )
+    assert [row.iteration for row in evaluation.per_iteration] == [0, 1, 2]
+    assert evaluation.memorisation.baseline == 60 / (60 + 40)
+    page = job.evaluation_report(tmp_path / "owner" / "report-not-dp.html")
+    assert oct(page.stat().st_mode & 0o777) == "0o600"
+    assert "NOT DP" in page.read_text()
+    with pytest.raises(NotFound):
+        bob.jobs.evaluation(job.id)
+    out = job.download(tmp_path / "result")
+    assert not [p for p in out.rglob("*") if "eval" in p.name or "not-dp" in p.name]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from privevo_client import AsyncClient, AsyncJob, Budget, Client, Dataset, Job
+from privevo_client import AsyncClient, AsyncJob, Budget, Client, Dataset, Evaluation, Job
 from privevo_client.aio import AsyncDatasets, AsyncJobs
 from privevo_client.client import Datasets, Jobs
-from privevo_client.models import BaseJob
+from privevo_client.models import BaseJob, EvaluationIteration, Memorisation
 from pydantic import BaseModel
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
@@ -55,6 +55,9 @@ def test_the_async_client_mirrors_the_sync_one(sync: type, mirror: type) -> None
         (Dataset, "DatasetPublic"),
         (Budget, "BudgetPublic"),
         (BaseJob, "JobPublic"),
+        (Evaluation, "EvaluationPublic"),
+        (EvaluationIteration, "EvaluationIteration"),
+        (Memorisation, "MemorisationPublic"),
     ],
 )
 def test_the_models_carry_every_field_of_the_servers_schemas(model: type, schema: str) -> None:

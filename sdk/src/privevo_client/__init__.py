@@ -23,7 +23,7 @@ from privevo_client.errors import (
     Unauthorized,
     UnsafeArchiveError,
 )
-from privevo_client.models import Budget, Dataset, Event
+from privevo_client.models import Budget, Dataset, Evaluation, Event
 
 __all__ = [
     "AsyncClient",
@@ -33,6 +33,7 @@ __all__ = [
     "Client",
     "Conflict",
     "Dataset",
+    "Evaluation",
     "Event",
     "InvalidRequest",
     "Job",

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import email.utils
 import math
+import os
 import random
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from privevo_client.errors import BudgetExceeded, Conflict
-from privevo_client.models import BaseJob
+from privevo_client.models import BaseJob, Event
 
 VERSION: Final = "0.1.0"
 USER_AGENT: Final = f"privevo-client/{VERSION}"
@@ -143,23 +144,40 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
+Role = Literal["private", "heldout"]
+
+
 def upload_form(
     path: Path,
     *,
     name: str | None,
     modality: Literal["image", "text"] | None,
-    epsilon_cap: float,
-    delta_cap: float,
+    epsilon_cap: float | None,
+    delta_cap: float | None,
     text_column: str,
     label_column: str,
     user_column: str | None,
+    role: Role = "private",
 ) -> dict[str, str]:
-    """The form fields of an upload of ``path``: name and modality default from the path."""
+    """The form fields of an upload of ``path``: name and modality default from the path.
+
+    Raises:
+        ValueError: private data without ``epsilon_cap``, or held-out data with a cap or a
+            user column (held-out data has no budget); said before anything is sent.
+    """
+    if role == "private" and epsilon_cap is None:
+        raise ValueError("private data needs its budget cap: pass epsilon_cap")
+    if role == "heldout" and (epsilon_cap, delta_cap, user_column) != (None, None, None):
+        raise ValueError(
+            "held-out data has no privacy budget and names no users: leave out epsilon_cap, "
+            "delta_cap and user_column"
+        )
+    caps = {"epsilon_cap": epsilon_cap, "delta_cap": delta_cap}
     return {
         "name": name or (path.resolve().name if path.is_dir() else path.stem),
         "modality": modality or infer_modality(path),
-        "epsilon_cap": repr(float(epsilon_cap)),
-        "delta_cap": repr(float(delta_cap)),
+        "role": role,
+        **{field: repr(float(value)) for field, value in caps.items() if value is not None},
         "text_column": text_column,
         "label_column": label_column,
         **({} if user_column is None else {"user_column": user_column}),
@@ -188,6 +206,7 @@ def infer_modality(path: Path) -> Literal["image", "text"]:
 def create_job_call(
     dataset_id: str,
     *,
+    eval_dataset_id: str | None = None,
     epsilon: float,
     delta: float,
     iterations: int,
@@ -198,6 +217,7 @@ def create_job_call(
 ) -> Call:
     body: dict[str, Any] = {
         "dataset_id": dataset_id,
+        **({} if eval_dataset_id is None else {"eval_dataset_id": eval_dataset_id}),
         "epsilon": epsilon,
         "delta": delta,
         "iterations": iterations,
@@ -217,25 +237,82 @@ def page_params(cursor: str | int | None, limit: int) -> dict[str, str | int]:
     return {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
 
 
+def evaluation_call(job_id: str) -> Call:
+    return Call("GET", f"/v1/jobs/{segment(job_id)}/evaluation")
+
+
+def evaluation_report_call(job_id: str) -> Call:
+    return Call("GET", f"/v1/jobs/{segment(job_id)}/evaluation/report")
+
+
+def write_private_file(path: Path, content: bytes) -> Path:
+    """Writes ``content`` to a new file readable by its owner only (0600): the NOT DP report
+    shows private records. An existing file is replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+        handle.write(content)
+    return path
+
+
+class Eta:
+    """A job's time left, from the server's timestamps of its iteration events.
+
+    The pace is the mean time between the iteration events of the current delivery of the job
+    (a "started" event begins a new one: a job resumed from its checkpoint after its worker
+    died is timed afresh), measured on the server's clock alone, so the client's clock does
+    not skew it. The time since the last iteration event is then taken off, as measured by
+    the client from when it first saw that event (a lower bound, so the ETA never runs
+    ahead).
+    """
+
+    def __init__(self) -> None:
+        self.cursor = 0
+        self.points: list[tuple[int, datetime]] = []
+        self.seen_at: float | None = None
+
+    def add(self, events: Iterable[Event], now: float) -> None:
+        """Takes in the job's events newer than :attr:`cursor`, seen at ``now``
+        (``time.monotonic()``)."""
+        for event in events:
+            self.cursor = max(self.cursor, event.id)
+            if event.kind == "started":
+                self.points = []
+            elif event.kind == "iteration" and isinstance(event.payload.get("iteration"), int):
+                self.points.append((event.payload["iteration"], event.created_at))
+                self.seen_at = now
+
+    def seconds_left(self, iterations: int, now: float) -> float | None:
+        """Seconds until the last iteration ends, or None before two iterations are timed."""
+        if len(self.points) < 2 or self.seen_at is None:
+            return None
+        (first, start), (last, end) = self.points[0], self.points[-1]
+        if last <= first:
+            return None
+        per_iteration = (end - start).total_seconds() / (last - first)
+        return max(0.0, per_iteration * (iterations - last) - (now - self.seen_at))
+
+
 class Progress:
     """Shows a job's progress on a text stream: one ``\\r``-rewritten line on a terminal, a new
-    line per change elsewhere (log files, CI)."""
+    line per change elsewhere (log files, CI; an ETA that only counts down prints none)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.live = self.stream.isatty()
         self.last = ""
+        self.last_state = ""
 
-    def show(self, job: BaseJob) -> None:
-        line = progress_line(job)
-        if line == self.last:
+    def show(self, job: BaseJob, eta_s: float | None = None) -> None:
+        line, state = progress_line(job, eta_s=eta_s), progress_line(job)
+        if line == self.last or (not self.live and state == self.last_state):
             return
         if self.live:
             self.stream.write("\r" + line.ljust(len(self.last)))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
-        self.last = line
+        self.last, self.last_state = line, state
 
     def close(self) -> None:
         if self.live and self.last:
@@ -243,16 +320,29 @@ class Progress:
             self.stream.flush()
 
 
-def progress_line(job: BaseJob, width: int = 20) -> str:
-    """E.g. ``job j_1 [##########----------] 1/2 vote eps 0.5/1 running``."""
+def progress_line(job: BaseJob, width: int = 20, *, eta_s: float | None = None) -> str:
+    """E.g. ``job j_1 [##########----------] 1/2 vote eps 0.5/1 eta 12 s running``
+    (``eta unknown`` without ``eta_s``); a final job shows no ETA."""
     total = max(job.iterations, 1)
     done = total if job.status == "succeeded" else min(job.iteration, total)
     filled = round(width * done / total)
     bar = "#" * filled + "-" * (width - filled)
+    eta = "" if job.done else f"eta {format_seconds(eta_s)} "
     return (
         f"job {job.id} [{bar}] {job.iteration}/{job.iterations} {job.phase or '-'} "
-        f"eps {job.epsilon_spent:.4g}/{job.epsilon_reserved:.4g} {job.status}"
+        f"eps {job.epsilon_spent:.4g}/{job.epsilon_reserved:.4g} {eta}{job.status}"
     )
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``unknown``, ``42 s``, ``7 min`` or ``2.5 h``."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class Deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +17,7 @@ from pydantic import PrivateAttr
 from privevo_client import _core
 from privevo_client.archive import safe_extract, zip_folder
 from privevo_client.errors import JobFailed, PrivevoConnectionError, api_error
-from privevo_client.models import BaseJob, Budget, Dataset, Event
+from privevo_client.models import BaseJob, Budget, Dataset, Evaluation, Event
 
 
 class AsyncClient:
@@ -96,15 +97,16 @@ class AsyncDatasets:
         self,
         path: str | Path,
         *,
-        epsilon_cap: float,
+        epsilon_cap: float | None = None,
         name: str | None = None,
         modality: Literal["image", "text"] | None = None,
-        delta_cap: float = 1e-5,
+        delta_cap: float | None = None,
         text_column: str = "text",
         label_column: str = "label",
         user_column: str | None = None,
+        role: Literal["private", "heldout"] = "private",
     ) -> Dataset:
-        """Uploads a private dataset; see ``Datasets.upload``."""
+        """Uploads a private dataset, or held-out data; see ``Datasets.upload``."""
         path = Path(path)
         form = _core.upload_form(
             path,
@@ -115,6 +117,7 @@ class AsyncDatasets:
             text_column=text_column,
             label_column=label_column,
             user_column=user_column,
+            role=role,
         )
         if not path.is_dir():
             return Dataset.model_validate(await self._client._json(_core.upload_call(path, form)))
@@ -171,12 +174,14 @@ class AsyncJobs:
         num_samples: int | None = None,
         api: str | None = None,
         idempotency_key: str | None = None,
+        eval_dataset: str | Dataset | None = None,
         **engine_fields: Any,
     ) -> AsyncJob:
         """Reserves budget and queues a PE job; see ``Jobs.create``."""
         dataset_id = dataset.id if isinstance(dataset, Dataset) else dataset
         call = _core.create_job_call(
             dataset_id,
+            eval_dataset_id=eval_dataset.id if isinstance(eval_dataset, Dataset) else eval_dataset,
             epsilon=epsilon,
             delta=delta,
             iterations=iterations,
@@ -220,6 +225,16 @@ class AsyncJobs:
                 yield Event.model_validate(item)
             cursor = page["next_cursor"]
 
+    async def evaluation(self, job_id: str) -> Evaluation:
+        """NOT DP, yours only: a job's scores against its held-out data; see
+        ``Jobs.evaluation``."""
+        return Evaluation.model_validate(await self._client._json(_core.evaluation_call(job_id)))
+
+    async def evaluation_report(self, job_id: str, path: str | Path) -> Path:
+        """Saves a job's NOT DP report page, 0600; see ``Jobs.evaluation_report``."""
+        response = await self._client._send(_core.evaluation_report_call(job_id))
+        return await asyncio.to_thread(_core.write_private_file, Path(path), response.content)
+
     async def download(self, job_id: str, directory: str | Path) -> Path:
         """Fetches and safely extracts a succeeded job's result; see ``Jobs.download``."""
         call = _core.Call("GET", f"/v1/jobs/{_core.segment(job_id)}/result")
@@ -257,12 +272,16 @@ class AsyncJob(BaseJob):
     ) -> Self:
         """Polls until the job is final; see ``Job.wait``."""
         shown = _core.Progress() if progress else None
+        eta = _core.Eta()
         deadline = _core.Deadline(timeout)
         try:
             while True:
                 await self.refresh()
                 if shown is not None:
-                    shown.show(self)
+                    if not self.done:
+                        events = self._client.jobs.events(self.id, after=eta.cursor)
+                        eta.add([event async for event in events], time.monotonic())
+                    shown.show(self, eta.seconds_left(self.iterations, time.monotonic()))
                 if self.done:
                     break
                 if deadline.left() <= 0:
@@ -281,3 +300,9 @@ class AsyncJob(BaseJob):
 
     async def download(self, directory: str | Path) -> Path:
         return await self._client.jobs.download(self.id, directory)
+
+    async def evaluation(self) -> Evaluation:
+        return await self._client.jobs.evaluation(self.id)
+
+    async def evaluation_report(self, path: str | Path) -> Path:
+        return await self._client.jobs.evaluation_report(self.id, path)

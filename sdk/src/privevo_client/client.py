@@ -16,7 +16,7 @@ from pydantic import PrivateAttr
 from privevo_client import _core
 from privevo_client.archive import safe_extract, zip_folder
 from privevo_client.errors import JobFailed, PrivevoConnectionError, api_error
-from privevo_client.models import BaseJob, Budget, Dataset, Event
+from privevo_client.models import BaseJob, Budget, Dataset, Evaluation, Event
 
 
 class Client:
@@ -102,7 +102,7 @@ class Client:
 
 
 class Datasets:
-    """``client.datasets``: private datasets and their privacy budgets."""
+    """``client.datasets``: private datasets and their privacy budgets, and held-out data."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -111,29 +111,40 @@ class Datasets:
         self,
         path: str | Path,
         *,
-        epsilon_cap: float,
+        epsilon_cap: float | None = None,
         name: str | None = None,
         modality: Literal["image", "text"] | None = None,
-        delta_cap: float = 1e-5,
+        delta_cap: float | None = None,
         text_column: str = "text",
         label_column: str = "label",
         user_column: str | None = None,
+        role: Literal["private", "heldout"] = "private",
     ) -> Dataset:
-        """Uploads a private dataset, streaming it from disk, with its privacy budget cap.
+        """Uploads a private dataset, streaming it from disk, with its privacy budget cap; or,
+        with ``role="heldout"``, held-out data to evaluate jobs on.
 
         Args:
             path: an image folder with one subfolder per label (zipped on the fly into a
                 temporary file), or a ``.zip``, ``.npz``, ``.jsonl``, ``.csv`` or ``.parquet``.
-            epsilon_cap: the most epsilon all jobs on this data may spend together.
+            epsilon_cap: the most epsilon all jobs on this data may spend together; required
+                for private data, refused for held-out data.
             name: a display name; default the file or folder name.
             modality: "image" or "text"; default inferred from ``path`` (required for parquet).
-            delta_cap: the most delta all jobs may spend together.
+            delta_cap: the most delta all jobs may spend together; default the server's
+                (1e-5). Private data only.
             text_column, label_column: columns of a text table.
             user_column: for user-level privacy, the column (tables) or array (npz) naming
                 each record's user: the budget and every job then protect all records of one
                 user. Fixed at upload; user-level and record-level data never share a budget.
+                Private data only.
+            role: "private" (the input of jobs), or "heldout": real data kept apart from the
+                private data, which only scores jobs that name it (``jobs.create(...,
+                eval_dataset=...)``, NOT DP, for you only). Held-out data has no budget and
+                is never a job's input.
 
         Raises:
+            ValueError: private data without ``epsilon_cap``, or held-out data with a cap or
+                a user column (nothing is sent).
             InvalidRequest: the file is unreadable, of an unsupported type, or (with
                 ``user_column``) a record names no user.
             PayloadTooLarge: it exceeds the server's upload limit.
@@ -150,6 +161,7 @@ class Datasets:
             text_column=text_column,
             label_column=label_column,
             user_column=user_column,
+            role=role,
         )
         if not path.is_dir():
             return Dataset.model_validate(self._client._json(_core.upload_call(path, form)))
@@ -178,6 +190,7 @@ class Datasets:
         self._client._send(_core.Call("DELETE", f"/v1/datasets/{_core.segment(dataset_id)}"))
 
     def budget(self, dataset_id: str) -> Budget:
+        """The dataset's privacy budget (held-out data has none: :class:`NotFound`)."""
         call = _core.Call("GET", f"/v1/datasets/{_core.segment(dataset_id)}/budget")
         return Budget.model_validate(self._client._json(call))
 
@@ -203,6 +216,7 @@ class Jobs:
         num_samples: int | None = None,
         api: str | None = None,
         idempotency_key: str | None = None,
+        eval_dataset: str | Dataset | None = None,
         **engine_fields: Any,
     ) -> Job:
         """Reserves (epsilon, delta) from the dataset's budget and queues a PE job.
@@ -215,17 +229,23 @@ class Jobs:
             api: the variation API, e.g. "drawtext" or "grammar"; default the server's.
             idempotency_key: default a fresh uuid4 per call. All retries of this call send
                 the same key, so a retried create never reserves twice.
+            eval_dataset: held-out data (``datasets.upload(..., role="heldout")``) or its id
+                to score the job against, NOT DP, for you only (:meth:`Job.evaluation`); it
+                spends no budget.
             **engine_fields: any other field of the server's job model (``embedding``,
                 ``k``, ``label_fractions``, ``seed``, ...).
 
         Raises:
             BudgetExceeded: the job does not fit in what is left of the budget.
-            InvalidRequest: a field is out of range or unknown.
+            InvalidRequest: a field is out of range or unknown; ``dataset`` is held-out data;
+                ``eval_dataset`` is not held-out data of yours, differs in modality, image
+                size or labels from the job's data, or shares records with it.
             NotFound: no such dataset for this tenant.
         """
         dataset_id = dataset.id if isinstance(dataset, Dataset) else dataset
         call = _core.create_job_call(
             dataset_id,
+            eval_dataset_id=eval_dataset.id if isinstance(eval_dataset, Dataset) else eval_dataset,
             epsilon=epsilon,
             delta=delta,
             iterations=iterations,
@@ -265,6 +285,24 @@ class Jobs:
             page = self._client._json(_core.Call("GET", path, params=params))
             yield from (Event.model_validate(item) for item in page["items"])
             cursor = page["next_cursor"]
+
+    def evaluation(self, job_id: str) -> Evaluation:
+        """NOT DP, yours only: a succeeded job's scores against its held-out data per
+        iteration and the memorisation check of its final synthetic data.
+
+        Raises:
+            NotFound: no such job, the job names no held-out data, or the evaluation was
+                deleted with one of its datasets.
+            Conflict: the job has not succeeded (yet).
+        """
+        return Evaluation.model_validate(self._client._json(_core.evaluation_call(job_id)))
+
+    def evaluation_report(self, job_id: str, path: str | Path) -> Path:
+        """Saves a succeeded job's NOT DP report page (``report-not-dp.html``) to ``path``,
+        readable by you only (0600): it shows private records. Raises as :meth:`evaluation`.
+        """
+        response = self._client._send(_core.evaluation_report_call(job_id))
+        return _core.write_private_file(Path(path), response.content)
 
     def download(self, job_id: str, directory: str | Path) -> Path:
         """Fetches a succeeded job's result zip and extracts it into ``directory``.
@@ -315,7 +353,8 @@ class Job(BaseJob):
         """Polls until the job is final, showing its progress on stderr; returns it.
 
         Args:
-            progress: show iteration t/T, phase and epsilon spent on stderr.
+            progress: show iteration t/T, phase, epsilon spent and an ETA on stderr (the ETA
+                comes from the timestamps of the job's iteration events, fetched as it runs).
             poll_interval: seconds between polls.
             timeout: seconds to wait at most; None: no limit.
             raise_on_failure: raise :class:`JobFailed` when it ends failed or canceled.
@@ -325,12 +364,16 @@ class Job(BaseJob):
             TimeoutError: it is not final after ``timeout`` seconds.
         """
         shown = _core.Progress() if progress else None
+        eta = _core.Eta()
         deadline = _core.Deadline(timeout)
         try:
             while True:
                 self.refresh()
                 if shown is not None:
-                    shown.show(self)
+                    if not self.done:
+                        events = self._client.jobs.events(self.id, after=eta.cursor)
+                        eta.add(events, time.monotonic())
+                    shown.show(self, eta.seconds_left(self.iterations, time.monotonic()))
                 if self.done:
                     break
                 if deadline.left() <= 0:
@@ -351,3 +394,12 @@ class Job(BaseJob):
     def download(self, directory: str | Path) -> Path:
         """Extracts the job's result into ``directory`` (see ``Jobs.download``)."""
         return self._client.jobs.download(self.id, directory)
+
+    def evaluation(self) -> Evaluation:
+        """NOT DP, yours only: the job's scores against its held-out data (see
+        ``Jobs.evaluation``)."""
+        return self._client.jobs.evaluation(self.id)
+
+    def evaluation_report(self, path: str | Path) -> Path:
+        """Saves the job's NOT DP report page to ``path`` (see ``Jobs.evaluation_report``)."""
+        return self._client.jobs.evaluation_report(self.id, path)

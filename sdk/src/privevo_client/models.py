@@ -37,7 +37,8 @@ class Budget(BaseModel):
 
 
 class Dataset(BaseModel):
-    """An uploaded private dataset (its records never leave the server)."""
+    """An uploaded dataset (its records never leave the server): private data with a budget,
+    or held-out data (``role == "heldout"``) that only evaluates jobs and has no budget."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -50,8 +51,9 @@ class Dataset(BaseModel):
     duplicate_records: int = 0  # records repeating an earlier one of the upload (each votes)
     privacy_unit: Literal["record", "user"] = "record"  # what its budget and jobs protect
     user_column: str | None = None  # the column naming each record's user (user-level)
+    role: Literal["private", "heldout"] = "private"  # heldout: evaluation data, no budget
     created_at: datetime
-    budget: Budget
+    budget: Budget | None  # None for held-out data, which no job spends on
 
 
 class Event(BaseModel):
@@ -76,6 +78,7 @@ class BaseJob(BaseModel):
 
     id: str
     dataset_id: str
+    eval_dataset_id: str | None = None  # the held-out dataset it is evaluated on (NOT DP)
     status: JobStatus
     iteration: int
     iterations: int
@@ -97,3 +100,39 @@ class BaseJob(BaseModel):
     def _update(self, fresh: BaseJob) -> None:
         for name in type(self).model_fields:
             setattr(self, name, getattr(fresh, name))
+
+
+class EvaluationIteration(BaseModel):
+    """NOT DP: one iteration's synthetic data scored against the held-out data."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    iteration: int
+    accuracy: float  # downstream accuracy on the held-out records, in [0, 1]
+    fid: float  # Frechet distance of the embeddings; lower is closer
+    precision: float
+    recall: float
+
+
+class Memorisation(BaseModel):
+    """NOT DP, reads private records: the share of final synthetic samples closer to a private
+    record than to any held-out one, against what samples that saw neither set would give."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    closer_to_private: float
+    baseline: float
+
+
+class Evaluation(BaseModel):
+    """NOT DP, for the data owner only: a succeeded job's scores against its held-out dataset
+    per iteration, and the memorisation check of its final synthetic data. Computed in the
+    clear from held-out and private records: never publish it with the synthetic data."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    dp: Literal[False] = False
+    job_id: str
+    eval_dataset_id: str
+    per_iteration: list[EvaluationIteration]
+    memorisation: Memorisation
