@@ -12,13 +12,13 @@ LOCK ?= requirements/cpu.txt
 EXTRAS := engine,faiss,text,diffusers,service,triton,dev
 LATEST ?= .venv-latest
 
-.PHONY: demo test lint typecheck install fonts data lock test-latest clean
+.PHONY: demo test lint typecheck install fonts chromium data lock test-latest clean
 
 demo: install fonts $(DATA)/mnist/test.npz
 	$(VENV)/bin/privevo run --config configs/demo-mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 # Triton reads TRITON_INTERPRET once, at import: its CPU-interpreter tests run in a second process.
-test: install fonts data lint typecheck
+test: install fonts chromium data lint typecheck
 	bash scripts/ensure-redis.sh
 	$(PY) -m pytest -q -m "not triton_interpret"
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton_interpret
@@ -39,6 +39,18 @@ $(VENV)/.installed: $(LOCK) requirements/offline.txt pyproject.toml sdk/pyprojec
 
 fonts:
 	bash scripts/install-fonts.sh
+
+# Debian's Chromium, which tests/browser drives with Playwright (Playwright's own browser
+# downloads are not reachable here). Without root it says so, and those tests fail under CI.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium: installing Debian's package"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium: not installed (needs root and apt-get); tests/browser skip outside CI" >&2; \
+	  fi; }
 
 data: $(DATA)/mnist/test.npz $(DATA)/bbc/private.jsonl
 
