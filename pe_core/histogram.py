@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from pe_core.apis.base import VariationApi
+from pe_core.apis.base import BatchedVariations, VariationApi
 from pe_core.samples import Samples
 from pe_kernels.base import (
     NearestNeighbourBackend,
@@ -52,13 +52,20 @@ def lookahead_embeddings(
 
     With ``lookahead`` L > 0, a sample's embedding is the mean of the embeddings of L fresh
     variations of it at ``degree``, so a sample is voted for by what its variations look like;
-    the variations are then discarded. Otherwise it is the sample's own embedding.
+    the variations are then discarded. Otherwise it is the sample's own embedding. An API
+    that batches variations (:class:`~pe_core.apis.base.BatchedVariations`) makes the L
+    variations in one call, which gives the same ones.
     """
     if lookahead == 0:
         return embed(population)
+    variations = (
+        api.variations(population, degree, rng, lookahead)
+        if isinstance(api, BatchedVariations)
+        else (api.variation(population, degree, rng) for _ in range(lookahead))
+    )
     total: NDArray[np.float64] | None = None
-    for _ in range(lookahead):
-        batch = embed(api.variation(population, degree, rng)).astype(np.float64)
+    for varied in variations:
+        batch = embed(varied).astype(np.float64)
         total = batch if total is None else total + batch
     assert total is not None
     return (total / lookahead).astype(np.float32)

@@ -43,6 +43,23 @@ class VariationApi(Protocol):
 
 
 @runtime_checkable
+class BatchedVariations(Protocol):
+    """An API that makes several variations of the same samples in one call, as lookahead asks
+    (``pe_core.histogram.lookahead_embeddings``), when that is cheaper than one call each.
+
+    ``variations(samples, degree, rng, count)`` must return exactly what ``count`` calls of
+    ``variation(samples, degree, rng)`` would, bit for bit, drawing from ``rng`` in the same
+    order: the batch is an optimisation, never a different result.
+    """
+
+    def variations(
+        self, samples: Samples, degree: float, rng: np.random.Generator, count: int
+    ) -> list[Samples]:
+        """Returns ``count`` variations of ``samples``, in the order single calls make them."""
+        ...
+
+
+@runtime_checkable
 class PerJobState(Protocol):
     """An API that keeps per-job state (e.g. the ``llm`` API's request and token caps).
 

@@ -20,6 +20,9 @@ offset_y      float64  ink-centre offset from the canvas centre in px, +y downwa
 Rendering is a pure function of these columns: each (font, size, stroke, text) glyph is
 rasterised once by FreeType (through PIL) into an anti-aliased mask cropped to its ink, and
 every image is then one bilinear affine warp of that mask, done for a whole batch in numpy.
+Rasterising glyphs is most of a PE run's time on this API (a 2,000-sample run with lookahead 8
+meets ~28,000 distinct glyphs), so it asks FreeType for the glyph's coverage bitmap directly
+and keeps no font object between calls (see :meth:`GlyphRenderer._add_missing`).
 """
 
 from __future__ import annotations
@@ -100,6 +103,28 @@ class DrawTextSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
+def _glyph_mask(face: ImageFont.FreeTypeFont, stroke: int, text: str) -> NDArray[np.uint8]:
+    """``text``'s coverage bitmap from FreeType, cropped to its ink, with a ``_PAD`` border.
+
+    The same bitmap ``ImageDraw.text(..., fill=255, stroke_width=stroke, stroke_fill=255)``
+    draws, without its canvas: with equal fill and stroke inks PIL renders the stroked,
+    filled glyph in one ``getmask2`` call at an integer origin (``start`` 0) and blends it at
+    ink 255 over black, which returns the coverage unchanged. ``glyph_mask_reference`` is that
+    route, kept beside this one and compared with it in the tests.
+    """
+    bitmap, _ = face.getmask2(
+        text, "L", stroke_width=stroke, anchor="la", ink=255, start=(0, 0), stroke_filled=True
+    )
+    ink = bitmap.getbbox()
+    if not ink:
+        return np.zeros((1 + 2 * _PAD, 1 + 2 * _PAD), np.uint8)
+    left, top, right, bottom = ink
+    mask = np.zeros((bottom - top + 2 * _PAD, right - left + 2 * _PAD), np.uint8)
+    # getmask2 returns a PIL core image; Image._new wraps it in an Image, which numpy reads.
+    mask[_PAD:-_PAD, _PAD:-_PAD] = Image.Image()._new(bitmap.crop(ink))
+    return mask
+
+
 class GlyphRenderer:
     """Renders parameter columns to images with a per-glyph mask cache.
 
@@ -114,13 +139,13 @@ class GlyphRenderer:
     def __init__(self, fonts: Sequence[FontInfo], image_size: int) -> None:
         self.fonts = tuple(fonts)
         self.image_size = image_size
-        self._faces: dict[tuple[int, int], ImageFont.FreeTypeFont] = {}
         self._index: dict[tuple[int, int, int, str], int] = {}
         # Masks live back to back in one flat buffer; glyph g occupies
         # _buffer[_offset[g] : _offset[g] + _height[g] * _width[g]] in row-major order. float32
         # (exact for 0..255) because the warp then gathers straight into its arithmetic type,
-        # which measured 1.4x faster than gathering uint8. All digit glyphs of the default pool
-        # (31 fonts x 20 sizes x 3 strokes x 10 digits) take 26 MB.
+        # which measured 1.4x faster than gathering uint8. All digit glyphs of an 88-font pool
+        # (88 fonts x 20 sizes x 3 strokes x 10 digits) take 73 MB; a 2,000-sample run with
+        # lookahead 8 meets about half of them.
         self._buffer = np.zeros(1 << 16, dtype=np.float32)
         self._used = 0
         self._offset: list[int] = []
@@ -133,10 +158,12 @@ class GlyphRenderer:
         return len(self._offset)
 
     def _face(self, font: int, size: int) -> ImageFont.FreeTypeFont:
-        key = (font, size)
-        if key not in self._faces:
-            self._faces[key] = ImageFont.truetype(self.fonts[font].path, size)
-        return self._faces[key]
+        if not 0 <= font < len(self.fonts):
+            raise PrivevoError(
+                f"font index {font} is outside this pool of {len(self.fonts)} fonts; samples "
+                "must come from a DrawText API with the same font pool"
+            )
+        return ImageFont.truetype(self.fonts[font].path, size)
 
     def glyph_mask(self, font: int, size: int, stroke: int, text: str) -> NDArray[np.uint8]:
         """The anti-aliased (h, w) mask of ``text``, cropped to its ink plus a zero border.
@@ -144,6 +171,13 @@ class GlyphRenderer:
         The ink centre is the centre of the returned array. Text with no ink gives a blank
         mask.
         """
+        return _glyph_mask(self._face(font, size), stroke, text)
+
+    def glyph_mask_reference(
+        self, font: int, size: int, stroke: int, text: str
+    ) -> NDArray[np.uint8]:
+        """Slow reference for :meth:`glyph_mask`: ``ImageDraw.text`` on a canvas sized by the
+        text's bounding box, then cropped to the ink. Equal to it bit for bit (tested)."""
         face = self._face(font, size)
         left, top, right, bottom = (int(v) for v in face.getbbox(text, stroke_width=stroke))
         margin = stroke + 2
@@ -161,40 +195,53 @@ class GlyphRenderer:
         return np.pad(mask, _PAD)
 
     def _glyph_ids(self, params: Mapping[str, NDArray]) -> NDArray[np.int64]:
-        keys = zip(
-            params["font"].tolist(),
-            params["font_size"].tolist(),
-            params["stroke_width"].tolist(),
-            params["text"].tolist(),
-            strict=True,
-        )
-        ids = np.empty(len(params["font"]), dtype=np.int64)
-        for i, key in enumerate(keys):
-            glyph = self._index.get(key)
-            if glyph is None:
-                glyph = self._add(key)
-            ids[i] = glyph
-        return ids
-
-    def _add(self, key: tuple[int, int, int, str]) -> int:
-        font, size, stroke, text = key
-        if not 0 <= font < len(self.fonts):
-            raise PrivevoError(
-                f"font index {font} is outside this pool of {len(self.fonts)} fonts; samples "
-                "must come from a DrawText API with the same font pool"
+        keys = list(
+            zip(
+                params["font"].tolist(),
+                params["font_size"].tolist(),
+                params["stroke_width"].tolist(),
+                params["text"].tolist(),
+                strict=True,
             )
-        mask = self.glyph_mask(font, size, stroke, text)
-        if self._used + mask.size > len(self._buffer):
-            grown = np.zeros(max(2 * len(self._buffer), self._used + mask.size), np.float32)
+        )
+        index = self._index
+        missing = {key for key in keys if key not in index}
+        if missing:
+            self._add_missing(missing)
+        return np.fromiter((index[key] for key in keys), dtype=np.int64, count=len(keys))
+
+    def _add_missing(self, keys: set[tuple[int, int, int, str]]) -> None:
+        """Rasterises and caches the masks of ``keys``, none of them cached yet.
+
+        One FreeType face per (font, size) among the keys, dropped once its glyphs are done:
+        every open face maps its font file, ~125 KB resident per face, so keeping them would
+        hold ~240 MB for the 88 fonts x 20 sizes a run meets here. Opening one costs about as
+        much as rasterising a glyph (20-60 us), and lookahead's variations come in one batch
+        (:meth:`DrawText.variations`), which opens each (font, size) once per iteration. Masks
+        are appended in sorted key order, so the cache's layout depends only on which keys
+        were missing.
+        """
+        masks: list[NDArray[np.uint8]] = []
+        ordered = sorted(keys)
+        face, face_key = None, None
+        for font, size, stroke, text in ordered:
+            if face_key != (font, size):
+                face, face_key = self._face(font, size), (font, size)
+            assert face is not None
+            masks.append(_glyph_mask(face, stroke, text))
+        need = self._used + sum(mask.size for mask in masks)
+        if need > len(self._buffer):
+            # Grown once per call, geometrically: the copies add up to less than the buffer.
+            grown = np.zeros(max(2 * len(self._buffer), need), np.float32)
             grown[: self._used] = self._buffer[: self._used]
             self._buffer = grown
-        self._buffer[self._used : self._used + mask.size] = mask.ravel()
-        self._offset.append(self._used)
-        self._height.append(mask.shape[0])
-        self._width.append(mask.shape[1])
-        self._used += mask.size
-        self._index[key] = len(self._offset) - 1
-        return self._index[key]
+        for key, mask in zip(ordered, masks, strict=True):
+            self._buffer[self._used : self._used + mask.size] = mask.ravel()
+            self._index[key] = len(self._offset)
+            self._offset.append(self._used)
+            self._height.append(mask.shape[0])
+            self._width.append(mask.shape[1])
+            self._used += mask.size
 
     def _inverse_affine(
         self, glyph: NDArray[np.int64], params: Mapping[str, NDArray]
@@ -451,6 +498,44 @@ class DrawText:
             One variation per sample, same order and labels, new ids.
         """
         check_variation_input("drawtext", samples, degree, self.label_names, PARAM_COLUMNS)
+        params, ids = self._varied_params(samples, degree, rng)
+        return self._samples(samples.labels, params, ids)
+
+    def variations(
+        self, samples: Samples, degree: float, rng: np.random.Generator, count: int
+    ) -> list[Samples]:
+        """``count`` variations of ``samples``, rendered together.
+
+        Bit for bit what ``count`` calls of :meth:`variation` with ``rng`` return (the same
+        draws in the same order; rendering draws nothing and each image depends only on its own
+        row), but the glyphs they need are rasterised in one pass, opening each font face once
+        instead of once per call: lookahead asks for 8 variations of one population.
+        """
+        check_variation_input("drawtext", samples, degree, self.label_names, PARAM_COLUMNS)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        drawn = [self._varied_params(samples, degree, rng) for _ in range(count)]
+        if not drawn:
+            return []
+        n = len(samples)
+        images = self.renderer.render(
+            {key: np.concatenate([params[key] for params, _ in drawn]) for key in PARAM_COLUMNS}
+        )
+        return [
+            Samples(
+                ids=ids,
+                labels=samples.labels,
+                label_names=self.label_names,
+                images=images[i * n : (i + 1) * n],
+                params=params,
+            )
+            for i, (params, ids) in enumerate(drawn)
+        ]
+
+    def _varied_params(
+        self, samples: Samples, degree: float, rng: np.random.Generator
+    ) -> tuple[dict[str, NDArray], NDArray[np.str_]]:
+        """The parameters and ids of one variation of ``samples`` (all of its draws)."""
         s, n, old = self.settings, len(samples), samples.params
         # Every draw happens whatever the degree, so one seed couples all degrees.
         redraw_font = rng.random(n) < degree * s.font_redraw_prob
@@ -476,4 +561,4 @@ class DrawText:
             "offset_x": step("offset_x", s.offset_step, -s.max_offset, s.max_offset, 3),
             "offset_y": step("offset_y", s.offset_step, -s.max_offset, s.max_offset, 4),
         }
-        return self._samples(samples.labels, params, new_ids(rng, n))
+        return params, new_ids(rng, n)

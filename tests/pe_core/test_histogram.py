@@ -3,13 +3,18 @@ import collections
 import numpy as np
 import pytest
 
+from pe_core.apis import DrawText
+from pe_core.apis.base import BatchedVariations
+from pe_core.embedders.raw_pixels import RawPixelsEmbedder
 from pe_core.histogram import (
+    lookahead_embeddings,
     prepare_embeddings,
     user_label_counts,
     user_vote_counts,
     vote_counts,
 )
 from pe_core.nn import create_backend
+from pe_core.samples import Samples
 from pe_kernels.reference import exact_sq_dist, reference_search
 
 
@@ -149,3 +154,31 @@ def test_user_label_counts_count_each_user_in_at_most_c_labels():
     np.testing.assert_array_equal(user_label_counts(labels, users, 3, 1), [1, 1, 1])
     np.testing.assert_array_equal(user_label_counts(labels, users, 3, 2), [1, 2, 1])
     np.testing.assert_array_equal(user_label_counts(labels, users, 3, 3), [1, 2, 2])
+
+
+class _OneAtATime:
+    """A drawtext API seen through the plain protocol: no batched ``variations``."""
+
+    def __init__(self, api):
+        self.api = api
+
+    def variation(self, samples, degree, rng):
+        return self.api.variation(samples, degree, rng)
+
+
+def test_lookahead_through_batched_variations_is_the_same_as_one_call_each():
+    api = DrawText([str(d) for d in range(10)])
+    assert isinstance(api, BatchedVariations)
+    assert not isinstance(_OneAtATime(api), BatchedVariations)
+    population = Samples.concat(
+        [api.random(label, 40, np.random.default_rng(label)) for label in (2, 5)]
+    )
+    embed = RawPixelsEmbedder().embed
+    batched = lookahead_embeddings(
+        api, embed, population, lookahead=3, degree=0.6, rng=np.random.default_rng(1)
+    )
+    single = lookahead_embeddings(
+        _OneAtATime(api), embed, population, lookahead=3, degree=0.6, rng=np.random.default_rng(1)
+    )
+    assert batched.dtype == np.float32 and batched.shape == (80, 28 * 28)
+    np.testing.assert_array_equal(batched, single)

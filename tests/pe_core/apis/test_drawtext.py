@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import ImageFont
 
 from pe_core.apis import DrawText, create_api
 from pe_core.apis.base import VariationApi
@@ -274,3 +276,55 @@ def test_variation_needs_drawtext_params(digits: DrawText) -> None:
 def test_font_index_outside_the_pool_is_rejected(one_font: DrawText) -> None:
     with pytest.raises(PrivevoError, match="font index 3"):
         one_font.renderer.render(upright(one_font, ["1"], font=3))
+
+
+def test_glyph_masks_equal_the_imagedraw_reference(digits: DrawText) -> None:
+    # The fast mask skips ImageDraw's canvas; it must be the very bitmap ImageDraw draws, for
+    # every font in the pool (outlines differ: TrueType, CFF, hinted or not).
+    renderer = digits.renderer
+    for font in range(len(digits.fonts)):
+        for size, stroke, text in ((10, 0, "8"), (29, 2, "0"), (17, 1, "4")):
+            np.testing.assert_array_equal(
+                renderer.glyph_mask(font, size, stroke, text),
+                renderer.glyph_mask_reference(font, size, stroke, text),
+                err_msg=f"{digits.fonts[font]} size {size} stroke {stroke} text {text!r}",
+            )
+    api = DrawText(["w"], texts_per_label={"w": ["Wg", " ", "-"]}, font_paths=[dejavu_sans()])
+    for size, stroke, text in ((1, 0, "Wg"), (40, 3, "Wg"), (20, 1, " "), (9, 2, "-")):
+        np.testing.assert_array_equal(
+            api.renderer.glyph_mask(0, size, stroke, text),
+            api.renderer.glyph_mask_reference(0, size, stroke, text),
+        )
+
+
+def test_rendering_keeps_no_font_face_open(digits: DrawText) -> None:
+    # Every open FreeType face maps its font file (~125 KB resident each); a run meets
+    # thousands of (font, size) pairs, so faces must not outlive the render that needed them.
+    def open_faces() -> int:
+        gc.collect()
+        return sum(isinstance(o, ImageFont.FreeTypeFont) for o in gc.get_objects())
+
+    before = open_faces()
+    samples = digits.random(6, 300, np.random.default_rng(12))
+    digits.variations(samples, 1.0, np.random.default_rng(13), 3)
+    assert open_faces() <= before
+
+
+def test_variations_are_the_single_calls_bit_for_bit(digits: DrawText) -> None:
+    population = Samples.concat(
+        [digits.random(label, 30, np.random.default_rng(label)) for label in (1, 7)]
+    )
+    batched_rng, single_rng = np.random.default_rng(14), np.random.default_rng(14)
+    batched = digits.variations(population, 0.7, batched_rng, 4)
+    singles = [digits.variation(population, 0.7, single_rng) for _ in range(4)]
+    assert len(batched) == 4
+    for got, want in zip(batched, singles, strict=True):
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.images, want.images)
+        assert set(got.params) == set(want.params)
+        for key in PARAM_COLUMNS:
+            np.testing.assert_array_equal(got.params[key], want.params[key])
+    # Both drew the same numbers: the generators are left in the same state.
+    assert batched_rng.integers(2**62) == single_rng.integers(2**62)
+    assert digits.variations(population, 0.7, batched_rng, 0) == []
