@@ -28,7 +28,6 @@ from PIL import Image
 from pe_core.datasets import write_synthetic
 from pe_core.fileio import atomic_write_bytes, private_directory
 from pe_core.html_report import render_eval_report, render_report
-from pe_core.metrics import memorisation
 from pe_core.runner import IterationReport, RunCallbacks
 from pe_core.samples import Samples
 from pe_core.visualize import save_image_grid, save_series_plot, save_text_sample
@@ -202,6 +201,10 @@ def write_eval_report(
     Returns:
         The page's path.
     """
+    # Imported here: the NOT DP metrics load scikit-learn and scipy, which a run without
+    # held-out data never needs.
+    from pe_core.metrics import memorisation
+
     private_directory(layout.eval)  # the page shows private records: owner-only folder
     check = memorisation(features(population), features(private), features(heldout))
     closest = np.argsort(check.to_private, kind="stable")[:MEMORISATION_PAIRS]

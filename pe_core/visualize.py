@@ -12,11 +12,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageDraw, ImageFont
 
@@ -38,6 +34,10 @@ _TITLE_FONT_PX = 16
 
 @cache
 def _font(size: int) -> ImageFont.FreeTypeFont:
+    # matplotlib is imported where it is used, not with pe_core (its plotting modules take
+    # ~0.6 s and ~50 MB, which a process that never plots should not pay).
+    import matplotlib
+
     path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     return ImageFont.truetype(str(path), size)
 
@@ -198,6 +198,10 @@ def save_series_plot(
     """
     if not series:
         raise ValueError("save_series_plot needs at least one series")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # see _font on the import
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     figure = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

@@ -14,13 +14,6 @@ from typing import Any, TextIO
 
 import numpy as np
 from pydantic import ConfigDict, model_validator
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from pe_core.apis import create_api
 from pe_core.checks import check_job
@@ -29,7 +22,6 @@ from pe_core.datasets import dataset_fingerprint, load_dataset
 from pe_core.embedders import CachedEmbedder, create_embedder
 from pe_core.errors import DataError, PrivevoError
 from pe_core.job import read_run_record, record_run, run_job, run_started
-from pe_core.metrics import evaluate, refuse_overlap
 from pe_core.outputs import Evaluator, OutputLayout, write_eval_report
 from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
 from pe_core.runner import IterationReport, RunCallbacks
@@ -77,6 +69,15 @@ class ProgressBar:
     """A rich progress bar: iteration t of T, phase, epsilon spent."""
 
     def __init__(self, total: int, epsilon_target: float) -> None:
+        # rich loads only where a terminal shows the bar (a piped run prints lines).
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.progress = Progress(
             TextColumn("[bold]PE[/bold] {task.description}"),
             BarColumn(),
@@ -240,6 +241,9 @@ def run_local(
     )
     evaluation = None
     if spec.eval_data is not None:
+        # The NOT DP metrics load scikit-learn and scipy (~1.5 s, ~100 MB): only for eval data.
+        from pe_core.metrics import evaluate, refuse_overlap
+
         if dataset_fingerprint(spec.eval_data) == dataset_fingerprint(spec.data):
             raise DataError(
                 f"--eval-data {spec.eval_data} is the private data itself: "
