@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pe_kernels import dispatch
@@ -58,10 +62,23 @@ def test_available_backends_follow_the_optional_import(monkeypatch: pytest.Monke
     assert choose_backend(1000, 1000, 64, device="cuda") == "torch-blocked"
 
 
-def test_default_device_follows_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_device_follows_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import torch
 
+    monkeypatch.setattr(dispatch, "GPU_DRIVER_FILES", (str(tmp_path),))  # a driver is present
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert dispatch.default_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert dispatch.default_device() == "cpu"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the driver files are Linux's")
+def test_no_gpu_driver_means_cpu_without_importing_torch(tmp_path: Path) -> None:
+    # A fresh interpreter: this one may have imported torch already.
+    code = (
+        "import sys; from pe_kernels import dispatch; "
+        f"dispatch.GPU_DRIVER_FILES = ({str(tmp_path / 'no-such-driver')!r},); "
+        "print(dispatch.default_device(), 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["cpu", "False"]
