@@ -601,7 +601,7 @@ def test_a_user_column_makes_user_level_data_with_budgets_apart_from_record_leve
             "digits.npz",
             patients_npz(patient=PATIENTS[:5]),
             {},
-            "digits.npz, record 5: user 'patient' must be a non-empty string or an integer",
+            "digits.npz: 'patient' must be a 1-d array of integers or strings, one user per image",
         ),
         ("digits.zip", png_zip(), {}, "image folders and zips name no users"),
         (

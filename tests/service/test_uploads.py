@@ -467,7 +467,7 @@ def test_a_user_column_makes_the_upload_user_level(tmp_path: Path) -> None:
         (
             lambda p: patients_npz(p / "d.npz", patient=np.array(["p1", "p2"])),
             "patient",
-            "d.npz, record 2: user 'patient' must be a non-empty string",
+            "d.npz: 'patient' must be a 1-d array of integers or strings, one user per image",
         ),
         (
             lambda p: patients_npz(p / "d.npz", patient=np.ones((6, 2), dtype=np.int64)),
