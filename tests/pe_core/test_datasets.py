@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import stat
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,7 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pe_core.datasets import ZipLimits, dataset_fingerprint, load_dataset, write_synthetic
+from pe_core.datasets import (
+    ZipLimits,
+    _arrow_array,
+    dataset_fingerprint,
+    load_dataset,
+    write_synthetic,
+)
 from pe_core.errors import DataError, PrivevoError
 from pe_core.samples import Samples
 
@@ -570,3 +578,73 @@ def test_a_user_column_that_cannot_serve_is_a_clear_error(tmp_path: Path) -> Non
     np.savez(npz, images=np.zeros((2, 2, 2), np.uint8), labels=np.array([0, 1]), who=np.arange(3))
     with pytest.raises(DataError, match=r"one user per image \(2\), got int64 \(3,\)"):
         load_dataset(npz, user_column="who")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["a", "bb", "", "ünï ✓"],
+        [b"\x89PNG", b"", b"x" * 300],
+        np.array(["7", "10", "é"]),
+        np.array([1, -2, 2**62], dtype=np.int64),
+        np.array([0.5, np.nan, -np.inf]),
+        # pa.array's own cases: other dtypes, objects, nested lists, mixed, empty, surrogates
+        np.array([1, 2], dtype=np.int32),
+        np.array([True, False]),
+        [[1, 2], [3]],
+        ["a", None],
+        ["a", b"b"],
+        [],
+        ["\udce9"],
+    ],
+)
+def test_arrow_arrays_are_the_ones_pa_array_makes(values: object) -> None:
+    try:
+        expected = pa.array(values)
+    except (pa.ArrowException, UnicodeError) as exc:
+        with pytest.raises(type(exc)):
+            _arrow_array(values)
+        return
+    got = _arrow_array(values)
+    assert got.type == expected.type and got.null_count == expected.null_count
+    assert repr(got.to_pylist()) == repr(expected.to_pylist())  # repr: NaN equals NaN
+
+
+def test_write_synthetic_writes_the_parquet_pa_table_writes_without_loading_pandas(
+    tmp_path: Path,
+) -> None:
+    # In a fresh interpreter: this one may have imported pandas already.
+    script = f"""
+import sys
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pathlib import Path
+from pe_core.datasets import write_synthetic
+from pe_core.samples import Samples
+
+samples = Samples(
+    ids=np.array(["a1", "b2", "c3"]),
+    labels=np.array([0, 1, 1]),
+    label_names=("zero", "one"),
+    images=np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4, 1),
+    params={{"font": np.array([3, 1, 2]), "rotation": np.array([0.5, -1.0, 2.0]),
+            "text": np.array(["0", "1", "1"])}},
+)
+out = Path({str(tmp_path / "out")!r})
+write_synthetic(samples, out)
+assert "pandas" not in sys.modules
+written = pq.read_table(out / "synthetic.parquet")
+# The table as pa.table builds it from the same columns (the PNG bytes are PIL's).
+columns = {{"id": samples.ids.tolist(), "label": ["zero", "one", "one"]}}
+columns["image_png"] = written["image_png"].to_pylist()
+columns.update(samples.params)
+pa_table = pa.table(columns).replace_schema_metadata(written.schema.metadata)
+pq.write_table(pa_table, {str(tmp_path / "ref.parquet")!r})
+print(written.schema)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "synthetic.parquet").read_bytes() == (
+        tmp_path / "ref.parquet"
+    ).read_bytes()
