@@ -32,7 +32,12 @@ def prepare_embeddings(
     Cosine similarity ranks like L2 on unit vectors (||a - b||^2 = 2 - 2 cos), so cosine is L2
     after normalising in float64. A zero vector stays zero.
     """
-    vectors = np.asarray(embeddings, dtype=np.float64)
+    vectors = np.asarray(embeddings)
+    if metric != "cosine" and vectors.dtype.kind == "f":
+        # No float64 round trip for L2: float32 values pass through it unchanged, and wider
+        # floats round to float32 once either way.
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = vectors.astype(np.float64)
     if metric == "cosine":
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.where(norms > 0, norms, 1.0)
@@ -65,10 +70,16 @@ def lookahead_embeddings(
     )
     total: NDArray[np.float64] | None = None
     for varied in variations:
-        batch = embed(varied).astype(np.float64)
-        total = batch if total is None else total + batch
+        vectors = embed(varied)
+        # In place, in float64 (each float32 value widens exactly), so no 2,000 x d float64
+        # temporaries per variation; astype copies, so a cached embedding is never written.
+        if total is None:
+            total = vectors.astype(np.float64)
+        else:
+            total += vectors
     assert total is not None
-    return (total / lookahead).astype(np.float32)
+    total /= lookahead
+    return total.astype(np.float32)
 
 
 def vote_counts(

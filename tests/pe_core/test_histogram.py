@@ -182,3 +182,12 @@ def test_lookahead_through_batched_variations_is_the_same_as_one_call_each():
     )
     assert batched.dtype == np.float32 and batched.shape == (80, 28 * 28)
     np.testing.assert_array_equal(batched, single)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_l2_embeddings_are_the_float64_round_trip_without_it(dtype):
+    rng = np.random.default_rng(3)
+    embeddings = (rng.standard_normal((50, 7)) * 1e3).astype(dtype)
+    prepared = prepare_embeddings(embeddings, "l2")
+    assert prepared.dtype == np.float32 and prepared.flags.c_contiguous
+    np.testing.assert_array_equal(prepared, embeddings.astype(np.float64).astype(np.float32))
