@@ -141,12 +141,11 @@ class GlyphRenderer:
         self.image_size = image_size
         self._index: dict[tuple[int, int, int, str], int] = {}
         # Masks live back to back in one flat buffer; glyph g occupies
-        # _buffer[_offset[g] : _offset[g] + _height[g] * _width[g]] in row-major order. float32
-        # (exact for 0..255) because the warp then gathers straight into its arithmetic type,
-        # which measured 1.4x faster than gathering uint8. All digit glyphs of an 88-font pool
-        # (88 fonts x 20 sizes x 3 strokes x 10 digits) take 73 MB; a 2,000-sample run with
-        # lookahead 8 meets about half of them.
-        self._buffer = np.zeros(1 << 16, dtype=np.float32)
+        # _buffer[_offset[g] : _offset[g] + _height[g] * _width[g]] in row-major order. uint8:
+        # all digit glyphs of an 88-font pool (88 fonts x 20 sizes x 3 strokes x 10 digits)
+        # take 18 MB (73 MB as float32, which gathered no faster once the buffer outgrew the
+        # caches); a 2,000-sample run with lookahead 8 meets about half of them.
+        self._buffer = np.zeros(1 << 16, dtype=np.uint8)
         self._used = 0
         self._offset: list[int] = []
         self._height: list[int] = []
@@ -232,7 +231,7 @@ class GlyphRenderer:
         need = self._used + sum(mask.size for mask in masks)
         if need > len(self._buffer):
             # Grown once per call, geometrically: the copies add up to less than the buffer.
-            grown = np.zeros(max(2 * len(self._buffer), need), np.float32)
+            grown = np.zeros(max(2 * len(self._buffer), need), np.uint8)
             grown[: self._used] = self._buffer[: self._used]
             self._buffer = grown
         for key, mask in zip(ordered, masks, strict=True):
@@ -298,9 +297,12 @@ class GlyphRenderer:
             idx = yi * w
             idx += xi
             idx += offset[s, None, None]
-            top_left, top_right = buffer.take(idx), buffer.take(idx + 1)
+            # Gathered as uint8, widened to float32 (exactly) for the blend.
+            top_left = buffer.take(idx).astype(np.float32)
+            top_right = buffer.take(idx + 1).astype(np.float32)
             idx += w
-            bottom_left, bottom_right = buffer.take(idx), buffer.take(idx + 1)
+            bottom_left = buffer.take(idx).astype(np.float32)
+            bottom_right = buffer.take(idx + 1).astype(np.float32)
             # In-place bilinear blend: top row, bottom row, then between them.
             top_right -= top_left
             top_right *= x
@@ -326,7 +328,7 @@ class GlyphRenderer:
         out = np.empty((len(glyph), size, size, 1), dtype=np.uint8)
         for i, g in enumerate(glyph.tolist()):
             start, h, w = self._offset[g], self._height[g], self._width[g]
-            pixels = self._buffer[start : start + h * w].reshape(h, w).astype(np.uint8)
+            pixels = self._buffer[start : start + h * w].reshape(h, w)
             mask = Image.fromarray(pixels)
             data = tuple(float(v[i]) for v in coeffs)
             warped = mask.transform(
