@@ -39,6 +39,11 @@ independent runs; this module does not use it.
 
 An audit on private data is a run on that data: it spends that dataset's budget like any run.
 The default (``privevo audit``) is the MNIST stand-in, which is public.
+
+Edges that run the job themselves (the service's workers, through ``pe_core.job.run_job``) use
+the stages :func:`prepare_audit` and :func:`conclude_audit`; :func:`run_audit` is both around
+one engine run. The gateway checks plans with :func:`audit_refusals`, so this module loads
+neither scipy nor the engine until a bound is computed or a run made (the gateway has neither).
 """
 
 from __future__ import annotations
@@ -47,11 +52,10 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import special, stats
 
 from pe_core.apis.base import VariationApi
 from pe_core.apis.drawtext import DrawText
@@ -59,10 +63,12 @@ from pe_core.config import PeJob
 from pe_core.embedders.base import Embedder
 from pe_core.errors import PrivevoError
 from pe_core.histogram import prepare_embeddings
-from pe_core.privacy import NoiseSampler, epsilon_for
 from pe_core.registry import Registry
-from pe_core.runner import NoiseFactory, PrivateEvolution, RunCallbacks, RunResult, noise_factory
 from pe_core.samples import Samples
+
+if TYPE_CHECKING:  # imported where used: the gateway checks plans without scipy or the engine
+    from pe_core.privacy import NoiseSampler
+    from pe_core.runner import NoiseFactory, RunCallbacks, RunResult
 
 AuditMode = Literal["white-box", "black-box"]
 AUDIT_MODES: tuple[AuditMode, ...] = ("white-box", "black-box")
@@ -117,6 +123,8 @@ def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> flo
     Raises:
         ValueError: counts out of order, or epsilon or delta out of range.
     """
+    from scipy import special, stats
+
     _check_counts(m, r, v)
     if not (epsilon >= 0 and 0 <= delta <= 1):
         raise ValueError(f"need epsilon >= 0 and delta in [0, 1], got {epsilon!r}, {delta!r}")
@@ -392,6 +400,26 @@ def canary_design(api_name: str) -> CanaryDesign:
     return CANARY_DESIGNS.create(api_name)
 
 
+def audit_refusals(job: PeJob, plan: AuditPlan) -> list[str]:
+    """What keeps ``job`` from being audited with ``plan``, each saying how to fix it.
+
+    Reads the job and the plan alone (no data, no model), so an edge refuses an audit before
+    anything is reserved or written.
+    """
+    problems = plan.problems()
+    if job.api not in CANARY_DESIGNS.names():
+        problems.append(
+            f"the audit has no canaries for the {job.api!r} API; it audits "
+            f"{', '.join(CANARY_DESIGNS.names())} jobs (e.g. on the MNIST stand-in)"
+        )
+    if job.privacy_unit == "user":
+        problems.append(
+            "the canaries are single records, so an audit tests a record-level run; audit "
+            "record-level data"
+        )
+    return problems
+
+
 # --- the injected bug (NOT PRIVATE) -------------------------------------------------------------
 
 
@@ -592,6 +620,109 @@ class AuditResult:
         }
 
 
+@dataclass(frozen=True)
+class AuditSetup:
+    """What an audit fixes before its run (:func:`prepare_audit`).
+
+    Attributes:
+        plan: the plan.
+        canaries: the m canaries, public to the auditor.
+        included: each canary's coin.
+        private: the run's data: the real records plus the included canaries.
+        design: the canary design, for the report.
+    """
+
+    plan: AuditPlan
+    canaries: Samples
+    included: NDArray[np.bool_]
+    private: Samples = field(repr=False)
+    design: Mapping[str, Any]
+
+    @property
+    def pinned(self) -> Samples | None:
+        """The candidates the run pins beside its population (white-box), else None."""
+        return self.canaries if self.plan.mode == "white-box" else None
+
+
+def prepare_audit(job: PeJob, real: Samples, *, api: VariationApi, plan: AuditPlan) -> AuditSetup:
+    """Draws the canaries and their coins from ``plan.seed`` and adds the included ones to
+    ``real``: the data and the pinned candidates of the audited run.
+
+    Raises:
+        PrivevoError: the plan or the job cannot be audited (:func:`audit_refusals`), or the
+            canaries clash with the data.
+    """
+    problems = audit_refusals(job, plan)
+    if real.users is not None and job.privacy_unit == "record":
+        problems.append("the records name their users; an audit tests record-level data")
+    if problems:
+        raise PrivevoError("cannot audit this job: " + "; ".join(problems))
+    design = canary_design(job.api)
+    design_rng, coin_rng = plan.rngs()
+    canaries = design.make(api, plan.canaries, design_rng)
+    included = include(plan.canaries, coin_rng)
+    return AuditSetup(
+        plan=plan,
+        canaries=canaries,
+        included=included,
+        private=with_canaries(real, canaries, included),
+        design=design.describe(api),
+    )
+
+
+def conclude_audit(
+    setup: AuditSetup,
+    job: PeJob,
+    result: RunResult,
+    *,
+    embedder: Embedder,
+    sampler: NoiseSampler | None,
+) -> AuditResult:
+    """Scores the canaries from the run's released output, guesses, and bounds the epsilon.
+
+    Args:
+        setup: what :func:`prepare_audit` fixed before the run.
+        job: the job as run (its delta is the claim's).
+        result: the run of ``job`` on ``setup.private`` with ``setup.pinned`` pinned.
+        embedder: the job's embedder (black-box scores embed the canaries and the output).
+        sampler: the noise the run drew with, for the report; None without noise.
+    """
+    from pe_core.privacy import epsilon_for
+
+    plan, canaries, included = setup.plan, setup.canaries, setup.included
+    if plan.mode == "white-box":
+        if result.pinned_counts is None:
+            raise PrivevoError("a white-box audit needs a run with the canaries pinned")
+        scores = white_box_scores(result.pinned_counts)
+    else:
+        scores = black_box_scores(
+            prepare_embeddings(embedder.embed(canaries), job.metric),
+            canaries.labels,
+            prepare_embeddings(embedder.embed(result.population), job.metric),
+            result.population.labels,
+        )
+    guesses = guess(scores, plan.guesses)
+    correct = sum(guesses.correct(included))
+    events = [entry.event for entry in result.ledger]
+    claimed = math.inf if job.no_privacy else epsilon_for(events, job.delta)
+    return AuditResult(
+        plan=plan,
+        claimed_epsilon=claimed,
+        delta=job.delta,
+        epsilon_lower_bound=epsilon_lower_bound(
+            plan.canaries, guesses.count, correct, job.delta, plan.confidence
+        ),
+        p_value_at_claim=None
+        if math.isinf(claimed)
+        else one_run_p_value(plan.canaries, guesses.count, correct, claimed, job.delta),
+        included=included,
+        guesses=guesses,
+        design=setup.design,
+        sampler=None if sampler is None else {"name": sampler.name, "secure": sampler.secure},
+        run=result,
+    )
+
+
 def run_audit(
     job: PeJob,
     real: Samples,
@@ -622,16 +753,11 @@ def run_audit(
         PrivevoError: a bad plan or API, or the run failed.
         ValueError: the job has no seed.
     """
+    from pe_core.runner import PrivateEvolution, noise_factory
+
     if job.seed is None:
         raise ValueError("the job has no seed")
-    problems = plan.problems()
-    if problems:
-        raise PrivevoError("bad audit plan: " + "; ".join(problems))
-    design = canary_design(job.api)
-    design_rng, coin_rng = plan.rngs()
-    canaries = design.make(api, plan.canaries, design_rng)
-    included = include(plan.canaries, coin_rng)
-    private = with_canaries(real, canaries, included)
+    setup = prepare_audit(job, real, api=api, plan=plan)
     factory, sampler = noise_factory(job, job.seed)
     if noise is not None:
         if job.no_privacy:
@@ -645,36 +771,7 @@ def run_audit(
         noise=factory,
         state_dir=state_dir,
         seed=job.seed,
-        pinned=canaries if plan.mode == "white-box" else None,
+        pinned=setup.pinned,
     )
-    result = engine.run(private, callbacks=callbacks)
-    if plan.mode == "white-box":
-        assert result.pinned_counts is not None
-        scores = white_box_scores(result.pinned_counts)
-    else:
-        scores = black_box_scores(
-            prepare_embeddings(embedder.embed(canaries), job.metric),
-            canaries.labels,
-            prepare_embeddings(embedder.embed(result.population), job.metric),
-            result.population.labels,
-        )
-    guesses = guess(scores, plan.guesses)
-    correct = sum(guesses.correct(included))
-    events = [entry.event for entry in result.ledger]
-    claimed = math.inf if job.no_privacy else epsilon_for(events, job.delta)
-    return AuditResult(
-        plan=plan,
-        claimed_epsilon=claimed,
-        delta=job.delta,
-        epsilon_lower_bound=epsilon_lower_bound(
-            plan.canaries, guesses.count, correct, job.delta, plan.confidence
-        ),
-        p_value_at_claim=None
-        if math.isinf(claimed)
-        else one_run_p_value(plan.canaries, guesses.count, correct, claimed, job.delta),
-        included=included,
-        guesses=guesses,
-        design=design.describe(api),
-        sampler=None if sampler is None else {"name": sampler.name, "secure": sampler.secure},
-        run=result,
-    )
+    result = engine.run(setup.private, callbacks=callbacks)
+    return conclude_audit(setup, job, result, embedder=embedder, sampler=sampler)

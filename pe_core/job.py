@@ -148,6 +148,7 @@ def run_job(
     ledger: Callable[[], Ledger] | None = None,
     resume: bool = True,
     run_info: Mapping[str, Any] | None = None,
+    pinned: Samples | None = None,
 ) -> JobOutcome:
     """Runs (or resumes) a recorded job and writes its DP result into ``layout``.
 
@@ -166,6 +167,8 @@ def run_job(
             ledger); None: the JSON-lines ledger in ``state_dir``.
         resume: continue from the latest checkpoint where there is one.
         run_info: extra keys for the report's ``run`` section (a worker adds the job id).
+        pinned: an audit's pinned candidates (``pe_core.audit.prepare_audit``); such a run
+            cannot resume, so it is never retried here.
 
     Raises:
         JobRefused: the job does not fit its data (see ``pe_core.checks.check_job``).
@@ -187,12 +190,13 @@ def run_job(
             state_dir=state_dir,
             seed=job.seed,
             ledger=None if ledger is None else ledger(),
+            pinned=pinned,
         )
         try:
             result = engine.run(private, callbacks=everything, resume=resume or attempt > 1)
             break
         except DuplicateReleaseError:
-            if attempt == MAX_RESUMES:
+            if attempt == MAX_RESUMES or pinned is not None:
                 raise
     report = privacy_report(
         job,
