@@ -34,6 +34,7 @@ from pe_core.checks import JobRefused, check_job
 from pe_core.errors import PrivevoError
 from pe_core.samples import DataShape
 from service import db
+from service.audits import AuditUnavailable, check_audit, read_audit
 from service.broker import make_celery, prepare_broker, queue_for, send_job
 from service.console import mount_console
 from service.evaluation import (
@@ -42,8 +43,9 @@ from service.evaluation import (
     read_evaluation,
     read_report,
 )
-from service.keys import evaluation_prefix, result_prefix
+from service.keys import AUDIT_REPORT, evaluation_prefix, result_prefix
 from service.schemas import (
+    AuditPublic,
     BudgetPublic,
     DatasetForm,
     DatasetList,
@@ -70,8 +72,9 @@ from service.uploads import (
 Enqueue = Callable[[str, str], None]
 """Queues the worker task of a job: (job id, queue)."""
 
-RESULT_PARTS = ("synthetic/", "privacy_report.json", "report.html", "samples/")
-"""What a result zip holds: never ``.state/`` (private) nor ``eval/`` (not DP)."""
+RESULT_PARTS = ("synthetic/", "privacy_report.json", "report.html", "samples/", AUDIT_REPORT)
+"""What a result zip holds (``audit.json`` for an audit job): never ``.state/`` (private) nor
+``eval/`` (not DP)."""
 
 REPORT_HEADERS = {
     # The NOT DP page shows private records: saved, never rendered from the API's origin (no
@@ -173,6 +176,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         (db.IdempotencyConflict, 409),
         (db.JobFinished, 409),
         (EvaluationUnavailable, 409),
+        (AuditUnavailable, 409),
         (db.WrongRole, 422),
         (db.InvalidCursor, 400),
         (JobRefused, 422),
@@ -398,7 +402,12 @@ def _add_routes(
         of the tenant (``GET /v1/jobs/{id}/evaluation``); refused (422) before anything is
         reserved when it is unknown, private data, of another shape or label set, or shares
         any record with the job's dataset. Held-out data is never a job's ``dataset_id``
-        (422)."""
+        (422).
+
+        With ``audit`` the job is an empirical privacy audit (``GET /v1/jobs/{id}/audit``),
+        refused (422) before anything is reserved for an API without canaries (drawtext
+        has them), user-level data, or more guesses than canaries. It is a run on the
+        dataset and spends its budget like any job: audit on a public stand-in."""
         if body.no_privacy:
             raise PrivevoError("the service runs private jobs only; no_privacy is for the CLI")
         repeated = idempotency_key is not None and _job_with_key(s, owner, idempotency_key)
@@ -415,6 +424,7 @@ def _add_routes(
                 raise db.WrongRole(db.budget.held_out_input(dataset.id))
             shape = _data_shape(dataset, body.labels)
             check_job(body, shape, policy=settings.policy)
+            check_audit(body)
             if body.eval_dataset_id is not None:
                 check_eval_dataset(s, owner, body.eval_dataset_id, dataset, shape, body.num_samples)
         job = db.reserve(
@@ -517,6 +527,17 @@ def _add_routes(
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
         )
+
+    @app.get(
+        "/v1/jobs/{job_id}/audit", operation_id="getJobAudit", tags=["jobs"], responses=_ERRORS
+    )
+    def job_audit(job_id: str, s: Db, owner: Tenant) -> AuditPublic:
+        """An audit job's report (``audit.json``, also in its result zip): the lower bound
+        on the epsilon its run leaked, with its confidence, m, r and the canaries' design,
+        next to the claimed epsilon. 404 for a job that is not an audit; 409 until the job
+        has succeeded."""
+        job = db.get_job(s, owner, job_id)
+        return AuditPublic.model_validate(read_audit(storage, job))
 
     @app.get(
         "/v1/jobs/{job_id}/evaluation",

@@ -8,7 +8,8 @@ reads results and evaluations, and the workers, which write them.
   data (``metrics.json``, ``memorisation.json``, ``report-not-dp.html``), served to the owner
   only. Its page shows private records, so it stays under the private dataset's prefix and
   goes with it; it is never part of the result.
-* ``results/<job>/``: the published, shareable result (DP outputs only).
+* ``results/<job>/``: the published, shareable result (DP outputs only), with an audit job's
+  ``audit.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ JOB_OUTPUT: Final = "out"
 
 EVALUATION: Final = "eval"
 """The folder of the output layout holding the NOT DP evaluation (``OutputLayout.eval``)."""
+
+AUDIT_REPORT: Final = "audit.json"
+"""An audit job's report, in its output layout and its result (post-processing of DP releases:
+``pe_core.audit``)."""
 
 
 def job_prefix(dataset_id: str, job_id: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pe_core.audit import DEFAULT_CANARIES, DEFAULT_GUESSES
 from pe_core.config import PeJob
 from service.db import BudgetStatus, Dataset, Job, JobEvent
 from service.db.models import COLUMN_LENGTH
@@ -172,6 +173,38 @@ class DatasetList(BaseModel):
     next_cursor: str | None
 
 
+MAX_CANARIES = 100_000
+"""The most canaries an audit job may add: each is drawn, pinned in every vote and scored."""
+
+
+class AuditOption(BaseModel):
+    """Makes a job an empirical privacy audit (``privevo audit``'s method, white-box, 95%)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    canaries: int = Field(
+        DEFAULT_CANARIES,
+        ge=2,
+        le=MAX_CANARIES,
+        description="m: canary records (drawtext digits, small, bold, turned, in a corner), "
+        "each added to the job's data with probability 1/2",
+    )
+    guesses: int = Field(
+        DEFAULT_GUESSES,
+        ge=1,
+        le=MAX_CANARIES,
+        description="r, at most canaries: 'in' for the r/2 highest scores, 'out' for the "
+        "lowest; the rest abstain. Fixed before the run",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**63,
+        description="Seed of the canaries and their coins; null: drawn when the job first "
+        "starts. Reported in audit.json",
+    )
+
+
 class JobCreate(PeJob):
     """The engine's job model plus the dataset it runs on: the same fields as the CLI."""
 
@@ -184,6 +217,15 @@ class JobCreate(PeJob):
         "from the private data, labels among the job's) to score the synthetic data against "
         "after every iteration, with a memorisation check at the end; the owner reads it at "
         "GET /v1/jobs/{id}/evaluation. It spends no budget and is never in the result",
+    )
+    audit: AuditOption | None = Field(
+        None,
+        description="Run the job as an empirical privacy audit: canaries join the data, and "
+        "the result adds audit.json (GET /v1/jobs/{id}/audit), a lower bound on the epsilon "
+        "the run leaks next to its claimed epsilon. drawtext jobs on record-level data only. "
+        "It is a run on the dataset: it spends the dataset's budget like any job, so audit "
+        "the installation on a public stand-in (e.g. the MNIST test split uploaded as a "
+        "dataset of its own)",
     )
 
 
@@ -286,3 +328,40 @@ class EvaluationPublic(BaseModel):
     eval_dataset_id: str
     per_iteration: list[EvaluationIteration]
     memorisation: MemorisationPublic
+
+
+class AuditPublic(BaseModel):
+    """An audit job's report (``audit.json``, also in its result): the lower bound on the
+    epsilon its run leaked, next to the epsilon it claims, and how it was reached (one run,
+    Steinke, Nasr & Jagielski 2023). Post-processing of the run's DP releases."""
+
+    job_id: str
+    dataset_id: str
+    claimed_epsilon: float | None = Field(
+        description="The epsilon the run's releases account for at delta"
+    )
+    epsilon_target: float | None
+    delta: float
+    epsilon_lower_bound: float = Field(
+        description="With probability at least confidence, the run is not (eps, delta)-DP for "
+        "any eps below this. Above claimed_epsilon: the run leaks more than it claims"
+    )
+    confidence: float
+    exceeds_claim: bool
+    verdict: str
+    p_value_at_claim: float | None = Field(
+        description="The chance of this many correct guesses if the claim held"
+    )
+    method: str
+    mode: Literal["white-box", "black-box"]
+    score: str
+    m: int = Field(description="Canaries")
+    r: int = Field(description="Guesses made (the rest abstained)")
+    guesses: dict[str, int] = Field(
+        description="in, out, abstained, correct, correct_in, correct_out"
+    )
+    canaries: dict[str, Any] = Field(description="The seed, how many were included, the design")
+    run: dict[str, Any] = Field(description="The audited run: T, samples, k, lookahead, sigma")
+    seed: int = Field(description="The run's seed of generation and selection")
+    warnings: list[str]
+    budget: str = Field(description="What the audit spent")

@@ -13,7 +13,8 @@ Where a job's files live, as storage keys:
   (``eval_dataset_id``): its NOT DP evaluation, which the gateway serves to the owner only;
   never published, and deleted with either dataset.
 * ``results/<job>/``: the published result (``synthetic/``, ``privacy_report.json``,
-  ``samples/``), written when the run has succeeded; never ``.state/`` or ``eval/``.
+  ``samples/``, and an audit job's ``audit.json``), written when the run has succeeded; never
+  ``.state/`` or ``eval/``.
 
 (:mod:`service.keys` names these prefixes for the gateway and the workers alike.)
 
@@ -22,6 +23,14 @@ delivery resumes from the latest checkpoint with the seed recorded by the first,
 release is recorded exactly once in the database (:class:`workers.ledger.DbLedger`), so the
 repeated work draws no new noise and costs no extra privacy. A lock on the job's state folder
 keeps a second delivery from running while the first is alive.
+
+An audit job (the gateway's ``audit`` option, :mod:`pe_core.audit`) runs the same path on the
+dataset's records plus the canaries its recorded seed includes, with the canaries pinned in
+every vote, and adds ``audit.json`` to the result. Such a run cannot resume: its scores are
+the pinned counts of every iteration of one run. So a later delivery of an audit job that
+already made a release fails, charged all it reserved like any job that released; one that
+made none starts again from nothing with the recorded seeds (nothing was released, so nothing
+was spent or shown, and the canaries and coins come out the same).
 
 While a delivery runs, the job's heartbeat is renewed at every phase and, in between, by a
 thread (:func:`heartbeat`), so the stale-job sweeper (:mod:`workers.sweeper`) re-enqueues a job
@@ -54,18 +63,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pe_core.apis import create_api
 from pe_core.apis.base import PerJobState, VariationApi
+from pe_core.audit import AuditPlan, AuditSetup, conclude_audit, prepare_audit
 from pe_core.checkpoint import CheckpointError
 from pe_core.config import PeJob
 from pe_core.datasets import load_dataset
 from pe_core.embedders import CachedEmbedder, create_embedder
 from pe_core.embedders.base import Embedder
 from pe_core.errors import DataError, PrivevoError
-from pe_core.job import record_run
+from pe_core.job import JobOutcome, read_run_record, record_run
 from pe_core.job import run_job as run_job_parts
-from pe_core.outputs import Evaluator, OutputLayout, write_eval_report
+from pe_core.outputs import Evaluator, OutputLayout, write_eval_report, write_json
 from pe_core.policy import PrivacyPolicy
 from pe_core.privacy import LedgerError
-from pe_core.runner import IterationReport, RunCallbacks
+from pe_core.runner import CHECKPOINTS, IterationReport, RunCallbacks, noise_factory
 from pe_core.samples import Modality, Samples
 from service.db import (
     FINAL_STATUSES,
@@ -74,6 +84,7 @@ from service.db import (
     JobEvent,
     JobFinished,
     NotFound,
+    Release,
     ReleaseConflict,
     ReservationExceeded,
     append_event,
@@ -83,7 +94,7 @@ from service.db import (
     read_transaction,
     update_progress,
 )
-from service.keys import JOB_OUTPUT, job_prefix, result_prefix
+from service.keys import AUDIT_REPORT, JOB_OUTPUT, job_prefix, result_prefix
 from service.storage import (
     PRIVATE_FOLDER_MODE,
     InvalidKeyError,
@@ -118,6 +129,12 @@ MODEL_CACHE_SIZE: Final = 8
 # A job whose worker keeps dying (out of memory, a crashing model) would otherwise be handed
 # out again forever, since a lost worker's message is requeued.
 MAX_STARTS: Final = 10
+AUDIT_INTERRUPTED: Final = (
+    "the audit's run was interrupted after its first release (its worker stopped), and an "
+    "audit cannot resume: its scores need every iteration of one uninterrupted run. Like any "
+    "job that made a release, it is charged all it reserved; create the audit again, on a "
+    "public stand-in unless spending this dataset's budget is intended"
+)
 
 
 @dataclass(frozen=True)
@@ -352,12 +369,14 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
     with sessions() as session:
         update_progress(session, job.id, iteration=job.iteration, phase="starting")
     state = folder / "state"
-    spec = record_run(
-        state,
-        _spec(job),
-        fresh_seed=secrets.randbits(62),
-        source={"dataset_id": job.dataset_id},
-    )
+    option = _audit_option(job)
+    source: dict[str, Any] = {"dataset_id": job.dataset_id}
+    if option is not None:  # the canaries' seed is drawn once, like the run's
+        source["audit"] = {
+            "seed": secrets.randbits(32) if option["seed"] is None else option["seed"]
+        }
+    spec = record_run(state, _spec(job), fresh_seed=secrets.randbits(62), source=source)
+    plan = None if option is None else _audit_plan(state, option)
     with sessions() as session:
         dataset = get_dataset(session, job.tenant_id, job.dataset_id)
         heldout = _heldout_dataset(session, job)
@@ -366,7 +385,12 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
                 f"the job was started {MAX_STARTS} times without finishing (its worker kept "
                 "stopping, e.g. out of memory); try fewer samples or a smaller model"
             )
-        append_event(session, job.id, "started", {"seed": spec.seed})
+        if plan is not None and _released(session, job.id):
+            raise PrivevoError(AUDIT_INTERRUPTED)
+        started: dict[str, Any] = {"seed": spec.seed}
+        if plan is not None:
+            started["audit"] = _plan_record(plan)
+        append_event(session, job.id, "started", started)
     private = _load_private(context.storage, dataset, spec)
     api = cached_api(spec.api, private.label_names, spec.api_config)
     if isinstance(api, PerJobState):  # caps and the like are per job, the loaded model is not
@@ -375,6 +399,11 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         sessions, job.id, job.iterations, deadline=deadline, time_limit_s=context.time_limit_s
     )
     layout = OutputLayout(folder / JOB_OUTPUT)
+    audit: AuditSetup | None = None
+    if plan is not None:
+        _start_afresh(state, layout)
+        progress.on_phase(0, "canaries")
+        audit = prepare_audit(spec, private, api=api, plan=plan)
     embedder = cached_embedder(spec.embedding, spec.embedding_config)
     callbacks: list[RunCallbacks] = [progress]
     evaluation = evaluator = None
@@ -395,7 +424,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         callbacks.append(evaluator)
     outcome = run_job_parts(
         spec,
-        private,
+        private if audit is None else audit.private,
         api=api,
         embedder=embedder,
         state_dir=state,
@@ -412,8 +441,15 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
             directory=state / "releases",
             key_prefix=f"{prefix}/state/releases",
         ),
-        run_info={"job_id": job.id},
+        run_info={"job_id": job.id}
+        if audit is None
+        else {"job_id": job.id, "audit": _plan_record(audit.plan)},
+        resume=audit is None,
+        pinned=None if audit is None else audit.pinned,
     )
+    if audit is not None:
+        progress.on_phase(job.iterations, "audit")
+        _write_audit(sessions, job, spec, audit, outcome, embedder, layout)
     if evaluator is not None and evaluation is not None:
         progress.on_phase(job.iterations, "evaluate")
         write_eval_report(
@@ -428,9 +464,11 @@ def _spec(job: Job) -> PeJob:
     """The job's engine parameters, checked against what the job reserved.
 
     The stored spec is the gateway's job body: the engine's parameters plus ``dataset_id``
-    (and ``eval_dataset_id``, which the job row holds too).
+    (and ``eval_dataset_id``, which the job row holds too, and ``audit``, read by
+    :func:`_audit_option`).
     """
     fields = dict(job.spec)
+    fields.pop("audit", None)
     if fields.pop("dataset_id", job.dataset_id) != job.dataset_id:
         raise RuntimeError(f"job {job.id}: its spec names another dataset")
     if fields.pop("eval_dataset_id", None) != job.eval_dataset_id:
@@ -455,6 +493,89 @@ def _spec(job: Job) -> PeJob:
             f"{spec.iterations}) disagree with its reservation"
         )
     return spec
+
+
+def _audit_option(job: Job) -> dict[str, Any] | None:
+    """The job's ``audit`` option as the gateway stored it (canaries, guesses, seed), or None."""
+    option = job.spec.get("audit")
+    if option is None:
+        return None
+    if not (
+        isinstance(option, dict)
+        and set(option) == {"canaries", "guesses", "seed"}
+        and all(isinstance(option[name], int) for name in ("canaries", "guesses"))
+        and (option["seed"] is None or isinstance(option["seed"], int))
+    ):
+        raise RuntimeError(f"job {job.id}: its audit option is malformed")
+    return option
+
+
+def _audit_plan(state: Path, option: dict[str, Any]) -> AuditPlan:
+    """The audit's plan, with the canaries' seed that the job's first start recorded."""
+    recorded = read_run_record(state)
+    seed = None if recorded is None else recorded.source.get("audit", {}).get("seed")
+    if not isinstance(seed, int):
+        raise CheckpointError(f"the run record in {state} holds no audit seed")
+    return AuditPlan(canaries=option["canaries"], guesses=option["guesses"], seed=seed)
+
+
+def _plan_record(plan: AuditPlan) -> dict[str, Any]:
+    return {"canaries": plan.canaries, "guesses": plan.guesses, "seed": plan.seed}
+
+
+def _released(session: Session, job_id: str) -> bool:
+    """Whether the job has recorded any release (its database ledger is not empty)."""
+    statement = select(func.count()).where(Release.job_id == job_id)
+    with read_transaction(session):
+        return session.scalars(statement).one() > 0
+
+
+def _start_afresh(state: Path, layout: OutputLayout) -> None:
+    """Removes what an earlier delivery of an audit left, its run record aside: an audit runs
+    from its start or not at all. Called only when the job has recorded no release, so the
+    checkpoints hold populations no release chose, and any vector in ``releases/`` is a draw
+    that was never recorded, hence never used: dropping them spends and shows nothing."""
+    for leftover in (state / CHECKPOINTS, state / "releases", layout.root):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _write_audit(
+    sessions: sessionmaker[Session],
+    job: Job,
+    spec: PeJob,
+    audit: AuditSetup,
+    outcome: JobOutcome,
+    embedder: Embedder,
+    layout: OutputLayout,
+) -> None:
+    """Bounds what the audited run leaked and writes ``audit.json`` beside its result.
+
+    The scores are the released (noisy) counts of the pinned canaries and the coins are
+    independent of the data, so the report is post-processing of the run's DP releases.
+    """
+    assert spec.seed is not None  # recorded by record_run
+    _, sampler = noise_factory(spec, spec.seed)  # its name and security, for the report
+    result = conclude_audit(audit, spec, outcome.result, embedder=embedder, sampler=sampler)
+    report = {
+        **result.report(spec),
+        "job_id": job.id,
+        "dataset_id": job.dataset_id,
+        "seed": spec.seed,
+    }
+    write_json(layout.root / AUDIT_REPORT, report)
+    summary = {
+        name: report[name]
+        for name in (
+            "epsilon_lower_bound",
+            "claimed_epsilon",
+            "confidence",
+            "exceeds_claim",
+            "m",
+            "r",
+        )
+    }
+    with sessions() as session:
+        append_event(session, job.id, "audit", {**summary, "correct": report["guesses"]["correct"]})
 
 
 def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Samples:

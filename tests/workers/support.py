@@ -93,13 +93,19 @@ class Home:
         return key, hashlib.sha256(data).hexdigest()
 
     def new_job(
-        self, *, user_column: str | None = None, heldout: Samples | None = None, **spec: Any
+        self,
+        *,
+        user_column: str | None = None,
+        heldout: Samples | None = None,
+        audit: dict[str, Any] | None = None,
+        **spec: Any,
     ) -> str:
         """A queued drawtext job on 20 digits per label (28x28), T = 2, 60 samples.
 
         With ``user_column`` the dataset is user-level: the npz holds that array, naming 25
         users of 8 records each. With ``heldout``, those records are a held-out dataset of the
-        same tenant that the job names as its ``eval_dataset_id``.
+        same tenant that the job names as its ``eval_dataset_id``. With ``audit`` (canaries,
+        guesses, seed) the job is an audit, as the gateway stores its option.
         """
         digits = digits_28(20)
         users = {} if user_column is None else {user_column: np.arange(len(digits)) % 25}
@@ -138,6 +144,8 @@ class Home:
                 ).id
             # Stored as the gateway stores its job body: the engine's fields and the dataset.
             body = {**job, "dataset_id": dataset.id, **evaluation}
+            if audit is not None:
+                body["audit"] = audit
             return reserve(
                 session,
                 tenant.id,
