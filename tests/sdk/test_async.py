@@ -11,6 +11,7 @@ from privevo_client import (
     AsyncClient,
     AsyncJob,
     BudgetExceeded,
+    Conflict,
     InvalidRequest,
     JobFailed,
     NotFound,
@@ -88,5 +89,24 @@ def test_a_user_column_uploads_user_level_data(server: Server, alice_key: str, t
             assert (dataset.privacy_unit, dataset.user_column) == ("user", "patient")
             with pytest.raises(InvalidRequest, match="no 'visitor' array"):
                 await client.datasets.upload(path, epsilon_cap=1.0, user_column="visitor")
+
+    asyncio.run(scenario())
+
+
+def test_an_audit_job_and_its_report(server: Server, alice_key: str, bob_key: str, tmp_path: Path):
+    data = write_digits_npz(tmp_path / "stand-in.npz", 2, offset=164)
+
+    async def scenario() -> None:
+        async with AsyncClient(server.url, alice_key) as alice:
+            dataset = await alice.datasets.upload(data, epsilon_cap=1.0)
+            audit = {"canaries": 40, "guesses": 10, "seed": 7}
+            job = await alice.jobs.create(dataset, epsilon=0.5, num_samples=20, audit=audit)
+            assert job.spec["audit"] == audit
+            with pytest.raises(Conflict, match="once it has succeeded"):
+                await job.audit()
+            async with AsyncClient(server.url, bob_key) as bob:
+                with pytest.raises(NotFound):
+                    await bob.jobs.audit(job.id)
+            await job.cancel()
 
     asyncio.run(scenario())

@@ -239,3 +239,24 @@ def test_held_out_data_is_uploaded_without_a_budget(alice: Client, tmp_path: Pat
     with pytest.raises(Conflict, match="once it has succeeded"):
         job.evaluation_report(tmp_path / "report.html")
     job.cancel()
+
+
+def test_an_audit_job_is_created_and_its_report_waits_for_it(
+    alice: Client, bob: Client, tmp_path: Path
+):
+    data = alice.datasets.upload(
+        write_digits_npz(tmp_path / "stand-in.npz", 2, offset=162), epsilon_cap=1.0
+    )
+    job = alice.jobs.create(data, epsilon=0.5, num_samples=20, audit=True)
+    assert job.spec["audit"] == {"canaries": 2000, "guesses": 200, "seed": None}
+    with pytest.raises(Conflict, match="once it has succeeded"):
+        job.audit()
+    with pytest.raises(NotFound):
+        bob.jobs.audit(job.id)
+    job.cancel()
+    plain = alice.jobs.create(data, epsilon=0.2, num_samples=20)
+    with pytest.raises(NotFound, match="is not an audit"):
+        plain.audit()
+    plain.cancel()
+    with pytest.raises(InvalidRequest, match="guesses: need 1 to 10"):
+        alice.jobs.create(data, epsilon=0.2, audit={"canaries": 10, "guesses": 20})

@@ -144,3 +144,37 @@ def test_an_evaluated_job_shows_its_owner_the_not_dp_scores(
         bob.jobs.evaluation(job.id)
     out = job.download(tmp_path / "result")
     assert not [p for p in out.rglob("*") if "eval" in p.name or "not-dp" in p.name]
+
+
+def test_an_audit_job_gives_its_owner_the_bound(
+    alice: Client, bob: Client, worker: Worker, tmp_path: Path
+):
+    data = alice.datasets.upload(
+        write_digits_npz(tmp_path / "stand-in.npz", 6, offset=152), epsilon_cap=1.0
+    )
+    job = alice.jobs.create(
+        data,
+        epsilon=1.0,
+        iterations=2,
+        num_samples=40,
+        api="drawtext",
+        embedding_config={"size": 14},
+        insecure_test_noise=True,
+        audit={"canaries": 40, "guesses": 10, "seed": 7},
+    )
+    try:
+        job.wait(progress=False, timeout=FLOW_TIMEOUT_S, poll_interval=0.2)
+    except JobFailed as failed:
+        pytest.fail(f"{failed}\nworker log:\n{worker.log_tail()}")
+    except TimeoutError:
+        pytest.skip(f"no worker finished the job within {FLOW_TIMEOUT_S} s: it is {job.status}")
+    audit = job.audit()
+    assert (audit.job_id, audit.m, audit.r, audit.canaries["seed"]) == (job.id, 40, 10, 7)
+    assert audit.epsilon_lower_bound >= 0
+    assert audit.claimed_epsilon == pytest.approx(job.epsilon_spent)
+    with pytest.raises(NotFound):
+        bob.jobs.audit(job.id)
+    out = job.download(tmp_path / "result")
+    assert json.loads((out / "audit.json").read_text())["epsilon_lower_bound"] == (
+        audit.epsilon_lower_bound
+    )

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from privevo_client import AsyncClient, AsyncJob, Budget, Client, Dataset, Evaluation, Job
+from privevo_client import (
+    AsyncClient,
+    AsyncJob,
+    Audit,
+    Budget,
+    Client,
+    Dataset,
+    Evaluation,
+    Job,
+)
 from privevo_client.aio import AsyncDatasets, AsyncJobs
 from privevo_client.client import Datasets, Jobs
 from privevo_client.models import BaseJob, EvaluationIteration, Memorisation
@@ -58,6 +67,7 @@ def test_the_async_client_mirrors_the_sync_one(sync: type, mirror: type) -> None
         (Evaluation, "EvaluationPublic"),
         (EvaluationIteration, "EvaluationIteration"),
         (Memorisation, "MemorisationPublic"),
+        (Audit, "AuditPublic"),
     ],
 )
 def test_the_models_carry_every_field_of_the_servers_schemas(model: type, schema: str) -> None:

@@ -23,11 +23,12 @@ from privevo_client.errors import (
     Unauthorized,
     UnsafeArchiveError,
 )
-from privevo_client.models import Budget, Dataset, Evaluation, Event
+from privevo_client.models import Audit, Budget, Dataset, Evaluation, Event
 
 __all__ = [
     "AsyncClient",
     "AsyncJob",
+    "Audit",
     "Budget",
     "BudgetExceeded",
     "Client",

@@ -207,6 +207,7 @@ def create_job_call(
     dataset_id: str,
     *,
     eval_dataset_id: str | None = None,
+    audit: bool | Mapping[str, Any] = False,
     epsilon: float,
     delta: float,
     iterations: int,
@@ -225,6 +226,8 @@ def create_job_call(
         **({} if api is None else {"api": api}),
         **engine_fields,
     }
+    if audit is not False:  # True: the server's defaults (2,000 canaries, 200 guesses)
+        body["audit"] = {} if audit is True else dict(audit)
     # One key per create call, reused by all of its retries: the server then reserves budget
     # once however many attempts reach it.
     key = idempotency_key or str(uuid.uuid4())
@@ -235,6 +238,10 @@ def create_job_call(
 
 def page_params(cursor: str | int | None, limit: int) -> dict[str, str | int]:
     return {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
+
+
+def audit_call(job_id: str) -> Call:
+    return Call("GET", f"/v1/jobs/{segment(job_id)}/audit")
 
 
 def evaluation_call(job_id: str) -> Call:

@@ -6,7 +6,7 @@ import asyncio
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -17,7 +17,7 @@ from pydantic import PrivateAttr
 from privevo_client import _core
 from privevo_client.archive import safe_extract, zip_folder
 from privevo_client.errors import JobFailed, PrivevoConnectionError, api_error
-from privevo_client.models import BaseJob, Budget, Dataset, Evaluation, Event
+from privevo_client.models import Audit, BaseJob, Budget, Dataset, Evaluation, Event
 
 
 class AsyncClient:
@@ -175,6 +175,7 @@ class AsyncJobs:
         api: str | None = None,
         idempotency_key: str | None = None,
         eval_dataset: str | Dataset | None = None,
+        audit: bool | Mapping[str, Any] = False,
         **engine_fields: Any,
     ) -> AsyncJob:
         """Reserves budget and queues a PE job; see ``Jobs.create``."""
@@ -182,6 +183,7 @@ class AsyncJobs:
         call = _core.create_job_call(
             dataset_id,
             eval_dataset_id=eval_dataset.id if isinstance(eval_dataset, Dataset) else eval_dataset,
+            audit=audit,
             epsilon=epsilon,
             delta=delta,
             iterations=iterations,
@@ -224,6 +226,10 @@ class AsyncJobs:
             for item in page["items"]:
                 yield Event.model_validate(item)
             cursor = page["next_cursor"]
+
+    async def audit(self, job_id: str) -> Audit:
+        """A succeeded audit job's report; see ``Jobs.audit``."""
+        return Audit.model_validate(await self._client._json(_core.audit_call(job_id)))
 
     async def evaluation(self, job_id: str) -> Evaluation:
         """NOT DP, yours only: a job's scores against its held-out data; see
@@ -300,6 +306,9 @@ class AsyncJob(BaseJob):
 
     async def download(self, directory: str | Path) -> Path:
         return await self._client.jobs.download(self.id, directory)
+
+    async def audit(self) -> Audit:
+        return await self._client.jobs.audit(self.id)
 
     async def evaluation(self) -> Evaluation:
         return await self._client.jobs.evaluation(self.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -16,7 +16,7 @@ from pydantic import PrivateAttr
 from privevo_client import _core
 from privevo_client.archive import safe_extract, zip_folder
 from privevo_client.errors import JobFailed, PrivevoConnectionError, api_error
-from privevo_client.models import BaseJob, Budget, Dataset, Evaluation, Event
+from privevo_client.models import Audit, BaseJob, Budget, Dataset, Evaluation, Event
 
 
 class Client:
@@ -217,6 +217,7 @@ class Jobs:
         api: str | None = None,
         idempotency_key: str | None = None,
         eval_dataset: str | Dataset | None = None,
+        audit: bool | Mapping[str, Any] = False,
         **engine_fields: Any,
     ) -> Job:
         """Reserves (epsilon, delta) from the dataset's budget and queues a PE job.
@@ -232,6 +233,11 @@ class Jobs:
             eval_dataset: held-out data (``datasets.upload(..., role="heldout")``) or its id
                 to score the job against, NOT DP, for you only (:meth:`Job.evaluation`); it
                 spends no budget.
+            audit: run the job as an empirical privacy audit (:meth:`Job.audit`): True for
+                the server's defaults, or ``{"canaries": m, "guesses": r, "seed": s}``.
+                drawtext jobs on record-level data only. It spends the dataset's budget like
+                any job: audit on a public stand-in (e.g. the MNIST test split uploaded as a
+                dataset of its own) unless that is intended.
             **engine_fields: any other field of the server's job model (``embedding``,
                 ``k``, ``label_fractions``, ``seed``, ...).
 
@@ -246,6 +252,7 @@ class Jobs:
         call = _core.create_job_call(
             dataset_id,
             eval_dataset_id=eval_dataset.id if isinstance(eval_dataset, Dataset) else eval_dataset,
+            audit=audit,
             epsilon=epsilon,
             delta=delta,
             iterations=iterations,
@@ -286,6 +293,16 @@ class Jobs:
             yield from (Event.model_validate(item) for item in page["items"])
             cursor = page["next_cursor"]
 
+    def audit(self, job_id: str) -> Audit:
+        """A succeeded audit job's report: the lower bound on the epsilon its run leaked,
+        next to the epsilon it claims (also ``audit.json`` in its result).
+
+        Raises:
+            NotFound: no such job, or the job is not an audit.
+            Conflict: the job has not succeeded (yet).
+        """
+        return Audit.model_validate(self._client._json(_core.audit_call(job_id)))
+
     def evaluation(self, job_id: str) -> Evaluation:
         """NOT DP, yours only: a succeeded job's scores against its held-out data per
         iteration and the memorisation check of its final synthetic data.
@@ -307,7 +324,8 @@ class Jobs:
     def download(self, job_id: str, directory: str | Path) -> Path:
         """Fetches a succeeded job's result zip and extracts it into ``directory``.
 
-        The result holds ``synthetic/``, ``privacy_report.json`` and ``samples/``.
+        The result holds ``synthetic/``, ``privacy_report.json`` and ``samples/`` (and an
+        audit job's ``audit.json``).
 
         Returns:
             ``directory``.
@@ -394,6 +412,10 @@ class Job(BaseJob):
     def download(self, directory: str | Path) -> Path:
         """Extracts the job's result into ``directory`` (see ``Jobs.download``)."""
         return self._client.jobs.download(self.id, directory)
+
+    def audit(self) -> Audit:
+        """The audit job's report (see ``Jobs.audit``)."""
+        return self._client.jobs.audit(self.id)
 
     def evaluation(self) -> Evaluation:
         """NOT DP, yours only: the job's scores against its held-out data (see

@@ -102,6 +102,37 @@ class BaseJob(BaseModel):
             setattr(self, name, getattr(fresh, name))
 
 
+class Audit(BaseModel):
+    """An audit job's report (``audit.json``): a lower bound on the epsilon its run leaked, at
+    ``confidence``, next to the epsilon it claims (one-run method of Steinke, Nasr & Jagielski
+    2023). A bound above ``claimed_epsilon`` means the run leaks more than it claims; one at or
+    below it is consistent with the claim, never a proof."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    job_id: str
+    dataset_id: str
+    claimed_epsilon: float | None  # None: no privacy claimed
+    epsilon_target: float | None
+    delta: float
+    epsilon_lower_bound: float
+    confidence: float
+    exceeds_claim: bool
+    verdict: str
+    p_value_at_claim: float | None
+    method: str
+    mode: Literal["white-box", "black-box"]
+    score: str
+    m: int  # canaries
+    r: int  # guesses made
+    guesses: dict[str, int]  # in, out, abstained, correct, correct_in, correct_out
+    canaries: dict[str, Any]  # seed, included, design
+    run: dict[str, Any]  # iterations, num_samples, k, lookahead, sigma, noise
+    seed: int  # the run's seed
+    warnings: list[str]
+    budget: str  # what the audit spent
+
+
 class EvaluationIteration(BaseModel):
     """NOT DP: one iteration's synthetic data scored against the held-out data."""
 
