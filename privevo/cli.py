@@ -67,6 +67,29 @@ def _parse_fractions(value: str) -> str | dict[str, float]:
     return fractions
 
 
+def _parse_mapping(flag: str, value: str) -> dict[str, Any]:
+    """A flag's parameters: a JSON object, or ``key=value`` pairs separated by commas, each
+    value read as JSON where it parses (numbers, true, null, [lists]) and as text otherwise."""
+    if value.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise fail(f"{flag}: not a JSON object ({exc.msg}): {value!r}") from None
+        if not isinstance(parsed, dict):
+            raise fail(f"{flag}: give a JSON object, got {value!r}")
+        return parsed
+    mapping: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"{flag} {value!r}: use key=value pairs, e.g. size=14,grayscale=true")
+        try:
+            mapping[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            mapping[key.strip()] = text
+    return mapping
+
+
 @app.command()
 def run(
     config: Annotated[
@@ -84,9 +107,17 @@ def run(
     api: Annotated[
         str | None, typer.Option(help=f"Variation API: {_names(API_REGISTRY)} [default: drawtext]")
     ] = None,
+    api_config: Annotated[
+        str | None,
+        typer.Option(help="API parameters: JSON or key=value,... (over the config file's)"),
+    ] = None,
     embedding: Annotated[
         str | None,
         typer.Option(help=f"Embedder: {_names(EMBEDDER_REGISTRY)} [default: raw-pixels]"),
+    ] = None,
+    embedding_config: Annotated[
+        str | None,
+        typer.Option(help="Embedder parameters: JSON or key=value,... (e.g. size=14)"),
     ] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon [default: 1]")] = None,
     delta: Annotated[float | None, typer.Option(help="Target delta [default: 1e-6]")] = None,
@@ -199,6 +230,13 @@ def run(
         "seed": seed,
     }
     settings.update({key: value for key, value in flags.items() if value is not None})
+    # Parameter flags add to (and override keys of) the config file's parameters.
+    for key, flag, value in (
+        ("api_config", "--api-config", api_config),
+        ("embedding_config", "--embedding-config", embedding_config),
+    ):
+        if value is not None:
+            settings[key] = {**settings.get(key, {}), **_parse_mapping(flag, value)}
     if insecure_test_noise:
         settings["insecure_test_noise"] = True
     if no_privacy:

@@ -266,6 +266,24 @@ def test_a_run_piped_to_a_log_prints_a_line_per_iteration(tmp_path, image_run):
     assert "eps 2/2" in lines[-1] and "eta 0 s" in lines[-1]
 
 
+def test_parameters_are_flags_too(tmp_path, image_run):
+    """The README says every option is a flag: the API's and the embedder's parameters too,
+    as JSON or key=value, over the config file's."""
+    config = _config(tmp_path, "embedding_config: {size: 10, grayscale: true}")
+    out = tmp_path / "out"
+    privevo(
+        "run", "--data", str(image_run["private"]), "--out", str(out), "-c", str(config),
+        "--embedding-config", "size=14", "--api-config", '{"image_size": 28}',
+        "--iterations", "1", "--num-samples", "40", "--epsilon", "2", "--quiet",
+    )  # fmt: skip
+    job = json.loads((out / "privacy_report.json").read_text())["job"]
+    assert job["embedding_config"] == {"size": 14, "grayscale": True}
+    assert job["api_config"] == {"image_size": 28}
+    bad = privevo("run", "--data", str(image_run["private"]), "--out", str(tmp_path / "o"),
+                  "--api-config", "{not json", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--api-config: not a JSON object" in bad.stderr
+
+
 def test_a_run_whose_ledger_was_deleted_does_not_resume(tmp_path, image_run):
     """The issue's case: deleting the ledger of a finished run and resuming produced a report
     of "DP", 1 release and a third of the epsilon for the same synthetic data."""
