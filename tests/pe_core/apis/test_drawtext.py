@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -297,19 +298,27 @@ def test_glyph_masks_equal_the_imagedraw_reference(digits: DrawText) -> None:
         )
 
 
-def test_rendering_keeps_no_font_face_open(digits: DrawText) -> None:
+def test_rendering_keeps_no_font_face_open(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every open FreeType face maps its font file (~125 KB resident each); a run meets
     # thousands of (font, size) pairs, so faces must not outlive the render that needed them.
-    def open_faces() -> int:
-        gc.collect()
-        # type(), not isinstance(): an isinstance check reads __class__ of every object, and
-        # some of torch's (loaded by earlier tests) warn when asked.
-        return sum(type(o) is ImageFont.FreeTypeFont for o in gc.get_objects())
+    opened: weakref.WeakSet[ImageFont.FreeTypeFont] = weakref.WeakSet()
+    count = 0
+    truetype = ImageFont.truetype
 
-    before = open_faces()
-    samples = digits.random(6, 300, np.random.default_rng(12))
-    digits.variations(samples, 1.0, np.random.default_rng(13), 3)
-    assert open_faces() <= before
+    def tracked(*args: object, **kwargs: object) -> ImageFont.FreeTypeFont:
+        nonlocal count
+        face = truetype(*args, **kwargs)  # type: ignore[arg-type]
+        opened.add(face)
+        count += 1
+        return face
+
+    monkeypatch.setattr(ImageFont, "truetype", tracked)
+    api = DrawText(DIGITS, font_paths=[dejavu_sans()])  # a fresh glyph cache
+    samples = api.random(6, 300, np.random.default_rng(12))
+    api.variations(samples, 1.0, np.random.default_rng(13), 3)
+    gc.collect()
+    assert count >= 10  # one face per size at least
+    assert len(opened) == 0
 
 
 def test_variations_are_the_single_calls_bit_for_bit(digits: DrawText) -> None:
