@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 REDIS = ("127.0.0.1", 6379)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def answers(address: tuple[str, int]) -> bool:
@@ -91,3 +93,28 @@ def server(tmp_path_factory) -> Iterator[Server]:
     server.start()
     yield server
     server.stop()
+
+
+@contextmanager
+def gateway_with_worker(home: Path, database_url: str, broker_url: str) -> Iterator[Server]:
+    """``privevo serve`` and one real Celery worker (solo pool, queue cpu), sharing a home, a
+    database and a broker; each test module passes a Redis database of its own, so that no
+    other module's worker takes its messages. Skips where Redis does not answer."""
+    if not answers(REDIS):
+        pytest.skip("Redis does not answer on 127.0.0.1:6379 (make test starts one)")
+    server = Server(home, database_url=database_url)
+    server.env["PRIVEVO_BROKER_URL"] = broker_url
+    server.start()  # it migrates the database before it answers
+    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+               "-P", "solo", "-Q", "cpu", "--loglevel", "warning",
+               "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
+    with (home / "worker.log").open("wb") as sink:
+        worker = subprocess.Popen(
+            command, env=server.env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        yield server
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        server.stop()

@@ -9,8 +9,6 @@ only, never into the result zip.
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -21,11 +19,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import digits_28
-from tests.servers import REDIS, Server, answers
+from tests.servers import Server, gateway_with_worker
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 # A broker database of its own: other modules' gateways send to databases 12 and 13.
 BROKER_URL = "redis://127.0.0.1:6379/11"
 JOB_TIMEOUT_S = 180
@@ -36,25 +33,8 @@ FAST = {"iterations": ITERATIONS, "num_samples": 40, "embedding_config": {"size"
 @pytest.fixture(scope="module")
 def gateway(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``privevo serve`` and one worker, sharing a home, a database and a broker."""
-    if not answers(REDIS):
-        pytest.skip("Redis does not answer on 127.0.0.1:6379 (make test starts one)")
-    server = Server(tmp_path_factory.mktemp("service"), database_url=db_url)
-    server.env["PRIVEVO_BROKER_URL"] = BROKER_URL
-    server.start()  # it migrates the database before it answers
-    log = server.home / "worker.log"
-    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-               "-P", "solo", "-Q", "cpu", "--loglevel", "warning",
-               "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
-    with log.open("wb") as sink:
-        worker = subprocess.Popen(
-            command, env=server.env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
+    with gateway_with_worker(tmp_path_factory.mktemp("service"), db_url, BROKER_URL) as server:
         yield server
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
-        server.stop()
 
 
 @pytest.fixture(scope="module")

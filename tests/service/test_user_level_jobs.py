@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -17,11 +15,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import digits_28
-from tests.servers import REDIS, Server, answers
+from tests.servers import Server, gateway_with_worker
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 # A broker database of its own: the other modules' gateways send to database 13, and their
 # messages must not reach this module's worker (nor this module's theirs).
 BROKER_URL = "redis://127.0.0.1:6379/12"
@@ -32,25 +29,8 @@ ITERATIONS, VOTES_PER_USER = 2, 2
 @pytest.fixture(scope="module")
 def gateway(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``privevo serve`` and one worker, sharing a home, a database and a broker."""
-    if not answers(REDIS):
-        pytest.skip("Redis does not answer on 127.0.0.1:6379 (make test starts one)")
-    server = Server(tmp_path_factory.mktemp("service"), database_url=db_url)
-    server.env["PRIVEVO_BROKER_URL"] = BROKER_URL
-    server.start()  # it migrates the database before it answers
-    log = server.home / "worker.log"
-    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-               "-P", "solo", "-Q", "cpu", "--loglevel", "warning",
-               "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
-    with log.open("wb") as sink:
-        worker = subprocess.Popen(
-            command, env=server.env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
+    with gateway_with_worker(tmp_path_factory.mktemp("service"), db_url, BROKER_URL) as server:
         yield server
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
-        server.stop()
 
 
 def npz(**arrays: np.ndarray) -> bytes:
