@@ -50,6 +50,25 @@ def _validation_message(what: str, exc: ValidationError) -> str:
     return f"{what}:\n" + "\n".join(lines)
 
 
+# The options `run` and `audit` share, declared once.
+IterationsOption = Annotated[
+    int | None, typer.Option("--iterations", "-T", help="Noisy releases T [default: 4]")
+]
+NumSamplesOption = Annotated[
+    int | None, typer.Option(help="Synthetic samples in all [default: 2000]")
+]
+LookaheadOption = Annotated[int | None, typer.Option(help="Lookahead L [default: 0]")]
+KOption = Annotated[int | None, typer.Option(help="Neighbours per record [default: 1]")]
+EmbeddingOption = Annotated[
+    str | None,
+    typer.Option(help=f"Embedder: {_names(EMBEDDER_REGISTRY)} [default: raw-pixels]"),
+]
+NnBackendOption = Annotated[
+    str | None,
+    typer.Option(help=f"{' | '.join(backend_names())} (triton: CUDA only) [default: auto]"),
+]
+
+
 def _parse_fractions(value: str) -> str | dict[str, float]:
     if value in ("uniform", "dp"):
         return value
@@ -111,27 +130,20 @@ def run(
         str | None,
         typer.Option(help="API parameters: JSON or key=value,... (over the config file's)"),
     ] = None,
-    embedding: Annotated[
-        str | None,
-        typer.Option(help=f"Embedder: {_names(EMBEDDER_REGISTRY)} [default: raw-pixels]"),
-    ] = None,
+    embedding: EmbeddingOption = None,
     embedding_config: Annotated[
         str | None,
         typer.Option(help="Embedder parameters: JSON or key=value,... (e.g. size=14)"),
     ] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon [default: 1]")] = None,
     delta: Annotated[float | None, typer.Option(help="Target delta [default: 1e-6]")] = None,
-    iterations: Annotated[
-        int | None, typer.Option("--iterations", "-T", help="Noisy releases T [default: 4]")
-    ] = None,
-    num_samples: Annotated[
-        int | None, typer.Option(help="Synthetic samples in all [default: 2000]")
-    ] = None,
-    lookahead: Annotated[int | None, typer.Option(help="Lookahead L [default: 0]")] = None,
+    iterations: IterationsOption = None,
+    num_samples: NumSamplesOption = None,
+    lookahead: LookaheadOption = None,
     threshold: Annotated[
         float | None, typer.Option(help="Vote threshold H [default: 2 sigma]")
     ] = None,
-    k: Annotated[int | None, typer.Option(help="Neighbours per record [default: 1]")] = None,
+    k: KOption = None,
     selection: Annotated[str | None, typer.Option(help="sample | rank [default: sample]")] = None,
     folds: Annotated[int | None, typer.Option(help="Variations per selected sample")] = None,
     keep_selected: Annotated[
@@ -162,10 +174,7 @@ def run(
         int | None,
         typer.Option(help="User unit: labels one user is counted in by dp fractions [1]"),
     ] = None,
-    nn_backend: Annotated[
-        str | None,
-        typer.Option(help=f"{' | '.join(backend_names())} (triton: CUDA only) [default: auto]"),
-    ] = None,
+    nn_backend: NnBackendOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of generation and selection")] = None,
     insecure_test_noise: Annotated[
         bool,
@@ -279,22 +288,12 @@ def audit(
     ] = None,
     epsilon: Annotated[float | None, typer.Option(help="Claimed epsilon [default: 1]")] = None,
     delta: Annotated[float | None, typer.Option(help="Claimed delta [default: 1e-6]")] = None,
-    iterations: Annotated[
-        int | None, typer.Option("--iterations", "-T", help="Noisy releases T [default: 4]")
-    ] = None,
-    num_samples: Annotated[
-        int | None, typer.Option(help="Synthetic samples in all [default: 2000]")
-    ] = None,
-    lookahead: Annotated[int | None, typer.Option(help="Lookahead L [default: 0]")] = None,
-    k: Annotated[int | None, typer.Option(help="Neighbours per record [default: 1]")] = None,
-    embedding: Annotated[
-        str | None,
-        typer.Option(help=f"Embedder: {_names(EMBEDDER_REGISTRY)} [default: raw-pixels]"),
-    ] = None,
-    nn_backend: Annotated[
-        str | None,
-        typer.Option(help=f"{' | '.join(backend_names())} (triton: CUDA only) [default: auto]"),
-    ] = None,
+    iterations: IterationsOption = None,
+    num_samples: NumSamplesOption = None,
+    lookahead: LookaheadOption = None,
+    k: KOption = None,
+    embedding: EmbeddingOption = None,
+    nn_backend: NnBackendOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the run's generation")] = None,
     canaries: Annotated[
         int, typer.Option("--canaries", "-m", help="m: canary records, each in with prob. 1/2")
