@@ -508,7 +508,9 @@ def serve(
     # process at once and leave the worker running).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(
+            create_app(settings), host=host, port=port, log_level="info", **settings.uvicorn_options
+        )
     finally:
         if worker is not None:
             _stop_owned(worker)
@@ -560,19 +562,88 @@ def worker(
     os.execv(command[0], command)
 
 
-@keys_app.command("create")
-def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant name; created when new")],
-) -> None:
-    """Create an API key for a tenant and print it (only its hash is stored)."""
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _parse_duration(value: str) -> int:
+    """Seconds in a duration such as ``90m``, ``12h``, ``30d`` or ``2w``."""
+    number, unit = value[:-1], value[-1:].lower()
+    if unit not in _DURATION_UNITS or not number.isdigit() or int(number) == 0:
+        raise fail(
+            f"--expires-in {value!r}: give a whole number and a unit, one of "
+            f"{', '.join(_DURATION_UNITS)} (e.g. 30d, 12h)"
+        )
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def _key_sessions() -> Any:
     from service import db
 
     settings = _service_settings()
-    sessions = db.make_session_factory(db.make_engine(settings.resolved_database_url))
-    with sessions() as session:
+    return db.make_session_factory(db.make_engine(settings.resolved_database_url))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name; created when new")],
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="The key stops working after this long: 90m, 12h, 30d, 2w"),
+    ] = None,
+) -> None:
+    """Create an API key for a tenant and print it (only its hash is stored)."""
+    from datetime import UTC, datetime, timedelta
+
+    from service import db
+
+    expires_at = None
+    if expires_in is not None:
+        expires_at = datetime.now(UTC) + timedelta(seconds=_parse_duration(expires_in))
+    with _key_sessions()() as session:
         owner = db.tenant_named(session, tenant)
-        _, key = db.create_api_key(session, owner.id)
+        _, key = db.create_api_key(session, owner.id, expires_at=expires_at)
     typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str, typer.Option(help="Tenant name")]) -> None:
+    """List a tenant's keys: prefix, created, expires, revoked (never the keys)."""
+    from sqlalchemy import select
+
+    from service import db
+
+    with _key_sessions()() as session:
+        with db.read_transaction(session):
+            statement = select(db.Tenant.id).where(db.Tenant.name == tenant)
+            owners = list(session.scalars(statement))
+        if not owners:
+            raise fail(f"no tenant is called {tenant!r}")
+        keys = [key for owner in owners for key in db.list_api_keys(session, owner)]
+
+    def when(moment: Any) -> str:
+        return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+    typer.echo(f"{'prefix':<14}{'created':<22}{'expires':<22}revoked")
+    for key in keys:
+        typer.echo(
+            f"{key.prefix:<14}{when(key.created_at):<22}{when(key.expires_at):<22}"
+            f"{when(key.revoked_at)}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix, as `keys list` shows it")],
+) -> None:
+    """Revoke a key: the API and the console refuse it (401) from the next request on."""
+    from service import db
+
+    with _key_sessions()() as session:
+        try:
+            row = db.revoke_api_key_by_prefix(session, prefix)
+        except (db.NotFound, ValueError) as exc:
+            raise fail(str(exc)) from None
+    typer.echo(f"revoked {row.prefix}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ their code and sends each job's task by name to the queue stored on its row
 (:mod:`service.broker`).
 """
 
+import hmac
 import io
 import secrets
 import time
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pe_core.checks import JobRefused, check_job
 from pe_core.errors import PrivevoError
 from pe_core.samples import DataShape
-from service import db
+from service import db, guards
 from service.audits import AuditUnavailable, check_audit, read_audit
 from service.broker import make_celery, prepare_broker, queue_for, send_job
 from service.console import mount_console
@@ -57,6 +58,7 @@ from service.schemas import (
     JobCreate,
     JobList,
     JobPublic,
+    ValidationErrorBody,
 )
 from service.security import parse_bearer
 from service.settings import Settings
@@ -89,9 +91,17 @@ REPORT_HEADERS = {
 # more than the file limit plus this is refused before it is read.
 _FORM_OVERHEAD = 1024 * 1024
 SSE_POLL_S = 0.5
+MAX_EVENT_ID = 2**63 - 1
+"""The largest event cursor or Last-Event-ID asked for (a 64-bit integer); above, 422."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted by name in /metrics; any other is counted as "other" (labels stay bounded
+whatever clients send)."""
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)
+    code: {"model": ValidationErrorBody if code == 422 else ErrorBody}
+    for code in (400, 401, 404, 409, 413, 415, 422, 503)
 }
+_QUOTA_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 429: {"model": ErrorBody}}
+"""The errors of a create that a tenant's quota may refuse (429, with Retry-After)."""
 
 
 def celery_enqueue(settings: Settings) -> Enqueue:
@@ -125,19 +135,39 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         lifespan=lifespan,
         docs_url=None,  # service.console serves /docs and /redoc from local files
         redoc_url=None,
+        # Every body but an upload's (whose route streams it under its own limit) is refused
+        # past this before it is parsed: a 50 MB JSON body once took 2 s of a worker thread.
+        max_body_size=settings.max_body_bytes,
     )
     app.state.sessions = sessions
     app.state.storage = storage
-    _install_error_handlers(app)
-    _install_metrics(app, sessions)
+    guards.install(app)
+    _install_error_handlers(app, settings)
+    _install_metrics(app, sessions, settings)
     _add_routes(app, settings, sessions, storage, send)
-    mount_console(app, storage)
+    mount_console(app, storage, upload_limit=_upload_backstop(settings))
     return app
 
 
-def _install_metrics(app: FastAPI, sessions: sessionmaker[Session]) -> None:
-    """Prometheus metrics on ``GET /metrics``: requests by route and status, their latency,
-    and jobs by status. One registry per app, so several apps can live in one process."""
+def _upload_backstop(settings: Settings) -> int:
+    """The framework's body limit on the upload routes: a backstop at twice their own.
+
+    Those routes read the body as a stream and refuse it themselves, with a message naming
+    the limit, by its Content-Length and as the file passes ``max_upload_bytes``. Starlette's
+    limit replaces any answer to a body declared above it with a bare 413, so it must sit
+    above theirs to let their message through.
+    """
+    return 2 * (settings.max_upload_bytes + _FORM_OVERHEAD)
+
+
+def _install_metrics(app: FastAPI, sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Prometheus metrics on ``GET /metrics``: requests by method, route and status, their
+    latency, and jobs by status. One registry per app, so several apps can live in one process.
+
+    They count every tenant's requests and jobs, so they are the operator's alone: served
+    only with ``Authorization: Bearer <PRIVEVO_METRICS_TOKEN>``, and not at all (404) when no
+    token is set. Labels are bounded whatever clients send: route templates (never raw
+    paths), known methods (any other counts as "other") and status codes."""
     registry = CollectorRegistry()
     requests = Counter(
         "privevo_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
@@ -153,12 +183,26 @@ def _install_metrics(app: FastAPI, sessions: sessionmaker[Session]) -> None:
         response: Response = await call_next(request)
         route = request.scope.get("route")
         template = getattr(route, "path", "unmatched")
-        requests.labels(request.method, template, str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else "other"
+        requests.labels(method, template, str(response.status_code)).inc()
         latency.labels(template).observe(time.perf_counter() - started)
         return response
 
+    token = settings.metrics_token
+
     @app.get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        if token is None:
+            return JSONResponse(
+                {"detail": "metrics are off: the operator sets PRIVEVO_METRICS_TOKEN"}, 404
+            )
+        given = parse_bearer(authorization) or ""
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            return JSONResponse(
+                {"detail": "metrics need the operator's token: Authorization: Bearer <token>"},
+                401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         with sessions() as s, db.read_transaction(s):
             counts = dict(
                 s.execute(select(db.Job.status, func.count()).group_by(db.Job.status)).all()
@@ -168,7 +212,7 @@ def _install_metrics(app: FastAPI, sessions: sessionmaker[Session]) -> None:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     statuses: list[tuple[type[Exception], int]] = [
         (db.NotFound, 404),
         (db.BudgetExceeded, 409),
@@ -194,6 +238,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
     app.add_exception_handler(UploadRejected, rejected)
+
+    def over_quota(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=429,
+            headers={"Retry-After": str(settings.quota_retry_after_s)},
+        )
+
+    app.add_exception_handler(db.QuotaExceeded, over_quota)
 
 
 def _add_routes(
@@ -258,8 +311,9 @@ def _add_routes(
         status_code=201,
         operation_id="createDataset",
         tags=["datasets"],
-        responses=_ERRORS,
+        responses=_QUOTA_ERRORS,
         openapi_extra={"requestBody": DatasetForm.request_body()},
+        max_body_size=_upload_backstop(settings),
     )
     async def create_dataset(request: Request, s: Db, owner: Tenant) -> DatasetPublic:
         """Uploads a private dataset with its privacy budget cap, or held-out data.
@@ -275,7 +329,8 @@ def _add_routes(
         datasets of the tenant of the same unit, deleted ones included, joins their budget and
         cannot raise its cap (409); otherwise it gets a budget of its own. Record-level and
         user-level data never share a budget. Caps above the server's maximum are refused
-        (422)."""
+        (422). An upload that would take the tenant's stored data past its quota is refused
+        (429, with Retry-After)."""
         # The body is parsed as it arrives, not spooled first: the file goes straight into
         # storage, refused (413) as soon as it passes the limit, and a wrong API key is refused
         # before any of it is read.
@@ -288,6 +343,14 @@ def _add_routes(
             raise UploadRejected(
                 413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes"
             )
+        quota = db.storage_quota(s, owner, settings.max_stored_bytes)
+        if quota is not None and declared is not None and declared.isdigit():
+            # Refused before a byte is stored when the body alone would pass the quota (a
+            # form adds at most its overhead to the file); the quota is checked again, exactly
+            # and under the tenant's lock, once the file is stored.
+            used, size = db.stored_bytes(s, owner), max(int(declared) - _FORM_OVERHEAD, 0)
+            if used + size > quota:
+                raise db.QuotaExceeded("max_stored_bytes", db.storage_message(used, size, quota))
         prefix = f"uploads/{secrets.token_hex(16)}"
         received = await receive_form(
             request.stream(),
@@ -330,6 +393,8 @@ def _add_routes(
                 digests=summary.record_digests,
                 user_column=form.user_column,
                 role=form.role,
+                size_bytes=stored.size,
+                max_stored_bytes=settings.max_stored_bytes,
             )
         except BaseException:
             storage.delete_prefix(prefix)  # nothing half-stored
@@ -382,7 +447,11 @@ def _add_routes(
         return Response(status_code=204)
 
     @app.post(
-        "/v1/jobs", status_code=202, operation_id="createJob", tags=["jobs"], responses=_ERRORS
+        "/v1/jobs",
+        status_code=202,
+        operation_id="createJob",
+        tags=["jobs"],
+        responses=_QUOTA_ERRORS,
     )
     def create_job(
         body: JobCreate,
@@ -407,7 +476,10 @@ def _add_routes(
         With ``audit`` the job is an empirical privacy audit (``GET /v1/jobs/{id}/audit``),
         refused (422) before anything is reserved for an API without canaries (drawtext
         has them), user-level data, or more guesses than canaries. It is a run on the
-        dataset and spends its budget like any job: audit on a public stand-in."""
+        dataset and spends its budget like any job: audit on a public stand-in.
+
+        A tenant with its quota of queued jobs (``PRIVEVO_MAX_QUEUED_JOBS`` or its own) is
+        refused with 429 and Retry-After until some have started."""
         if body.no_privacy:
             raise PrivevoError("the service runs private jobs only; no_privacy is for the CLI")
         repeated = idempotency_key is not None and _job_with_key(s, owner, idempotency_key)
@@ -438,6 +510,7 @@ def _add_routes(
             iterations=body.iterations,
             queue=queue_for(body),
             eval_dataset_id=body.eval_dataset_id,
+            max_queued_jobs=settings.max_queued_jobs,
         )
         if not repeated:
             enqueue(job.id, job.queue)
@@ -468,13 +541,16 @@ def _add_routes(
         job_id: str,
         s: Db,
         owner: Tenant,
-        cursor: Annotated[int, Query(ge=0)] = 0,
+        cursor: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         accept: Annotated[str | None, Header()] = None,
-        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+        last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
     ) -> Any:
         """A page of the job's events; with ``Accept: text/event-stream``, server-sent events
-        from ``cursor`` (or ``Last-Event-ID``) on, until the job has ended."""
+        from ``cursor`` (or ``Last-Event-ID``) on, until the job has ended.
+
+        Event ids number the job's own events (1, 2, 3...), so they tell nothing of other
+        jobs or tenants; an id is the cursor (and ``Last-Event-ID``) to resume after it."""
         page = db.list_events(s, owner, job_id, after=cursor, limit=limit)
         if accept is not None and "text/event-stream" in accept:
             start = last_event_id if last_event_id is not None else cursor
@@ -584,15 +660,24 @@ def _add_routes(
 def _event_stream(
     sessions: sessionmaker[Session], tenant_id: str, job_id: str, after: int
 ) -> Iterator[str]:
-    """Server-sent events of one job, polled from the database, ending once the job has."""
+    """Server-sent events of one job, polled from the database, ending once the job has.
+
+    A database outage ends the stream (its status is sent already, so no 503 can be): the
+    client reconnects with ``Last-Event-ID`` and resumes after the last event it got.
+    """
     while True:
-        with sessions() as s:
-            final = db.get_job(s, tenant_id, job_id).status in db.FINAL_STATUSES
-            page = db.list_events(s, tenant_id, job_id, after=after, limit=100)
+        try:
+            with sessions() as s:
+                final = db.get_job(s, tenant_id, job_id).status in db.FINAL_STATUSES
+                page = db.list_events(s, tenant_id, job_id, after=after, limit=100)
+        except Exception as exc:
+            if guards.is_outage(exc):
+                return
+            raise
         for event in page.events:
             body = EventPublic.of(event).model_dump_json()
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {body}\n\n"
-            after = event.id
+            yield f"id: {event.seq}\nevent: {event.kind}\ndata: {body}\n\n"
+            after = event.seq
         if page.next_after is None and final:
             return
         if page.next_after is None:

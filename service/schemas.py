@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pe_core.audit import DEFAULT_CANARIES, DEFAULT_GUESSES
 from pe_core.config import PeJob
@@ -14,7 +14,26 @@ from service.db.models import COLUMN_LENGTH
 
 
 class ErrorBody(BaseModel):
+    """An error: ``detail`` says what is wrong and how to fix it."""
+
     detail: str
+
+
+class FieldError(BaseModel):
+    """One problem of a request, located (FastAPI's validation error)."""
+
+    type: str
+    loc: list[str | int] = Field(description="Where: body, query, path or header, then names")
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    """A 422: FastAPI's list of located problems, or one message when each field is valid but
+    the request cannot run as a whole (a job its dataset cannot run, a cap above the limit)."""
+
+    detail: list[FieldError] | str
 
 
 class BudgetPublic(BaseModel):
@@ -116,6 +135,14 @@ class DatasetForm(BaseModel):
         "naming each record's user; its jobs then protect all records of one user. Image "
         "folders and zips name no users",
     )
+
+    @field_validator("name", "text_column", "label_column", "user_column")
+    @classmethod
+    def _without_nul(cls, value: str | None) -> str | None:
+        # PostgreSQL refuses NUL in text, and no file's column can be named with one.
+        if value is not None and "\x00" in value:
+            raise ValueError("may not contain a NUL character (\\x00): remove it")
+        return value
 
     def role_problems(self) -> list[dict[str, Any]]:
         """What the fields sent do not allow for the role, as FastAPI reports invalid fields."""
@@ -259,14 +286,16 @@ class JobList(BaseModel):
 
 
 class EventPublic(BaseModel):
-    id: int
+    id: int = Field(description="The event's number in its job: 1, 2, 3... (the cursor)")
     kind: str
     payload: dict[str, Any]
     created_at: datetime
 
     @classmethod
     def of(cls, event: JobEvent) -> EventPublic:
-        return cls.model_validate(event, from_attributes=True)
+        return cls(
+            id=event.seq, kind=event.kind, payload=event.payload, created_at=event.created_at
+        )
 
 
 class EventList(BaseModel):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
@@ -21,13 +22,50 @@ class Settings(BaseSettings):
     (Redis), whose visibility timeout gives redelivery when a worker dies.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PRIVEVO_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PRIVEVO_", extra="ignore", env_parse_none_str="none"
+    )
 
     home: Path = Field(DEFAULT_HOME, description="Folder for the embedded defaults below")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
     broker_url: str = Field("filesystem://", description="Celery broker; redis://... in production")
     storage_root: Path | None = Field(None, description="Local storage folder; default in home")
     max_upload_bytes: int = Field(2 * 1024**3, gt=0)
+    max_body_bytes: int = Field(
+        1024**2,
+        gt=0,
+        description="The largest request body other than an upload (a job's JSON, a console "
+        "form): refused with 413 by its Content-Length, or as soon as it passes this",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="The largest request line plus headers `privevo serve` reads (uvicorn's h11 "
+        "limit); a longer request head is refused with 4xx before it reaches the app",
+    )
+    max_queued_jobs: int | None = Field(
+        100,
+        ge=0,
+        description="A tenant's most queued jobs: another create is refused (429, Retry-After) "
+        "until some start; a tenant's own quota, where the operator set one, takes its place; "
+        "'none' for no limit",
+    )
+    max_stored_bytes: int | None = Field(
+        20 * 1024**3,
+        ge=0,
+        description="A tenant's most bytes of undeleted uploads: an upload past it is refused "
+        "(429, Retry-After); a tenant's own quota, where set, takes its place; 'none' for none",
+    )
+    quota_retry_after_s: int = Field(
+        60, gt=0, description="The Retry-After of a 429 from a quota, in seconds"
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="The operator's token for GET /metrics (Authorization: Bearer <token>); "
+        "without one /metrics is off (404). Metrics count every tenant's requests and jobs, "
+        "so no tenant's API key reads them",
+    )
     task_time_limit_s: int = Field(
         24 * 3600,
         ge=2,
@@ -96,6 +134,11 @@ class Settings(BaseSettings):
             require_declared_labels=self.require_declared_labels,
             allow_insecure_test_noise=self.allow_insecure_test_noise,
         )
+
+    @property
+    def uvicorn_options(self) -> dict[str, Any]:
+        """How ``privevo serve`` runs uvicorn: h11, with the request head capped."""
+        return {"http": "h11", "h11_max_incomplete_event_size": self.max_header_bytes}
 
     @property
     def resolved_database_url(self) -> str:

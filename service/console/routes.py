@@ -139,7 +139,7 @@ def templates() -> jinja2.Environment:
     return env
 
 
-def console_router(console: Console) -> APIRouter:
+def console_router(console: Console, upload_limit: int | None = None) -> APIRouter:
     """The console's routes, under ``/console``; :func:`mount` adds them with the rest."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False, route_class=_SecureRoute)
 
@@ -219,7 +219,7 @@ def console_router(console: Console) -> APIRouter:
     async def datasets(request: Request, session: Signed) -> HTMLResponse:
         return await _datasets_page(console, request, session, api_json)
 
-    @router.post("/datasets")
+    @router.post("/datasets", max_body_size=upload_limit)
     async def upload(request: Request) -> Response:
         session = signed_in(request)  # before a byte of the body is read
         try:
@@ -351,10 +351,14 @@ def console_router(console: Console) -> APIRouter:
     return router
 
 
-def mount(app: FastAPI, storage: Storage) -> None:
-    """Adds the console (``/console``), its static files and its error pages to the gateway."""
+def mount(app: FastAPI, storage: Storage, *, upload_limit: int | None = None) -> None:
+    """Adds the console (``/console``), its static files and its error pages to the gateway.
+
+    ``upload_limit`` is the largest body the upload form's route reads (it streams the file on
+    to ``/v1/datasets``); every other console route keeps the app's body limit.
+    """
     console = Console(ApiBridge(app), storage, SessionStore(), templates())
-    app.include_router(console_router(console))
+    app.include_router(console_router(console, upload_limit))
     app.mount(
         f"{PREFIX}/static", NosniffStaticFiles(directory=HERE / "static"), name="console-static"
     )

@@ -96,6 +96,7 @@ from service.db.errors import (
     IdempotencyConflict,
     JobFinished,
     NotFound,
+    QuotaExceeded,
     ReleaseConflict,
     ReservationExceeded,
     WrongRole,
@@ -107,6 +108,7 @@ from service.db.models import (
     Job,
     RecordDigest,
     Release,
+    Tenant,
     utcnow,
 )
 from service.db.queries import (
@@ -157,6 +159,22 @@ class BudgetStatus:
     active_jobs: int
 
 
+def _check_queued_jobs(session: Session, tenant_id: str, default: int | None) -> None:
+    """Raises QuotaExceeded when the tenant has its quota of queued jobs (under its lock)."""
+    own = session.scalar(select(Tenant.max_queued_jobs).where(Tenant.id == tenant_id))
+    limit = default if own is None else own
+    if limit is None:
+        return
+    statement = select(func.count()).where(Job.tenant_id == tenant_id, Job.status == "queued")
+    queued = session.scalar(statement) or 0
+    if queued >= limit:
+        raise QuotaExceeded(
+            "max_queued_jobs",
+            f"you have {queued} queued jobs, the most allowed (max_queued_jobs = {limit}); "
+            "retry once some have started, cancel some, or ask the operator for more",
+        )
+
+
 def reserve(
     session: Session,
     tenant_id: str,
@@ -169,6 +187,7 @@ def reserve(
     iterations: int,
     queue: str = "cpu",
     eval_dataset_id: str | None = None,
+    max_queued_jobs: int | None = None,
 ) -> Job:
     """Creates a queued job holding ``(epsilon, delta)`` of its dataset's budget, atomically.
 
@@ -188,6 +207,9 @@ def reserve(
         eval_dataset_id: a held-out dataset of the tenant to evaluate the job on, or None.
             The gateway checks it first (``service.evaluation.check_eval_dataset``); here a
             foreign key holds it to the tenant.
+        max_queued_jobs: the most queued jobs the tenant may have, counted under its lock, so
+            concurrent creates cannot pass it together; the tenant's own quota takes its
+            place where the operator set one. None: no limit.
 
     Returns:
         The new (or idempotently repeated) job.
@@ -197,6 +219,8 @@ def reserve(
         WrongRole: the dataset is held-out: it is never a job's private input.
         BudgetExceeded: the job does not fit; the message names what is left.
         IdempotencyConflict: the key was used for a different request.
+        QuotaExceeded: the tenant has its quota of queued jobs (a retry of a created job
+            still gets that job).
     """
     _check_epsilon(epsilon)
     _check_delta(delta)
@@ -216,6 +240,7 @@ def reserve(
                 raise NotFound(f"dataset {dataset_id} not found")
             if dataset.budget_id is None:
                 raise WrongRole(held_out_input(dataset_id))
+            _check_queued_jobs(session, tenant_id, max_queued_jobs)
             status = _status(session, Budget.id == dataset.budget_id)
             fits = _within(epsilon, status.epsilon_remaining, status.epsilon_cap) and _within(
                 delta, status.delta_remaining, status.delta_cap

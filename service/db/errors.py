@@ -71,3 +71,16 @@ class InvalidCursor(PrivevoError, ValueError):
 class WrongRole(PrivevoError):
     """A dataset is used for what its role forbids: held-out data as a job's private input, or
     private data as a job's evaluation data (answered 422, before anything is reserved)."""
+
+
+class QuotaExceeded(PrivevoError):
+    """A tenant is at one of its quotas (queued jobs, stored upload bytes): answered 429 with
+    Retry-After, since the quota frees up as jobs start and data is deleted.
+
+    Attributes:
+        limit: the quota's name, as the operator sets it (``max_queued_jobs``...).
+    """
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit

@@ -145,6 +145,8 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     max_epsilon_cap: Mapped[float | None] = mapped_column(Double())
     max_delta_cap: Mapped[float | None] = mapped_column(Double())
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class TenantSecret(Base):
@@ -165,7 +167,8 @@ class ApiKey(Base):
     """An API key of a tenant. Only its sha256 is stored; ``prefix`` is shown to humans.
 
     Keys are 256-bit random secrets, so a plain sha256 (not a slow password hash) suffices:
-    nothing about the key can be guessed from its hash.
+    nothing about the key can be guessed from its hash. A key is refused from ``revoked_at``
+    or ``expires_at`` on, whichever comes first (None: never).
     """
 
     __tablename__ = "api_keys"
@@ -179,6 +182,7 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
 
 
 class Budget(Base):
@@ -232,6 +236,8 @@ class Dataset(Base):
             upload, and its jobs run at this unit.
         user_column: the field (tables) or array (npz) naming each record's user; None for a
             record-level dataset.
+        size_bytes: of the stored upload, counted against the tenant's storage quota while
+            the dataset is not deleted (0 for uploads stored before it was recorded).
     """
 
     __tablename__ = "datasets"
@@ -279,6 +285,7 @@ class Dataset(Base):
     privacy_unit: Mapped[str] = mapped_column(String(8), default="record", server_default="record")
     user_column: Mapped[str | None] = mapped_column(String(COLUMN_LENGTH))
     role: Mapped[str] = mapped_column(String(8), default="private", server_default="private")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 
@@ -406,13 +413,22 @@ class Release(Base):
 
 
 class JobEvent(Base):
-    """An append-only event of a job; ``id`` increases, so it is the paging cursor."""
+    """An append-only event of a job.
+
+    ``seq`` numbers the job's own events 1, 2, 3...: it is the event's public id and the
+    paging cursor. The table-wide ``id`` is never shown, since it would tell any tenant how
+    many events every other tenant's jobs have made since.
+    """
 
     __tablename__ = "job_events"
-    __table_args__ = (Index(None, "job_id", "id"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint("seq >= 1", name="seq"),
+    )
 
     id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    seq: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db.errors import NotFound
-from service.db.models import Dataset, Job, JobEvent, Tenant
+from service.db.models import ID_LENGTH, Dataset, Job, JobEvent, Tenant
+
+
+def could_be_id(value: str) -> bool:
+    """Whether a row could have this id: ids are short and never hold NUL, which PostgreSQL
+    refuses in text. Anything else is not found without asking the database."""
+    return len(value) <= ID_LENGTH and "\x00" not in value
 
 
 def dataset_of_tenant(
     session: Session, tenant_id: str, dataset_id: str, *, include_deleted: bool = False
 ) -> Dataset:
     """The tenant's dataset; another tenant's, or a deleted one, is :class:`NotFound`."""
+    if not could_be_id(dataset_id):
+        raise NotFound(f"dataset {dataset_id} not found")
     statement = select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
     if not include_deleted:
         statement = statement.where(Dataset.deleted_at.is_(None))
@@ -30,6 +38,8 @@ def dataset_of_tenant(
 
 def job_of_tenant(session: Session, tenant_id: str, job_id: str) -> Job:
     """The tenant's job; another tenant's is :class:`NotFound`."""
+    if not could_be_id(job_id):
+        raise NotFound(f"job {job_id} not found")
     statement = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
     job = session.scalars(statement).one_or_none()
     if job is None:
@@ -77,8 +87,14 @@ def tenant_of_job(session: Session, job_id: str) -> str:
 
 
 def add_event(session: Session, job: Job, kind: str, payload: dict[str, Any]) -> JobEvent:
-    """Appends an event to ``job``, whose row the transaction holds locked (or created)."""
-    event = JobEvent(job_id=job.id, kind=kind, payload=payload)
+    """Appends an event to ``job``, whose row the transaction holds locked (or created).
+
+    The lock is what makes the job's next ``seq`` (its last plus one) safe to take: no other
+    transaction can append to the job until this one ends (and the unique (job, seq) pair
+    would refuse a second writer rather than let two events share a number).
+    """
+    last = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job.id))
+    event = JobEvent(job_id=job.id, seq=(last or 0) + 1, kind=kind, payload=payload)
     session.add(event)
     session.flush()
     return event

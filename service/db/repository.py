@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.budget import place_in_budget, store_digests
 from service.db.engine import read_transaction, write_transaction
-from service.db.errors import InvalidCursor, JobFinished, NotFound
+from service.db.errors import InvalidCursor, JobFinished, NotFound, QuotaExceeded
 from service.db.models import (
     COLUMN_LENGTH,
     DATASET_ROLES,
@@ -37,11 +37,19 @@ from service.db.models import (
     TenantSecret,
     utcnow,
 )
-from service.db.queries import add_event, dataset_of_tenant, job_of_tenant, lock_budgets, lock_job
+from service.db.queries import (
+    add_event,
+    could_be_id,
+    dataset_of_tenant,
+    job_of_tenant,
+    lock_budgets,
+    lock_job,
+)
 from service.digests import RecordDigests, new_digest_key
 from service.security import generate_api_key, hash_api_key
 
 MAX_EVENT_PAGE: Final = 1000
+_NOT_OUR_CURSOR: Final = "cursor is not one this server returned; start without it"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -50,9 +58,9 @@ class EventPage:
     """One page of a job's events, oldest first.
 
     Attributes:
-        events: at most ``limit`` events with ids above the requested cursor.
-        next_after: the cursor for the next page (the last event's id), or None when this page
-            reached the newest event.
+        events: at most ``limit`` events with ``seq`` above the requested cursor.
+        next_after: the cursor for the next page (the last event's ``seq``), or None when this
+            page reached the newest event.
     """
 
     events: list[JobEvent]
@@ -114,6 +122,35 @@ def set_tenant_limits(
         return tenant
 
 
+def set_tenant_quotas(
+    session: Session,
+    tenant_id: str,
+    *,
+    max_queued_jobs: int | None,
+    max_stored_bytes: int | None,
+) -> Tenant:
+    """Sets a tenant's own quotas (for the operator); None falls back to the server's
+    ``PRIVEVO_MAX_QUEUED_JOBS`` / ``PRIVEVO_MAX_STORED_BYTES``.
+
+    Raises:
+        NotFound: no such tenant.
+    """
+    for name, value in (
+        ("max_queued_jobs", max_queued_jobs),
+        ("max_stored_bytes", max_stored_bytes),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    with write_transaction(session):
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+        tenant.max_queued_jobs, tenant.max_stored_bytes = max_queued_jobs, max_stored_bytes
+        return tenant
+
+
 def tenant_digest_key(session: Session, tenant_id: str) -> bytes:
     """The key of the tenant's record digests (:mod:`service.digests`), made once per tenant.
 
@@ -137,29 +174,82 @@ def tenant_digest_key(session: Session, tenant_id: str) -> bytes:
         return secret.digest_key
 
 
-def create_api_key(session: Session, tenant_id: str, name: str | None = None) -> tuple[ApiKey, str]:
+def create_api_key(
+    session: Session,
+    tenant_id: str,
+    name: str | None = None,
+    *,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
     """Creates an API key for a tenant.
+
+    Args:
+        expires_at: when the key stops working (timezone-aware), or None for never.
 
     Returns:
         (the stored key row, the key itself): the key is shown once and never stored.
     """
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise ValueError(f"expires_at must be timezone-aware, got {expires_at!r}")
     key, prefix = generate_api_key()
     with write_transaction(session):
-        row = ApiKey(tenant_id=tenant_id, key_sha256=hash_api_key(key), prefix=prefix, name=name)
+        row = ApiKey(
+            tenant_id=tenant_id,
+            key_sha256=hash_api_key(key),
+            prefix=prefix,
+            name=name,
+            expires_at=expires_at,
+        )
         session.add(row)
         session.flush()
         return row, key
 
 
 def tenant_for_api_key(session: Session, key: str) -> Tenant | None:
-    """The tenant owning an unrevoked API key, or None."""
+    """The tenant owning an API key that is neither revoked nor expired, or None.
+
+    Checked on every request, so revoking a key (or its expiry) takes effect at once.
+    """
+    with read_transaction(session):
+        now = utcnow()
+        statement = (
+            select(Tenant)
+            .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+            .where(
+                ApiKey.key_sha256 == hash_api_key(key),
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+        return session.scalars(statement).one_or_none()
+
+
+def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    """The tenant's keys, oldest first (their hashes and prefixes; never the keys)."""
     statement = (
-        select(Tenant)
-        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_sha256 == hash_api_key(key), ApiKey.revoked_at.is_(None))
+        select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)
     )
     with read_transaction(session):
-        return session.scalars(statement).one_or_none()
+        return list(session.scalars(statement))
+
+
+def revoke_api_key_by_prefix(session: Session, prefix: str) -> ApiKey:
+    """Revokes the key with this display prefix, whichever tenant it is (for the operator).
+
+    Raises:
+        NotFound: no key has this prefix.
+        ValueError: several keys have it (48 random bits make that rare): revoke by id.
+    """
+    with write_transaction(session):
+        rows = list(session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)))
+        if not rows:
+            raise NotFound(f"no API key starts with {prefix}")
+        if len(rows) > 1:
+            raise ValueError(f"{len(rows)} keys start with {prefix}; revoke them by id")
+        row = rows[0]
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+        return row
 
 
 def revoke_api_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
@@ -196,6 +286,8 @@ def create_dataset(
     digests: RecordDigests | None = None,
     user_column: str | None = None,
     role: str = "private",
+    size_bytes: int = 0,
+    max_stored_bytes: int | None = None,
 ) -> Dataset:
     """Registers an uploaded dataset: a private one in the budget its records call for, a
     held-out one without any.
@@ -225,9 +317,14 @@ def create_dataset(
             validated with: the dataset, its budget and its jobs are then user-level; None for
             record-level (and for held-out data, always).
         role: "private" or "heldout" (see :class:`~service.db.models.Dataset`).
+        size_bytes: the stored upload's size, counted against the tenant's storage quota.
+        max_stored_bytes: the most bytes the tenant's undeleted uploads may take together,
+            this one included, checked under the tenant's lock; the tenant's own quota takes
+            its place where the operator set one. None: no limit.
 
     Raises:
         BudgetCapConflict: the data shares records with data of its unit under a smaller cap.
+        QuotaExceeded: the upload would take the tenant past its storage quota.
     """
     if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
@@ -241,9 +338,12 @@ def create_dataset(
         raise ValueError(f"delta_cap must be in (0, 1), got {delta_cap!r}")
     if user_column is not None and not 0 < len(user_column) <= COLUMN_LENGTH:
         raise ValueError(f"user_column must have 1-{COLUMN_LENGTH} characters, got {user_column!r}")
+    if size_bytes < 0:
+        raise ValueError(f"size_bytes must be >= 0, got {size_bytes!r}")
     unit = "record" if user_column is None else "user"
     with write_transaction(session):
         lock_budgets(session, tenant_id)
+        _check_stored_bytes(session, tenant_id, size_bytes, max_stored_bytes)
         budget = None
         if epsilon_cap is not None and delta_cap is not None:
             budget = Budget(
@@ -270,6 +370,7 @@ def create_dataset(
             privacy_unit=unit,
             user_column=user_column,
             role=role,
+            size_bytes=size_bytes,
         )
         session.add(dataset)
         session.flush()
@@ -278,6 +379,48 @@ def create_dataset(
         else:
             place_in_budget(session, dataset, digests, epsilon_cap=epsilon_cap, delta_cap=delta_cap)
         return dataset
+
+
+def stored_bytes(session: Session, tenant_id: str) -> int:
+    """Bytes of the tenant's undeleted uploads, as counted against its storage quota."""
+    with read_transaction(session):
+        return _stored_bytes(session, tenant_id)
+
+
+def _stored_bytes(session: Session, tenant_id: str) -> int:
+    statement = select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(
+        Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)
+    )
+    return int(session.scalar(statement) or 0)
+
+
+def storage_quota(session: Session, tenant_id: str, default: int | None) -> int | None:
+    """The tenant's storage quota in bytes: its own where the operator set one, else
+    ``default`` (None: no limit)."""
+    with read_transaction(session):
+        own = session.scalar(select(Tenant.max_stored_bytes).where(Tenant.id == tenant_id))
+    return default if own is None else own
+
+
+def _check_stored_bytes(
+    session: Session, tenant_id: str, size_bytes: int, default: int | None
+) -> None:
+    own = session.scalar(select(Tenant.max_stored_bytes).where(Tenant.id == tenant_id))
+    limit = default if own is None else own
+    if limit is None:
+        return
+    used = _stored_bytes(session, tenant_id)
+    if used + size_bytes > limit:
+        raise QuotaExceeded("max_stored_bytes", storage_message(used, size_bytes, limit))
+
+
+def storage_message(used: int, size_bytes: int, limit: int) -> str:
+    """Why an upload of ``size_bytes`` is refused with ``used`` of ``limit`` bytes stored."""
+    return (
+        f"this upload ({size_bytes} bytes) would take your stored data to {used + size_bytes} "
+        f"bytes, past your storage quota (max_stored_bytes = {limit}); delete datasets you no "
+        "longer need, or ask the operator for more"
+    )
 
 
 def get_dataset(
@@ -327,7 +470,8 @@ def list_events(
 ) -> EventPage:
     """A page of one of the tenant's job's events with ids above ``after``, oldest first.
 
-    To follow a running job, poll again with the last event's id once ``next_after`` is None.
+    To follow a running job, poll again with the last event's ``seq`` once ``next_after`` is
+    None. Cursors are the job's own event numbers, so they tell nothing of other jobs.
 
     Args:
         after: the cursor: 0 for the first page, then the previous page's ``next_after``.
@@ -342,14 +486,14 @@ def list_events(
         job_of_tenant(session, tenant_id, job_id)
         statement = (
             select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after)
-            .order_by(JobEvent.id)
+            .where(JobEvent.job_id == job_id, JobEvent.seq > after)
+            .order_by(JobEvent.seq)
             .limit(limit + 1)
         )
         events = list(session.scalars(statement))
     more = len(events) > limit
     events = events[:limit]
-    return EventPage(events=events, next_after=events[-1].id if more else None)
+    return EventPage(events=events, next_after=events[-1].seq if more else None)
 
 
 def update_progress(session: Session, job_id: str, *, iteration: int, phase: str) -> Job:
@@ -454,12 +598,20 @@ def _encode_cursor(created_at: datetime, row_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor of :func:`_encode_cursor` holds.
+
+    Anything else is refused before it reaches a query: a time without its zone (which the
+    database layer cannot place) and an id no row can have (PostgreSQL refuses NUL in text).
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, row_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(row_id)
+        when = datetime.fromisoformat(created)
     except (ValueError, TypeError) as exc:
-        raise InvalidCursor("cursor is not one this server returned; start without it") from exc
+        raise InvalidCursor(_NOT_OUR_CURSOR) from exc
+    if when.tzinfo is None or not isinstance(row_id, str) or not could_be_id(row_id):
+        raise InvalidCursor(_NOT_OUR_CURSOR)
+    return when, row_id
 
 
 def _page(session: Session, statement: Any, model: Any, cursor: str | None, limit: int) -> Page:

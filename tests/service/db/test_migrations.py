@@ -15,6 +15,8 @@ from service.db import (
     Base,
     BudgetExceeded,
     TenantSecret,
+    append_event,
+    create_api_key,
     create_dataset,
     make_engine,
     make_session_factory,
@@ -278,5 +280,69 @@ def test_datasets_made_before_revision_0008_are_private(db_url: str) -> None:
             connection.rollback()
             columns = {column["name"] for column in inspect(connection).get_columns("datasets")}
             assert "role" in columns
+    finally:
+        engine.dispose()
+
+
+def test_events_made_before_revision_0009_are_numbered_per_job(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    try:
+        with engine.connect() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0008")
+            connection.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES ('t9', 'acme', :now)"),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO budgets (id, tenant_id, epsilon_cap, delta_cap, created_at) "
+                    "VALUES ('b9', 't9', 1.0, 1e-3, :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO datasets (id, tenant_id, name, modality, record_count, labels, "
+                    "sha256, budget_id, storage_path, created_at) VALUES ('d9', 't9', 'n', "
+                    "'text', 1, '[]', :sha, 'b9', 'uploads/x', :now)"
+                ),
+                {"sha": "9" * 64, "now": now},
+            )
+            for job_id in ("j9a", "j9b"):
+                connection.execute(
+                    text(
+                        "INSERT INTO jobs (id, tenant_id, dataset_id, spec, status, iteration, "
+                        "iterations, epsilon_reserved, delta_reserved, epsilon_spent, "
+                        "delta_spent, created_at, updated_at) VALUES (:id, 't9', 'd9', '{}', "
+                        "'queued', 0, 1, 1.0, 1e-6, 0, 0, :now, :now)"
+                    ),
+                    {"id": job_id, "now": now},
+                )
+            # Interleaved, as two running jobs write them.
+            for job_id in ("j9a", "j9b", "j9a", "j9a", "j9b"):
+                connection.execute(
+                    text(
+                        "INSERT INTO job_events (job_id, kind, payload, created_at) "
+                        "VALUES (:id, 'log', '{}', :now)"
+                    ),
+                    {"id": job_id, "now": now},
+                )
+            connection.commit()
+            command.upgrade(config, "head")
+            connection.commit()
+            rows = connection.execute(
+                text("SELECT job_id, seq FROM job_events WHERE job_id LIKE 'j9%' ORDER BY id")
+            ).all()
+        assert [tuple(row) for row in rows] == [
+            ("j9a", 1), ("j9b", 1), ("j9a", 2), ("j9a", 3), ("j9b", 2)
+        ]  # fmt: skip
+        with make_session_factory(engine)() as session:
+            assert append_event(session, "j9b", "log", {}).seq == 3
+            key, _ = create_api_key(session, "t9")
+            assert key.expires_at is None
     finally:
         engine.dispose()
