@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
@@ -53,10 +54,19 @@ class _CandidateKernel(Protocol):
         """Working bytes per (private row, synthetic row) cell of a block, for min(k, m) = kept."""
         ...
 
-    def candidates(
-        self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
-    ) -> _Candidates:
-        """Returns (rows, cols, fp32 values) of every pair of ``block`` within its threshold."""
+    def prepare(
+        self, block: NDArray[np.float32], max_synthetic_sq_norm: float
+    ) -> NDArray[np.float64]:
+        """Takes the next block of private rows; returns tol_i, its distances' error bounds.
+
+        The bound depends on how the kernel computes its distances (fp32 GEMM, or a rounded
+        one: ``pe_kernels.certify``).
+        """
+        ...
+
+    def candidates(self, tol: NDArray[np.float64], kept: int) -> _Candidates:
+        """Returns (rows, cols, fp32 values) of every pair of the prepared block within its
+        threshold."""
         ...
 
 
@@ -105,7 +115,7 @@ def blocked_search(
     )
     for start in range(0, n, block_rows):
         block = private[start : start + block_rows]
-        tol = distance_error_bound(sq_norms64(block), max_synthetic_sq_norm, dim)
+        tol = kernel.prepare(block, max_synthetic_sq_norm)
         if n_synthetic <= k:
             # Every synthetic row is a neighbour and only the exact order is left to find; equal
             # placeholder values settle no order, so the re-rank computes it exactly.
@@ -115,7 +125,7 @@ def blocked_search(
                 np.zeros(block.shape[0] * n_synthetic, dtype=np.float32),
             )
         else:
-            candidates = kernel.candidates(block, tol, kept)
+            candidates = kernel.candidates(tol, kept)
         out[start : start + block.shape[0]] = rerank(
             block, synthetic, candidates, tol, k, rerank_bytes
         )
@@ -180,6 +190,7 @@ class _NumpyKernel:
         self._rows = np.empty((0, augmented.shape[1]), dtype=np.float32)
         self._dist = np.empty((0, augmented.shape[0]), dtype=np.float32)
         self._mask = np.empty((0, augmented.shape[0]), dtype=bool)
+        self._prepared = 0
 
     @staticmethod
     def pair_bytes(kept: int) -> int:
@@ -187,36 +198,53 @@ class _NumpyKernel:
         # partition copy) that take 1/_GROUPS of a row each.
         return 4 if kept == 1 else 4 + 1 + 1
 
-    def candidates(
-        self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
-    ) -> _Candidates:
+    def prepare(
+        self, block: NDArray[np.float32], max_synthetic_sq_norm: float
+    ) -> NDArray[np.float64]:
         rows = block.shape[0]
-        if self._dist.shape[0] < rows:
+        if self._rows.shape[0] < rows:
             self._rows = np.empty((rows, self._rows.shape[1]), dtype=np.float32)
             self._rows[:, -1] = 1.0
+        # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
+        np.multiply(block, np.float32(-2.0), out=self._rows[:rows, :-1])
+        self._prepared = rows
+        return distance_error_bound(sq_norms64(block), max_synthetic_sq_norm, block.shape[1])
+
+    def candidates(self, tol: NDArray[np.float64], kept: int) -> _Candidates:
+        rows = self._prepared
+        if self._dist.shape[0] < rows:
             self._dist = np.empty((rows, self._dist.shape[1]), dtype=np.float32)
         if kept > 1 and self._mask.shape[0] < rows:
             self._mask = np.empty((rows, self._mask.shape[1]), dtype=bool)
-        augmented_rows, dist = self._rows[:rows], self._dist[:rows]
-        # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
-        np.multiply(block, np.float32(-2.0), out=augmented_rows[:, :-1])
-        np.matmul(augmented_rows, self.augmented.T, out=dist)
-        return _select_candidates(dist, self._mask[:rows], tol, kept)
+        dist = self._dist[:rows]
+        np.matmul(self._rows[:rows], self.augmented.T, out=dist)
+        return select_candidates(dist, self._mask[:rows], tol, kept)
 
 
-def _select_candidates(
-    dist: NDArray[np.float32], mask: NDArray[np.bool_], tol: NDArray[np.float64], kept: int
+def select_candidates(
+    dist: NDArray[np.float32],
+    mask: NDArray[np.bool_],
+    tol: NDArray[np.float64],
+    kept: int,
+    *,
+    crowded: bool = False,
 ) -> _Candidates:
     """The certified candidates of a C-contiguous block of fp32 distances, using ``mask``.
 
     Args:
         dist: (b, m) fp32 distances (shifted by a per-row constant), m >= 2; used as scratch
             space and restored.
-        mask: (b, m) boolean scratch space (unused for kept = 1).
+        mask: (b, m) boolean scratch space (unused for kept = 1 unless ``crowded``).
         tol: (b,) float64 error bounds.
         kept: min(k, m).
+        crowded: most rows are expected to have several candidates (a wide bound, as a
+            bfloat16 GEMM's): for kept = 1, one pass for the minima and one for the mask of
+            the whole block, instead of gathering the crowded rows.
     """
     if kept == 1:
+        if crowded:
+            np.less_equal(dist, certified_threshold(dist.min(axis=1), tol)[:, None], out=mask)
+            return _flat_pairs(dist, np.flatnonzero(mask))
         return _nearest_candidates(dist, tol)
     # A full partition costs as much as the GEMM; instead shortlist below a cheap upper bound
     # of the k-th value (a superset of the certified set) and certify that.
@@ -228,7 +256,7 @@ def _select_candidates(
 
 
 def _nearest_candidates(dist: NDArray[np.float32], tol: NDArray[np.float64]) -> _Candidates:
-    """``_select_candidates`` for k = 1, in two passes over ``dist`` and no mask over the block.
+    """``select_candidates`` for k = 1, in two passes over ``dist`` and no mask over the block.
 
     Most rows have a single candidate: their nearest fp32 value lies more than 2 tol_i below the
     next one. Hiding each row's nearest value and taking the minimum again finds the rows with a
@@ -288,37 +316,73 @@ class NumpyBlockedBackend:
     ) -> NDArray[np.int64]:
         check_search_inputs(private, synthetic, k)
         augmented = _augmented(synthetic)
-        budget = min(self.max_block_bytes // self.threads, _WORKER_BLOCK_BYTES)
-        if self.threads == 1:
-            return blocked_search(private, synthetic, k, _NumpyKernel(augmented), budget)
-        # Blocks go to whichever worker is free, so a core slowed by another process delays
-        # only its current block. Each worker keeps its own kernel buffers for the whole call.
-        n_synthetic, dim = synthetic.shape
-        kept = min(k, n_synthetic)
-        rows, _ = _block_layout(n_synthetic, dim, kept, _NumpyKernel.pair_bytes(kept), budget)
-        # The same number of blocks for every worker, sizes within one row, so no core idles
-        # through a last block alone (13 blocks on 2 workers left one idle for 7% of the call
-        # at (1e4, 1e4, 2048)).
-        n = len(private)
-        blocks = max(1, -(-n // (rows * self.threads))) * self.threads
-        bounds = [i * n // blocks for i in range(blocks + 1)]
-        max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
-        local = threading.local()
+        return worker_search(
+            private,
+            synthetic,
+            k,
+            lambda: _NumpyKernel(augmented),
+            _NumpyKernel.pair_bytes,
+            self.threads,
+            self.max_block_bytes,
+        )
 
-        def block(start: int, stop: int) -> NDArray[np.int64]:
-            if not hasattr(local, "kernel"):
-                local.kernel = _NumpyKernel(augmented)
-            return blocked_search(
-                private[start:stop], synthetic, k, local.kernel, budget, max_synthetic_sq_norm
-            )
 
-        # One BLAS thread per worker: the workers already occupy every core.
-        with (
-            _BLAS.limit(limits=1, user_api="blas"),
-            ThreadPoolExecutor(self.threads, thread_name_prefix="numpy-blocked") as pool,
-        ):
-            found = [part for part in pool.map(block, bounds[:-1], bounds[1:]) if len(part)]
-        return np.concatenate(found) if found else np.full((0, k), -1, dtype=np.int64)
+def worker_search(
+    private: NDArray[np.float32],
+    synthetic: NDArray[np.float32],
+    k: int,
+    make_kernel: Callable[[], _CandidateKernel],
+    pair_bytes: Callable[[int], int],
+    threads: int,
+    max_block_bytes: int,
+    worker_block_bytes: int = _WORKER_BLOCK_BYTES,
+) -> NDArray[np.int64]:
+    """``blocked_search`` on worker threads, each with its own kernel and a one-thread BLAS.
+
+    Args:
+        private: (n, d) float32, checked.
+        synthetic: (m, d) float32, checked.
+        k: neighbours per row.
+        make_kernel: builds one worker's kernel (its buffers are the worker's own).
+        pair_bytes: the kernels' ``pair_bytes``.
+        threads: worker threads.
+        max_block_bytes: working-memory bound of all workers' blocks together.
+        worker_block_bytes: a cap on each worker's share (the best block size for its GEMM).
+
+    Returns:
+        (n, k) int64, as ``blocked_search``.
+    """
+    budget = min(max_block_bytes // threads, worker_block_bytes)
+    if threads == 1:
+        return blocked_search(private, synthetic, k, make_kernel(), budget)
+    # Blocks go to whichever worker is free, so a core slowed by another process delays
+    # only its current block. Each worker keeps its own kernel buffers for the whole call.
+    n_synthetic, dim = synthetic.shape
+    kept = min(k, n_synthetic)
+    rows, _ = _block_layout(n_synthetic, dim, kept, pair_bytes(kept), budget)
+    # The same number of blocks for every worker, sizes within one row, so no core idles
+    # through a last block alone (13 blocks on 2 workers left one idle for 7% of the call
+    # at (1e4, 1e4, 2048)).
+    n = len(private)
+    blocks = max(1, -(-n // (rows * threads))) * threads
+    bounds = [i * n // blocks for i in range(blocks + 1)]
+    max_synthetic_sq_norm = float(sq_norms64(synthetic).max())
+    local = threading.local()
+
+    def block(start: int, stop: int) -> NDArray[np.int64]:
+        if not hasattr(local, "kernel"):
+            local.kernel = make_kernel()
+        return blocked_search(
+            private[start:stop], synthetic, k, local.kernel, budget, max_synthetic_sq_norm
+        )
+
+    # One BLAS thread per worker: the workers already occupy every core.
+    with (
+        _BLAS.limit(limits=1, user_api="blas"),
+        ThreadPoolExecutor(threads, thread_name_prefix="blocked-worker") as pool,
+    ):
+        found = [part for part in pool.map(block, bounds[:-1], bounds[1:]) if len(part)]
+    return np.concatenate(found) if found else np.full((0, k), -1, dtype=np.int64)
 
 
 def _check_ieee_fp32_matmul(torch: Any, device_type: str) -> None:
@@ -376,22 +440,29 @@ class TorchKernel:
         self._rows = torch.empty((0, rows.shape[1] + 1), device=self.device)
         self._dist = torch.empty((0, rows.shape[0]), device=self.device)
         self._mask = torch.empty((0, rows.shape[0]), dtype=torch.bool, device=self.device)
+        self._prepared = 0
 
-    def candidates(
-        self, block: NDArray[np.float32], tol: NDArray[np.float64], kept: int
-    ) -> _Candidates:
+    def prepare(
+        self, block: NDArray[np.float32], max_synthetic_sq_norm: float
+    ) -> NDArray[np.float64]:
         torch = self.torch
         rows = block.shape[0]
         if self._dist.shape[0] < rows:
             self._rows = torch.ones((rows, self._rows.shape[1]), device=self.device)
             self._dist = torch.empty((rows, self._dist.shape[1]), device=self.device)
             self._mask = torch.empty(self._dist.shape, dtype=torch.bool, device=self.device)
-        augmented_rows, dist, mask = self._rows[:rows], self._dist[:rows], self._mask[:rows]
         # Scaling by -2 is exact, so the GEMM's own roundings are the only ones.
-        torch.mul(device_rows(torch, block, self.device), -2.0, out=augmented_rows[:, :-1])
+        torch.mul(device_rows(torch, block, self.device), -2.0, out=self._rows[:rows, :-1])
+        self._prepared = rows
+        return distance_error_bound(sq_norms64(block), max_synthetic_sq_norm, block.shape[1])
+
+    def candidates(self, tol: NDArray[np.float64], kept: int) -> _Candidates:
+        torch = self.torch
+        rows = self._prepared
+        augmented_rows, dist, mask = self._rows[:rows], self._dist[:rows], self._mask[:rows]
         torch.mm(augmented_rows, self.augmented.T, out=dist)
         if self.select_with_numpy:
-            return _select_candidates(dist.numpy(), mask.numpy(), tol, kept)
+            return select_candidates(dist.numpy(), mask.numpy(), tol, kept)
         if kept == 1:
             kth = dist.amin(dim=1)
         else:
