@@ -12,7 +12,7 @@ LOCK ?= requirements/cpu.txt
 EXTRAS := engine,faiss,text,diffusers,service,triton,dev
 LATEST ?= .venv-latest
 
-.PHONY: demo test lint typecheck install fonts chromium data lock test-latest clean
+.PHONY: demo test test-reliability lint typecheck install fonts chromium data lock test-latest clean
 
 demo: install fonts $(DATA)/mnist/test.npz
 	$(VENV)/bin/privevo run --config configs/demo-mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
@@ -22,6 +22,12 @@ test: install fonts chromium data lint typecheck
 	bash scripts/ensure-redis.sh
 	$(PY) -m pytest -q -m "not triton_interpret"
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton_interpret
+
+# The reliability campaign at full length (`make test` runs its short version): hostile
+# inputs, a database outage, side channels, limits, schemathesis over openapi.yaml. It starts
+# its own redis-server and PostgreSQL on free ports and prints its figures at the end.
+test-reliability: install
+	PRIVEVO_RELIABILITY=full $(PY) -m pytest -q tests/reliability
 
 install: $(VENV)/.installed
 

@@ -135,13 +135,14 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         lifespan=lifespan,
         docs_url=None,  # service.console serves /docs and /redoc from local files
         redoc_url=None,
-        # Every body but an upload's (whose route streams it under its own limit) is refused
-        # past this before it is parsed: a 50 MB JSON body once took 2 s of a worker thread.
-        max_body_size=settings.max_body_bytes,
     )
     app.state.sessions = sessions
     app.state.storage = storage
-    guards.install(app)
+    # Every body but an upload's (whose route streams it under its own limit) is refused past
+    # max_body_bytes before it is parsed: a 50 MB JSON body once took 2 s of a worker thread.
+    guards.install(
+        app, max_header_bytes=settings.max_header_bytes, max_body_bytes=settings.max_body_bytes
+    )
     _install_error_handlers(app, settings)
     _install_metrics(app, sessions, settings)
     _add_routes(app, settings, sessions, storage, send)
@@ -304,6 +305,7 @@ def _add_routes(
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks},
             status_code=200 if ready else 503,
+            headers={} if ready else {"Retry-After": str(guards.RETRY_AFTER_S)},
         )
 
     @app.post(

@@ -9,6 +9,7 @@ dependency fails under it.
 * A 405 names every method of the path in ``Allow`` (Starlette names those of one route).
 * A database that cannot be reached answers 503 with ``Retry-After``, as ``/readyz`` says
   not ready, instead of a 500 (:func:`database_unavailable`).
+* Request heads and bodies are capped before anything parses them (:class:`EdgeLimits`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 RETRY_AFTER_S: Final = 5
 """What a 503 asks clients to wait before retrying (the SDK honours it)."""
@@ -143,9 +145,82 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
-def install(app: FastAPI) -> None:
-    """Adds the handlers above to ``app`` (routes added afterwards use StrictJsonRoute)."""
+class EdgeLimits:
+    """Refuses a request head over ``max_header_bytes`` (431) and a body over
+    ``max_body_bytes`` (413, by its Content-Length or as soon as it passes it), with the
+    usual JSON error, before any route parses either.
+
+    Routes that set their own ``max_body_size`` (uploads, which stream their body under
+    limits of their own) are left to it. uvicorn's h11 also caps the head
+    (``Settings.uvicorn_options``), but only a head it receives in pieces: one that arrives in
+    a single read is parsed whole, so the app counts it too.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, router: Any, max_header_bytes: int, max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.router = router
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("raw_path") or scope.get("path", "").encode()
+        head = (
+            len(path)
+            + len(scope.get("query_string", b""))
+            + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        )
+        if head > self.max_header_bytes:
+            detail = (
+                f"the request line and headers take {head} bytes, past this server's limit "
+                f"of {self.max_header_bytes}"
+            )
+            await JSONResponse({"detail": detail}, status_code=431)(scope, receive, send)
+            return
+        if self._own_limit(scope):
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        detail = f"the request body exceeds this route's limit of {limit} bytes"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(status_code=413, detail=detail)
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _own_limit(self, scope: Scope) -> bool:
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "max_body_size", None) is not None
+        return False
+
+
+def install(app: FastAPI, *, max_header_bytes: int, max_body_bytes: int) -> None:
+    """Adds the handlers and limits above to ``app`` (routes added afterwards use
+    StrictJsonRoute)."""
     app.router.route_class = StrictJsonRoute
+    app.add_middleware(
+        EdgeLimits,
+        router=app.router,
+        max_header_bytes=max_header_bytes,
+        max_body_bytes=max_body_bytes,
+    )
     app.add_exception_handler(RequestValidationError, validation_failed)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -154,9 +229,6 @@ def install(app: FastAPI) -> None:
         detail: Any = exc.detail
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request))
-        if exc.status_code == 413 and detail == "Content Too Large":
-            limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
-            detail = f"the request body exceeds this route's limit of {limit} bytes"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)

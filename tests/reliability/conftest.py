@@ -163,26 +163,34 @@ def start_server(
     return server
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def gateway(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    own_redis: OwnRedis,
-    own_postgres: OwnPostgres,
+def new_database(postgres: OwnPostgres) -> str:
+    """The URL of a fresh database on the tests' own PostgreSQL."""
+    name = f"privevo_{os.urandom(4).hex()}"
+    subprocess.run(
+        [*postgres.as_user, str(postgres.bin / "createdb"), "-h", "127.0.0.1",
+         "-p", str(postgres.port), "-U", "postgres", name],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def gateway_on(
+    kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """A gateway on SQLite and one on a fresh database of the tests' own PostgreSQL."""
-    url = None
-    if request.param == "postgresql":
-        name = f"privevo_{os.urandom(4).hex()}"
-        subprocess.run(
-            [*own_postgres.as_user, str(own_postgres.bin / "createdb"), "-h", "127.0.0.1",
-             "-p", str(own_postgres.port), "-U", "postgres", name],
-            check=True, timeout=60,
-        )  # fmt: skip
-        url = own_postgres.url.rsplit("/", 1)[0] + f"/{name}"
-    server = start_server(tmp_path_factory.mktemp(f"gateway-{request.param}"), own_redis, url)
+    """A started gateway on SQLite or on a fresh database of the tests' own PostgreSQL."""
+    redis = request.getfixturevalue("own_redis")
+    url = new_database(request.getfixturevalue("own_postgres")) if kind == "postgresql" else None
+    server = start_server(tmp_path_factory.mktemp(f"gateway-{kind}"), redis, url)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A gateway on SQLite and one on a fresh database of the tests' own PostgreSQL."""
+    yield from gateway_on(request.param, request, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,19 @@ the database is back. The PostgreSQL stopped here is the tests' own (``own_postg
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.reliability.conftest import OwnPostgres, OwnRedis, key_for, start_server
+from tests.reliability.conftest import (
+    OwnPostgres,
+    OwnRedis,
+    key_for,
+    new_database,
+    start_server,
+)
 from tests.servers import Server
 from tests.service.test_api import npz_bytes, upload
 
@@ -19,13 +24,7 @@ from tests.service.test_api import npz_bytes, upload
 def on_own_postgres(
     tmp_path_factory: pytest.TempPathFactory, own_redis: OwnRedis, own_postgres: OwnPostgres
 ) -> Iterator[Server]:
-    name = "privevo_outage"
-    subprocess.run(
-        [*own_postgres.as_user, str(own_postgres.bin / "createdb"), "-h", "127.0.0.1",
-         "-p", str(own_postgres.port), "-U", "postgres", name],
-        check=True, timeout=60,
-    )  # fmt: skip
-    url = own_postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    url = new_database(own_postgres)
     server = start_server(tmp_path_factory.mktemp("outage"), own_redis, url)
     yield server
     server.stop()
@@ -52,9 +51,8 @@ def test_an_outage_is_503_with_retry_after_and_the_gateway_recovers(
         statuses = {name: answer.status_code for name, answer in answers.items()}
         assert set(statuses.values()) == {503}, statuses
         for name, answer in answers.items():
-            if name != "GET /readyz":
-                assert int(answer.headers["Retry-After"]) > 0, name
-                assert "database" in answer.json()["detail"], name
+            assert int(answer.headers["Retry-After"]) > 0, name
+            assert "database" in answer.text, name
         started = time.monotonic()
         recovered = olga.get("/v1/jobs")  # the pool's pre-ping replaces dead connections
         assert recovered.status_code == 200, recovered.text

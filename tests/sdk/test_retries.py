@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from privevo_client import Client, InvalidRequest, PrivevoAPIError, PrivevoConnectionError
+from privevo_client import (
+    Client,
+    InvalidRequest,
+    PrivevoAPIError,
+    PrivevoConnectionError,
+    QuotaExceeded,
+    ServiceUnavailable,
+)
 
+from service import db
 from tests.sdk.conftest import write_digits_npz
 from tests.sdk.proxy import DROP, flaky_proxy
 from tests.servers import Server
@@ -65,7 +74,7 @@ def test_retries_give_up_with_the_last_error(server: Server, alice_key: str):
         proxy.faults = [503] * 5
         with (
             Client(proxy.url, alice_key, max_retries=2, backoff=0.01) as client,
-            pytest.raises(PrivevoAPIError) as unavailable,
+            pytest.raises(ServiceUnavailable) as unavailable,
         ):
             client.datasets.get("anything")
         assert (unavailable.value.status, unavailable.value.detail) == (503, "proxy fault")
@@ -90,3 +99,19 @@ def test_uploads_are_retried_only_when_the_server_cannot_have_stored_them(
             client.datasets.upload(data, epsilon_cap=1.0)
     assert bad_gateway.value.status == 502
     assert [s.path for s in proxy.seen] == ["/v1/datasets"] * 2
+
+
+def test_a_full_quota_is_raised_naming_it(server: Server, tmp_path: Path):
+    engine = db.make_engine(f"sqlite:///{server.home / 'privevo.sqlite3'}")
+    with closing(db.make_session_factory(engine)()) as session:
+        tenant = db.tenant_named(session, "quota-sdk")
+        _, key = db.create_api_key(session, tenant.id)
+        db.set_tenant_quotas(session, tenant.id, max_queued_jobs=0, max_stored_bytes=None)
+    engine.dispose()
+    # No retries here: the quota's Retry-After is a minute (jobs must start to free it).
+    with Client(server.url, key, max_retries=0) as client:
+        data = write_digits_npz(tmp_path / "q.npz", 1, offset=150)
+        dataset = client.datasets.upload(data, epsilon_cap=1.0)
+        with pytest.raises(QuotaExceeded, match="max_queued_jobs = 0") as full:
+            client.jobs.create(dataset, epsilon=0.1)
+    assert full.value.status == 429

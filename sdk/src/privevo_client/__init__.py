@@ -20,6 +20,8 @@ from privevo_client.errors import (
     PrivevoAPIError,
     PrivevoClientError,
     PrivevoConnectionError,
+    QuotaExceeded,
+    ServiceUnavailable,
     Unauthorized,
     UnsafeArchiveError,
 )
@@ -44,6 +46,8 @@ __all__ = [
     "PrivevoAPIError",
     "PrivevoClientError",
     "PrivevoConnectionError",
+    "QuotaExceeded",
+    "ServiceUnavailable",
     "Unauthorized",
     "UnsafeArchiveError",
     "__version__",

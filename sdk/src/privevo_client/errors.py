@@ -60,6 +60,16 @@ class PayloadTooLarge(PrivevoAPIError):
     """413: the upload, or what its archive expands to, exceeds the server's limit."""
 
 
+class QuotaExceeded(PrivevoAPIError):
+    """429: a quota of your tenant is full (queued jobs, stored upload bytes); the message
+    names it. Raised once the retries, which wait as ``Retry-After`` asks, are spent."""
+
+
+class ServiceUnavailable(PrivevoAPIError):
+    """503: the server cannot serve now (its database is down); raised once the retries,
+    which wait as ``Retry-After`` asks, are spent."""
+
+
 class JobFailed(PrivevoClientError):
     """A job ended as failed or canceled.
 
@@ -84,6 +94,8 @@ _BY_STATUS: dict[int, type[PrivevoAPIError]] = {
     413: PayloadTooLarge,
     415: InvalidRequest,
     422: InvalidRequest,
+    429: QuotaExceeded,
+    503: ServiceUnavailable,
 }
 
 
