@@ -18,6 +18,28 @@ if TYPE_CHECKING:  # fontTools loads when fonts are discovered: the gateway neve
     from fontTools.ttLib import TTFont
 
 SYSTEM_FONT_DIR = Path("/usr/share/fonts")
+DRAWTEXT_FONT_DIRS = (
+    "truetype/dejavu",  # fonts-dejavu-core
+    "truetype/freefont",  # fonts-freefont-ttf
+    "truetype/liberation2",  # fonts-liberation2
+    "opentype/comic-neue",  # fonts-comic-neue
+    "truetype/fifthhorseman",  # fonts-dkg-handwriting
+    "truetype/breip",  # fonts-breip
+    "opentype/bwht",  # fonts-bwht
+    "opentype/dancingscript",  # fonts-dancingscript
+    "truetype/femkeklaver",  # fonts-femkeklaver
+    "truetype/humor-sans",  # fonts-humor-sans
+    "truetype/klee",  # fonts-klee
+    "truetype/rufscript",  # fonts-rufscript
+    "truetype/leckerli-one",  # fonts-leckerli-one
+    "truetype/sjfonts",  # fonts-sjfonts
+    "truetype/yusei-magic",  # fonts-yusei-magic
+    "truetype/seto",  # fonts-seto
+)
+"""The folders, under :data:`SYSTEM_FONT_DIR`, of the Debian packages ``scripts/install-fonts.sh``
+installs (the CPU and CUDA images run it too): drawtext's default pool is these, not every font
+on the machine, so that a package installed for something else (Chromium pulls in Liberation 1,
+whose thin mono digits changed the pool and the renders) changes no run."""
 FONT_SUFFIXES = ("*.ttf", "*.otf")
 _PROBE_SIZE = 32
 # The (platform, encoding) subtables fontTools' getBestCmap tries, in its (and HarfBuzz's) order.
@@ -38,13 +60,15 @@ class FontInfo:
 
 
 def default_font_dirs() -> tuple[Path, ...]:
-    """The system's font tree (Debian: ``fonts-*`` packages) and the fonts matplotlib ships.
+    """The folders of the fonts ``scripts/install-fonts.sh`` installs (:data:`DRAWTEXT_FONT_DIRS`)
+    and the fonts matplotlib ships.
 
     More fonts, above all handwriting ones (Debian's ``fonts-dkg-handwriting``,
     ``fonts-bwht``, ...), give the simulator more styles to evolve from (Sim-PE draws from
-    thousands of fonts); the pool is recorded with every run because it depends on the machine.
+    thousands of fonts); the pool is recorded with every run, since a machine without root may
+    lack some of them. Other fonts are used only when given (``font_dirs``, ``font_paths``).
     """
-    dirs = [SYSTEM_FONT_DIR]
+    dirs = [SYSTEM_FONT_DIR / folder for folder in DRAWTEXT_FONT_DIRS]
     # find_spec locates matplotlib without paying for its import.
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.submodule_search_locations:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from fontTools.ttLib import TTFont, TTLibError
 
 from pe_core.apis import fonts
-from pe_core.apis.fonts import FONT_SUFFIXES, best_cmap_glyph_ids, default_font_dirs, discover_fonts
+from pe_core.apis.fonts import (
+    DRAWTEXT_FONT_DIRS,
+    FONT_SUFFIXES,
+    SYSTEM_FONT_DIR,
+    best_cmap_glyph_ids,
+    default_font_dirs,
+    discover_fonts,
+)
 
 # Digits, letters, punctuation, accented and non-Latin letters, symbols, an astral code point,
 # the format 4 sentinel and the last code point.
@@ -64,3 +73,26 @@ def test_the_pool_is_the_one_get_best_cmap_gives(monkeypatch: pytest.MonkeyPatch
     fast = discover_fonts(texts)
     monkeypatch.setattr(fonts, "best_cmap_glyph_ids", lambda font, codes: None)
     assert discover_fonts(texts) == fast
+
+
+def test_the_default_pool_is_what_install_fonts_installs() -> None:
+    """drawtext's default folders are exactly those of scripts/install-fonts.sh's packages, so
+    that fonts installed for anything else (Chromium's Liberation 1) change no run."""
+    script = (Path(__file__).resolve().parents[3] / "scripts" / "install-fonts.sh").read_text()
+    listed = script.split("packages=(", 1)[1].split(")", 1)[0].split()
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("not a Debian machine")
+    folders = set()
+    for package in listed:
+        files = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
+        if files.returncode != 0:
+            pytest.skip(f"{package} is not installed (make fonts installs it)")
+        folders |= {
+            str(Path(line).parent.relative_to(SYSTEM_FONT_DIR))
+            for line in files.stdout.splitlines()
+            if line.endswith((".ttf", ".otf"))
+        }
+    assert folders == set(DRAWTEXT_FONT_DIRS)
+    assert [d for d in default_font_dirs() if d.is_relative_to(SYSTEM_FONT_DIR)] == [
+        SYSTEM_FONT_DIR / folder for folder in DRAWTEXT_FONT_DIRS
+    ]
