@@ -67,6 +67,47 @@ ceil(3 d / block_d) chunks. With u = 2^-8, |x - x_hi - x_lo| <= u^2 |x| and
 values sum to at most (1 + u)^2 (1 + 2 u) ||x|| ||y||. Values so small that a part is subnormal
 or flushed lose less than 2^-126 per rounding, product or sum (at most 16 d + 16 of them, each
 at most 2^-126 (1 + ||x|| + ||y||)^2). The accuracy is close to fp32's at tensor-core speed.
+
+A bfloat16 GEMM on the CPU (``bfloat16_gemm_error_bound``, for ``pe_kernels.bfloat16``). The
+rows are rounded to bfloat16 on the host: x_h = -bf16(-2 x) / 2 and y_h = bf16(y), with
+residuals dx = x - x_h and dy = y - y_h whose norms are bounded from the actual values (no
+worst-case u |x| per element: for Gaussian data ||dx|| is about 0.42 u ||x||): in float64 for
+the synthetic rows, once; by ``fp32_norm_upper`` for each block of private rows, with
+||x_h|| <= ||x|| + ||dx||. The
+squared norm t_j, summed in float64 and rounded to fp32, is split into three bfloat16 parts p_j
+(an fp32 significand has 24 bits, so the parts hold it exactly unless they are subnormal; the
+bound uses the measured |sum(p_j) - t_j| anyway). A GEMM of the rows [bf16(-2 x), 1, 1, 1]
+against [y_h, p_j] (K = d + 3 columns, plus zero columns) gives C_ij ~ sum(p_j) - 2 x_h.y_h.
+It assumes this of the GEMM, and nothing about its order or blocking:
+
+(M) each product of two bfloat16 values is exact in fp32 (8 + 8 significand bits), every sum
+    is an fp32 addition of two fp32 values rounded faithfully (error below one ulp, so
+    relative error at most 2^-23: round-to-nearest, as Intel specifies for AVX512-BF16's
+    VDPBF16PS and AMX's TDPBF16PS, has half that), and any subnormal input, product or sum
+    may be flushed to zero. The output is fp32.
+
+That is what MKL's ``cblas_gemm_bf16bf16f32`` documents (bfloat16 inputs, fp32 results) and
+what the instructions do; ``pe_kernels.bfloat16`` also checks it on probe products whose exact
+fp32 results a bfloat16 or TF32 accumulator or output could not hold. A sum of K terms, in any
+order, takes at most K - 1 additions per term, so with gamma_r built on u = 2^-23
+
+    |C_ij - S_ij| <= gamma_{K-1} (2 ||x_h|| max_j ||y_h|| + max_j sum |p_j|) + flushes,
+
+where S_ij = sum(p_j) - 2 x_h.y_h exactly (Cauchy-Schwarz bounds sum |x_h,k y_h,k|). Flushes
+lose less than 2^-126 per input times its partner (at most max(2 ||x_h||, 1, ||y_h||, |p|)),
+or per product or sum; 4 K of them, each carried by at most K roundings (a factor below 2).
+The inputs' rounding moves the target exactly by
+
+    x.y - x_h.y_h = dx.y + x_h.dy,   |.| <= ||dx|| max_j ||y|| + ||x_h|| max_j ||dy||,
+
+so |C_ij - (e_ij - s_i)| <= 2 (||dx|| Y + ||x_h|| dY) + |sum(p_j) - t_j| + the GEMM's bound
++ the float64 reference's gamma64_{d+2} 2 (s + T). The input term dominates (about 7e-3 for
+unit vectors, against 5e-4 for the fp32 GEMM at d 512): its norms are upper bounds whose
+float64 arithmetic errs by a few 2^-53 relative, which a factor 1 + 2^-16 covers; every other
+term gets the safety factor 2 of ``distance_error_bound``. With this tol_i the
+argument "why the candidates contain the true top k" above holds unchanged; candidate sets
+are wider (about 1.9 candidates per row for random unit vectors at d 512, 4 at d 2048), and
+the exact re-rank settles them.
 """
 
 from __future__ import annotations
@@ -108,7 +149,27 @@ def sq_norms64(rows: NDArray[np.float32]) -> NDArray[np.float64]:
     return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
 
 
-def _check_fp32_range(private_sq_norms: NDArray[np.float64], max_synthetic_sq_norm: float) -> None:
+def fp32_norm_upper(rows: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Upper bounds on the L2 norms of fp32 rows, from a fast fp32 sum of squares.
+
+    The fp32 sum q of d squares, in any order, is within gamma32_d of the exact sum, plus less
+    than 2^-149 per square where squares are subnormal, so sqrt((q + d 2^-149) / (1 -
+    gamma32_d)) is at least the exact norm; it is computed in float64, whose relative error
+    (a few 2^-53) the callers' factor 1 + 2^-16 covers.
+
+    Args:
+        rows: (c, d) fp32 rows of squared norm below 2^126 (their fp32 sums cannot overflow).
+
+    Returns:
+        (c,) float64 upper bounds.
+    """
+    dim = rows.shape[1]
+    sums = np.einsum("ij,ij->i", rows, rows).astype(np.float64)
+    return np.sqrt((sums + dim * 2.0**-149) / (1.0 - _gamma(dim, _U32)))
+
+
+def check_fp32_range(private_sq_norms: NDArray[np.float64], max_synthetic_sq_norm: float) -> None:
+    """Refuses norms so large that fp32 distances (or their bfloat16 inputs) could overflow."""
     if private_sq_norms.size and float(private_sq_norms.max()) > _MAX_SQ_NORM:
         raise ValueError("private embeddings are too large for fp32 distances; rescale them")
     if max_synthetic_sq_norm > _MAX_SQ_NORM:
@@ -131,7 +192,7 @@ def distance_error_bound(
     Raises:
         ValueError: norms so large that fp32 distances could overflow, or an absurd d.
     """
-    _check_fp32_range(private_sq_norms, max_synthetic_sq_norm)
+    check_fp32_range(private_sq_norms, max_synthetic_sq_norm)
     scale = 2.0 * (private_sq_norms + max_synthetic_sq_norm)
     rounding = (_gamma(2 * dim + 2, _U32) + _gamma(dim + 2, _U64)) * scale
     underflow = (
@@ -205,7 +266,7 @@ def tiled_dot_error_bound(
     Raises:
         ValueError: norms so large that fp32 distances could overflow, or an absurd d.
     """
-    _check_fp32_range(private_sq_norms, max_synthetic_sq_norm)
+    check_fp32_range(private_sq_norms, max_synthetic_sq_norm)
     u, eta = rounding.unit_roundoff, rounding.underflow
     x_norm = np.sqrt(private_sq_norms)
     y_norm = float(np.sqrt(max_synthetic_sq_norm))
@@ -233,6 +294,71 @@ def tiled_dot_error_bound(
     reference = _gamma(dim + 2, _U64) * 2.0 * (private_sq_norms + max_synthetic_sq_norm)
     underflow = (16 * dim + 16) * _FP32_TINY * (1.0 + x_norm + y_norm) ** 2
     return _SAFETY * (norm + 2.0 * (summing + shift) + final + reference + underflow)
+
+
+@dataclass(frozen=True)
+class Bfloat16Synthetic:
+    """What ``bfloat16_gemm_error_bound`` needs of the synthetic rows, in float64.
+
+    Attributes:
+        max_sq_norm: T = max_j ||y_j||^2 (float64 sums of the fp32 rows).
+        max_high_norm: max_j ||y_h,j|| of the rows rounded to bfloat16.
+        max_residual_norm: max_j ||y_j - y_h,j||.
+        max_parts: max_j of the sum of |parts| of the squared norm's bfloat16 split.
+        max_parts_error: max_j |sum of parts - ||y_j||^2| (float64), plus the float64 sum's own
+            error bound.
+    """
+
+    max_sq_norm: float
+    max_high_norm: float
+    max_residual_norm: float
+    max_parts: float
+    max_parts_error: float
+
+
+def bfloat16_gemm_error_bound(
+    private_sq_norms: NDArray[np.float64],
+    private_high_norms: NDArray[np.float64],
+    private_residual_norms: NDArray[np.float64],
+    synthetic: Bfloat16Synthetic,
+    dim: int,
+    columns: int,
+) -> NDArray[np.float64]:
+    """Per-row bound tol_i on a bfloat16 GEMM's |C_ij - (exact distance - ||x_i||^2)|.
+
+    See "A bfloat16 GEMM on the CPU" in the module docstring for the kernel's form and the
+    model (M) of its arithmetic.
+
+    Args:
+        private_sq_norms: (b,) float64 s_i = ||x_i||^2 of the fp32 private rows.
+        private_high_norms: (b,) float64 upper bounds on ||x_h,i|| (x_h = -bf16(-2 x) / 2).
+        private_residual_norms: (b,) float64 upper bounds on ||x_i - x_h,i||.
+        synthetic: the synthetic rows' norms.
+        dim: the embedding dimension d.
+        columns: K, the GEMM's inner dimension (d + 3 plus any zero columns).
+
+    Returns:
+        (b,) float64 tol_i.
+
+    Raises:
+        ValueError: norms so large that fp32 distances could overflow, or an absurd d.
+    """
+    check_fp32_range(private_sq_norms, synthetic.max_sq_norm)
+    y_norm = float(np.sqrt(synthetic.max_sq_norm))
+    inputs = 2.0 * (
+        private_residual_norms * y_norm + private_high_norms * synthetic.max_residual_norm
+    )
+    # Faithful fp32 additions: relative error below 2^-23, twice round-to-nearest's.
+    terms = 2.0 * private_high_norms * synthetic.max_high_norm + synthetic.max_parts
+    summing = _gamma(columns, 2.0 * _U32) * terms
+    # A flushed input changes its product by less than 2^-126 times its partner.
+    partner = np.maximum(2.0 * private_high_norms, 1.0) + max(
+        synthetic.max_high_norm, synthetic.max_parts
+    )
+    flushes = 2.0 * 4 * columns * _FP32_TINY * (1.0 + partner)
+    reference = _gamma(dim + 2, _U64) * 2.0 * (private_sq_norms + synthetic.max_sq_norm)
+    rest = summing + flushes + synthetic.max_parts_error + reference
+    return (1.0 + 2.0**-16) * inputs + _SAFETY * rest
 
 
 def certified_threshold(

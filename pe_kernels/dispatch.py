@@ -12,8 +12,10 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from pe_kernels.base import NearestNeighbourBackend
+from pe_kernels.bfloat16 import Bfloat16BlockedBackend, MklBfloat16Gemm
 from pe_kernels.blocked import NumpyBlockedBackend, TorchBlockedBackend
 from pe_kernels.errors import BackendUnavailableError
 from pe_kernels.faiss_backend import FaissBackend
@@ -23,6 +25,7 @@ from pe_kernels.triton_backend import TritonBackend
 BUILT_IN_BACKENDS: tuple[type[NearestNeighbourBackend], ...] = (
     ReferenceBackend,
     NumpyBlockedBackend,
+    Bfloat16BlockedBackend,
     TorchBlockedBackend,
     FaissBackend,
     TritonBackend,
@@ -45,6 +48,23 @@ one machine: at (n 1e5, m 1e4) d 64 0.96, d 128 0.95, d 256 1.02, d 512 0.94-1.0
 d 512 0.80-0.98 in four runs, d 2048 0.95-1.08 in eight (most at 1.03-1.05). It holds more
 working memory (about 100-200 MiB against 25-100 MiB), inside ``max_block_bytes``.
 """
+
+CPU_BF16_BACKEND = "numpy-blocked-bf16"
+"""The CPU pick for large votes on CPUs with bfloat16 matrix instructions (``bf16_gemm_cpu``):
+``numpy-blocked``'s workers and exact re-rank, with a bfloat16 GEMM shortlist (MKL from torch's
+CPU library, ``pe_kernels.bfloat16``). On this project's 2-core machine (AMX-BF16) it took 0.35x
+the time of plain FAISS ``IndexFlatL2`` at (1e5, 1e4, 512), where ``numpy-blocked`` took 0.79x
+(benchmarks/nn_histogram.py, medians of 5 interleaved rounds at load 3.7-5.3; the results file
+in ``benchmarks/results/`` has quieter runs and (1e4, 1e4, 2048)).
+"""
+
+BF16_MIN_WORK = 2**33
+"""n m d below which ``auto`` keeps ``CPU_BACKEND`` on bfloat16 CPUs too: loading torch's CPU
+library takes about 0.14 s and 100 MB, more than the bfloat16 GEMM saves on a small vote."""
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""/proc/cpuinfo flags of bfloat16 dot-product instructions (AVX512-BF16, AMX-BF16); without
+either, MKL emulates bfloat16 GEMMs through fp32 and gains nothing."""
 
 DEVICE_BACKEND = "triton"
 """The pick on CUDA where triton is installed: the fused kernel at its default precision,
@@ -83,6 +103,35 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def bf16_gemm_cpu(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (``BF16_CPU_FLAGS``).
+
+    Args:
+        cpuinfo: the text of /proc/cpuinfo; read here when None (False where it cannot be).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {
+        flag
+        for line in cpuinfo.splitlines()
+        if line.startswith("flags")
+        for flag in line.partition(":")[2].split()
+    }
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def _bf16_backend_usable() -> bool:
+    """Whether ``numpy-blocked-bf16`` can be built here (its GEMM loads and passes its probes)."""
+    try:
+        MklBfloat16Gemm()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
 def available_backends() -> frozenset[str]:
     """Names of the built-in backends whose optional dependencies are installed."""
     return frozenset(
@@ -99,6 +148,7 @@ def choose_backend(
     *,
     device: str = "cpu",
     available: Iterable[str] | None = None,
+    bf16_gemm: bool | None = None,
 ) -> str:
     """Picks the fastest available backend for a problem size and device.
 
@@ -108,10 +158,13 @@ def choose_backend(
         dim: embedding dimension d.
         device: "cpu", or a torch device ("cuda", "cuda:1", ...) for the GEMM.
         available: backend names to choose from; default ``available_backends()``.
+        bf16_gemm: whether a fast bfloat16 GEMM can run here; default: the CPU has
+            ``BF16_CPU_FLAGS`` and ``CPU_BF16_BACKEND`` builds (asked only for large votes).
 
     Returns:
         A backend name: ``DEVICE_BACKEND`` on CUDA where available, else
-        ``DEVICE_FALLBACK`` on torch devices; ``CPU_BACKEND`` on CPU.
+        ``DEVICE_FALLBACK`` on torch devices; on CPU ``CPU_BF16_BACKEND`` for votes of
+        n m d >= ``BF16_MIN_WORK`` with a fast bfloat16 GEMM, else ``CPU_BACKEND``.
 
     Raises:
         BackendUnavailableError: no available backend suits the device.
@@ -132,4 +185,9 @@ def choose_backend(
             f"no CPU nearest-neighbour backend available among {sorted(names)}; "
             f"{CPU_BACKEND} is always built in"
         )
+    if CPU_BF16_BACKEND in names and n_private * n_synthetic * dim >= BF16_MIN_WORK:
+        if bf16_gemm is None:
+            bf16_gemm = bf16_gemm_cpu() and _bf16_backend_usable()
+        if bf16_gemm:
+            return CPU_BF16_BACKEND
     return CPU_BACKEND

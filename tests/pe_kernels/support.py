@@ -9,7 +9,7 @@ from pe_kernels.base import NearestNeighbourBackend
 
 BY_NAME = {backend.name: backend for backend in BUILT_IN_BACKENDS}
 
-FAST_BACKENDS = ("numpy-blocked", "torch-blocked", "faiss")
+FAST_BACKENDS = ("numpy-blocked", "numpy-blocked-bf16", "torch-blocked", "faiss")
 
 # 1 byte forces one private row per block and one pair per exact-distance chunk; 4096 bytes
 # gives a few rows per block; None keeps the ~128 MB default (one block for test sizes).

@@ -10,15 +10,23 @@ from pe_kernels.reference import reference_search
 
 def test_every_backend_is_built_in_once_with_its_facts() -> None:
     names = [backend.name for backend in BUILT_IN_BACKENDS]
-    assert names == ["reference", "numpy-blocked", "torch-blocked", "faiss", "triton"]
+    assert names == [
+        "reference",
+        "numpy-blocked",
+        "numpy-blocked-bf16",
+        "torch-blocked",
+        "faiss",
+        "triton",
+    ]
     assert {b.name for b in BUILT_IN_BACKENDS if b.on_device} == {"torch-blocked", "triton"}
     assert {b.name: b.requires for b in BUILT_IN_BACKENDS if b.requires} == {
+        "numpy-blocked-bf16": "torch",
         "faiss": "faiss",
         "triton": "triton",
     }
 
 
-@pytest.mark.parametrize("backend", BUILT_IN_BACKENDS[:3], ids=lambda b: b.name)
+@pytest.mark.parametrize("backend", BUILT_IN_BACKENDS[:4], ids=lambda b: b.name)
 def test_built_backends_follow_the_protocol(backend: type[NearestNeighbourBackend]) -> None:
     built = backend()
     assert isinstance(built, NearestNeighbourBackend)

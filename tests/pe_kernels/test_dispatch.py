@@ -8,7 +8,9 @@ import pytest
 
 from pe_kernels import dispatch
 from pe_kernels.dispatch import (
+    BF16_MIN_WORK,
     CPU_BACKEND,
+    CPU_BF16_BACKEND,
     DEVICE_BACKEND,
     DEVICE_FALLBACK,
     available_backends,
@@ -24,6 +26,45 @@ BUILT_IN = ("reference", "numpy-blocked", "torch-blocked")
 def test_cpu_picks_numpy_blocked_at_every_size(dim: int) -> None:
     assert choose_backend(100_000, 10_000, dim, available=ALL) == CPU_BACKEND == "numpy-blocked"
     assert choose_backend(10, 3, dim, available=BUILT_IN) == "numpy-blocked"
+
+
+WITH_BF16 = (*ALL, "numpy-blocked-bf16")
+
+
+def test_cpu_picks_the_bf16_shortlist_for_large_votes_where_the_cpu_has_bf16() -> None:
+    large = (100_000, 10_000, 512)
+    assert BF16_MIN_WORK <= 10_000 * 10_000 * 2048
+    assert choose_backend(*large, available=WITH_BF16, bf16_gemm=True) == CPU_BF16_BACKEND
+    assert choose_backend(10_000, 10_000, 2048, available=WITH_BF16, bf16_gemm=True) == (
+        "numpy-blocked-bf16"
+    )
+    # Too small to repay loading torch's CPU library; no bf16 instructions; not available.
+    assert choose_backend(1_000, 2_000, 512, available=WITH_BF16, bf16_gemm=True) == CPU_BACKEND
+    assert choose_backend(*large, available=WITH_BF16, bf16_gemm=False) == CPU_BACKEND
+    assert choose_backend(*large, available=ALL, bf16_gemm=True) == CPU_BACKEND
+    # Never on a device.
+    assert choose_backend(*large, device="cuda", available=WITH_BF16, bf16_gemm=True) == "triton"
+
+
+def test_bf16_flags_are_read_from_cpuinfo() -> None:
+    line = "flags\t\t: fpu sse avx512f avx512bw {}\n"
+    assert dispatch.bf16_gemm_cpu("processor\t: 0\n" + line.format("avx512_bf16"))
+    assert dispatch.bf16_gemm_cpu(line.format("amx_tile amx_bf16"))
+    assert not dispatch.bf16_gemm_cpu(line.format("avx512_vnni avx_vnni"))
+    assert not dispatch.bf16_gemm_cpu("model name\t: avx512_bf16 in a name, not a flag\n")
+
+
+def test_auto_checks_that_the_bf16_backend_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "bf16_gemm_cpu", lambda: True)
+    usable = dispatch._bf16_backend_usable()
+    expected = CPU_BF16_BACKEND if usable else CPU_BACKEND
+    assert choose_backend(100_000, 10_000, 512, available=WITH_BF16) == expected
+
+    def missing() -> None:
+        raise BackendUnavailableError("no bfloat16 GEMM here")
+
+    monkeypatch.setattr(dispatch, "MklBfloat16Gemm", missing)
+    assert choose_backend(100_000, 10_000, 512, available=WITH_BF16) == CPU_BACKEND
 
 
 def test_cuda_picks_triton_where_installed_and_torch_blocked_elsewhere() -> None:
