@@ -17,10 +17,16 @@ inputs hold. ``--check`` first compares every Triton precision with
 with "EXACTNESS FAILURE" on any difference (``scripts/gpu_check.sh``). Under
 ``TRITON_INTERPRET=1`` ``--device cpu --tiny`` runs the same code on the CPU (a dry run).
 
-Every table gives each path's time as a ratio to the peer (median over interleaved rounds, which
-keeps the ratio meaningful on a shared machine), its best time, achieved GFLOP/s as 2 n m d /
-best time, that rate as a percentage of the fp32 GEMM rate measured at the start of the same run
-(numpy sgemm on CPU, IEEE-fp32 ``torch.mm`` on CUDA), and peak memory.
+Every table gives each path's median and best time over the rounds; "x peer", the median over
+rounds of (the path's time / the peer's time in the same round), and "worst x", the largest of
+those per-round ratios; achieved GFLOP/s as 2 n m d / best time, that rate as a percentage of
+the fp32 GEMM rate measured in the same run (numpy sgemm on CPU, IEEE-fp32 ``torch.mm`` on
+CUDA; a bfloat16 GEMM shortlist can exceed 100%), and peak memory; then every round's times and
+the 1-minute load average before it. "x peer" is not best over best: rounds interleave the
+paths, so a busy moment slows a path and its peer in the same round, and the ratio of the two
+keeps its meaning where the times alone do not. So 0.83 beside best times of 5.20 s and 5.65 s
+(0.92) says that in the typical round the path took 0.83 of the peer's time in that round, while
+the two best times came from different rounds.
 
 Usage:
     python benchmarks/nn_histogram.py                  # (1e5, 1e4, 512), (1e4, 1e4, 2048), scaling
@@ -46,7 +52,7 @@ from typing import Any
 import numpy as np
 
 PEER = "faiss-IndexFlatL2"
-BACKENDS = ("numpy-blocked", "torch-blocked", "faiss")
+BACKENDS = ("numpy-blocked", "numpy-blocked-bf16", "torch-blocked", "faiss")
 TORCH_PEER = "torch-argmin"
 
 Size = tuple[int, int, int]
@@ -82,6 +88,14 @@ def _flops(size: Size) -> float:
     return 2.0 * n * m * dim
 
 
+def _load() -> str:
+    """The 1-minute load average (other processes share this machine's cores)."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
 def _table(
     title: str,
     size: Size,
@@ -89,27 +103,40 @@ def _table(
     peer: str,
     gemm_rate: float,
     notes: dict[str, str],
+    loads: list[str] | None = None,
 ) -> None:
-    """Prints one size's rows: best time, ratio to ``peer``, GFLOP/s, % of GEMM rate, memory."""
+    """Prints one size's rows (see the module docstring), then every round's times."""
     flops = _flops(size)
     print(
         f"\n{title}: n_private={size[0]} n_synthetic={size[1]} dim={size[2]} "
         f"({flops / 1e12:.3f} TFLOP, fp32 GEMM bound {flops / gemm_rate:.3f} s)"
     )
     header = (
-        f"{'path':<30}{'best s':>9}{'x peer':>8}{'GFLOP/s':>9}{'% GEMM':>8}{'peak +MiB':>11}  votes"
+        f"{'path':<30}{'median s':>9}{'best s':>9}{'x peer':>8}{'worst x':>8}{'GFLOP/s':>9}"
+        f"{'% GEMM':>8}{'peak +MiB':>11}  votes"
     )
     print(header)
     print("-" * len(header))
     for name in rounds[0]:
-        best = min(r[name]["seconds"] for r in rounds)
-        ratio = float(np.median([r[name]["seconds"] / r[peer]["seconds"] for r in rounds]))
+        times = [r[name]["seconds"] for r in rounds]
+        ratios = [r[name]["seconds"] / r[peer]["seconds"] for r in rounds]
         peak = max(r[name]["peak_extra_mib"] for r in rounds)
-        rate = flops / best
+        rate = flops / min(times)
         print(
-            f"{name:<30}{best:>9.3f}{ratio:>8.2f}{rate / 1e9:>9.1f}{100 * rate / gemm_rate:>8.1f}"
-            f"{peak:>11.1f}  {notes.get(name, '')}"
+            f"{name:<30}{np.median(times):>9.3f}{min(times):>9.3f}{np.median(ratios):>8.2f}"
+            f"{max(ratios):>8.2f}{rate / 1e9:>9.1f}{100 * rate / gemm_rate:>8.1f}{peak:>11.1f}"
+            f"  {notes.get(name, '')}"
         )
+    print(
+        "rounds (seconds; x peer in brackets)" + (", load before each: " if loads else ""), end=""
+    )
+    print(" ".join(loads or []))
+    for name in rounds[0]:
+        cells = [
+            f"{r[name]['seconds']:.3f} [{r[name]['seconds'] / r[peer]['seconds']:.2f}]"
+            for r in rounds
+        ]
+        print(f"  {name:<28}" + "  ".join(cells))
 
 
 def _agreement(
@@ -252,8 +279,10 @@ def _cpu_main(args: argparse.Namespace, sizes: list[Size]) -> bool:
         # Rounds interleave the backends, so load from other processes hits them all alike; the
         # ratio column is the median over rounds of each round's time over the peer's.
         rounds = []
+        loads = []
         for _ in range(args.repeats):
             gemm_rate = max(gemm_rate, _cpu_gemm_rate())
+            loads.append(_load())
             rounds.append({name: _run_child(name, size, args) for name in [PEER, *args.backends]})
         agree, notes = _agreement(rounds, args.backends, [PEER])
         ok &= agree
@@ -264,6 +293,7 @@ def _cpu_main(args: argparse.Namespace, sizes: list[Size]) -> bool:
             PEER,
             gemm_rate,
             notes,
+            loads,
         )
         summary.append(
             (
@@ -277,9 +307,13 @@ def _cpu_main(args: argparse.Namespace, sizes: list[Size]) -> bool:
             )
         )
     print("\nscaling (time / plain FAISS):")
-    print(f"{'n, m, d':<22}" + "".join(f"{name:>16}" for name in args.backends))
+    widths = {name: max(16, len(name) + 2) for name in args.backends}
+    print(f"{'n, m, d':<22}" + "".join(f"{name:>{widths[name]}}" for name in args.backends))
     for size, ratios in summary:
-        print(f"{size!s:<22}" + "".join(f"{ratios[name]:>16.2f}" for name in args.backends))
+        print(
+            f"{size!s:<22}"
+            + "".join(f"{ratios[name]:>{widths[name]}.2f}" for name in args.backends)
+        )
     return ok
 
 
