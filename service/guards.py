@@ -24,7 +24,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -229,6 +229,8 @@ def install(app: FastAPI, *, max_header_bytes: int, max_body_bytes: int) -> None
         detail: Any = exc.detail
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request))
+        if exc.status_code in (204, 304):  # no body, as Starlette's own handler
+            return Response(status_code=exc.status_code, headers=headers)
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -243,10 +245,8 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, DBAPIError):
         return False
-    if exc.connection_invalidated:
-        return True
     # OperationalError: connection refused or lost, server shutting down, SQLite locked.
-    return type(exc).__name__ in ("OperationalError", "InterfaceError")
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
 
 
 def database_unavailable(request: Request, exc: Exception) -> Response:

@@ -49,6 +49,8 @@ from service.digests import RecordDigests, new_digest_key
 from service.security import generate_api_key, hash_api_key
 
 MAX_EVENT_PAGE: Final = 1000
+MAX_EVENT_SEQ: Final = 2**31 - 1
+"""The largest event number a job's events can reach (``job_events.seq`` is 32-bit)."""
 _NOT_OUR_CURSOR: Final = "cursor is not one this server returned; start without it"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -482,6 +484,9 @@ def list_events(
     """
     if not 1 <= limit <= MAX_EVENT_PAGE:
         raise ValueError(f"limit must be in [1, {MAX_EVENT_PAGE}], got {limit!r}")
+    # seq is a 32-bit column, and PostgreSQL refuses a larger bound for it; no event lies
+    # above its largest value, so a larger cursor asks the same as that one.
+    after = min(after, MAX_EVENT_SEQ)
     with read_transaction(session):
         job_of_tenant(session, tenant_id, job_id)
         statement = (
