@@ -70,10 +70,9 @@ at most 2^-126 (1 + ||x|| + ||y||)^2). The accuracy is close to fp32's at tensor
 
 A bfloat16 GEMM on the CPU (``bfloat16_gemm_error_bound``, for ``pe_kernels.bfloat16``). The
 rows are rounded to bfloat16 on the host: x_h = -bf16(-2 x) / 2 and y_h = bf16(y), with
-residuals dx = x - x_h and dy = y - y_h whose norms are bounded from the actual values (no
-worst-case u |x| per element: for Gaussian data ||dx|| is about 0.42 u ||x||): in float64 for
-the synthetic rows, once; by ``fp32_norm_upper`` for each block of private rows, with
-||x_h|| <= ||x|| + ||dx||. The
+residuals dx = x - x_h and dy = y - y_h whose norms are bounded from the actual values by
+``fp32_norm_upper`` (no worst-case u |x| per element: for Gaussian data ||dx|| is about
+0.42 u ||x||), with ||x_h|| <= ||x|| + ||dx||. The
 squared norm t_j, summed in float64 and rounded to fp32, is split into three bfloat16 parts p_j
 (an fp32 significand has 24 bits, so the parts hold it exactly unless they are subnormal; the
 bound uses the measured |sum(p_j) - t_j| anyway). A GEMM of the rows [bf16(-2 x), 1, 1, 1]

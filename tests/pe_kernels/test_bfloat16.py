@@ -40,8 +40,7 @@ def _kernel_distances(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The kernel's GEMM operands, its fp32 distances and its tol, for one block."""
     dim = synthetic.shape[1]
-    columns = -(-(dim + 3) // 32) * 32
-    operand, norms = bfloat16._bfloat16_synthetic(synthetic, columns)
+    operand, norms = bfloat16._bfloat16_synthetic(synthetic, bfloat16.gemm_columns(dim))
     kernel = bfloat16._Bfloat16Kernel(MklBfloat16Gemm(), operand, norms, dim)
     tol = kernel.prepare(private, norms.max_sq_norm)
     rows = kernel._rows[: len(private)]
