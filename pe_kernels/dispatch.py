@@ -36,7 +36,8 @@ Importing a class loads neither torch nor its optional module: they load when it
 AUTO = "auto"
 
 CPU_BACKEND = "numpy-blocked"
-"""The CPU pick at every size: one worker per core, each GEMM + selection + exact re-rank.
+"""The CPU pick where ``CPU_BF16_BACKEND`` is not (no bfloat16 instructions, small votes): one
+worker per core, each fp32 GEMM + selection + exact re-rank.
 
 Exact votes on 2 cores as a ratio to plain (inexact) FAISS ``IndexFlatL2`` in the same run
 (benchmarks/nn_histogram.py, median of 3 interleaved rounds on a shared machine, so +-5%). On
@@ -52,15 +53,20 @@ working memory (about 100-200 MiB against 25-100 MiB), inside ``max_block_bytes`
 CPU_BF16_BACKEND = "numpy-blocked-bf16"
 """The CPU pick for large votes on CPUs with bfloat16 matrix instructions (``bf16_gemm_cpu``):
 ``numpy-blocked``'s workers and exact re-rank, with a bfloat16 GEMM shortlist (MKL from torch's
-CPU library, ``pe_kernels.bfloat16``). On this project's 2-core machine (AMX-BF16) it took 0.35x
-the time of plain FAISS ``IndexFlatL2`` at (1e5, 1e4, 512), where ``numpy-blocked`` took 0.79x
-(benchmarks/nn_histogram.py, medians of 5 interleaved rounds at load 3.7-5.3; the results file
-in ``benchmarks/results/`` has quieter runs and (1e4, 1e4, 2048)).
+CPU library, ``pe_kernels.bfloat16``). On this project's 2-core machine (AMX-BF16), as a ratio
+to plain FAISS ``IndexFlatL2`` (benchmarks/results/cpu-2core-2026-12-06.md, medians of 5
+interleaved rounds): 0.42 at (1e5, 1e4, 512), every round 0.36-0.43, against 0.98 for
+``numpy-blocked``; 0.45 at (1e4, 1e4, 2048), rounds 0.43-0.50, against 1.14; 0.52 with k 3 at
+(3e4, 1e4, 512). Its working memory is smaller (256-row blocks), plus about 100 MB for the
+library, loaded once.
 """
 
 BF16_MIN_WORK = 2**33
 """n m d below which ``auto`` keeps ``CPU_BACKEND`` on bfloat16 CPUs too: loading torch's CPU
-library takes about 0.14 s and 100 MB, more than the bfloat16 GEMM saves on a small vote."""
+library takes about 0.14 s and 100 MB once, and a vote at this size (about 8.6e9, e.g. n 1e4,
+m 2e3, d 430) takes about 0.15 s with ``numpy-blocked``, a third less with the bfloat16 GEMM
+(here: 0.164 against 0.112 s at (1e4, 2e3, 512), 0.057 against 0.039 s at (2e3, 2e3, 784)), so
+a run of a few iterations repays the load from about there."""
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of bfloat16 dot-product instructions (AVX512-BF16, AMX-BF16); without
