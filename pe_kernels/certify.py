@@ -72,23 +72,26 @@ A bfloat16 GEMM on the CPU (``bfloat16_gemm_error_bound``, for ``pe_kernels.bflo
 rows are rounded to bfloat16 on the host: x_h = -bf16(-2 x) / 2 and y_h = bf16(y), with
 residuals dx = x - x_h and dy = y - y_h whose norms are bounded from the actual values by
 ``fp32_norm_upper`` (no worst-case u |x| per element: for Gaussian data ||dx|| is about
-0.42 u ||x||), with ||x_h|| <= ||x|| + ||dx||. The
-squared norm t_j, summed in float64 and rounded to fp32, is split into three bfloat16 parts p_j
-(an fp32 significand has 24 bits, so the parts hold it exactly unless they are subnormal; the
-bound uses the measured |sum(p_j) - t_j| anyway). A GEMM of the rows [bf16(-2 x), 1, 1, 1]
-against [y_h, p_j] (K = d + 3 columns, plus zero columns) gives C_ij ~ sum(p_j) - 2 x_h.y_h.
-It assumes this of the GEMM, and nothing about its order or blocking:
+0.42 u ||x||), with ||x_h|| <= ||x|| + ||dx||. The squared norm t_j, summed in float64 and
+rounded to fp32, is split into three bfloat16 parts p_j (an fp32 significand has 24 bits, so
+the parts hold it exactly unless they are subnormal; the bound uses the measured
+|sum(p_j) - t_j| anyway). A GEMM of the rows [bf16(-2 x), 1, 1, 1] against [y_h, p_j]
+(K = d + 3 columns, plus zero columns) gives C_ij ~ sum(p_j) - 2 x_h.y_h. The bound assumes
+this of the GEMM, and nothing about its order or blocking:
 
 (M) each product of two bfloat16 values is exact in fp32 (8 + 8 significand bits), every sum
     is an fp32 addition of two fp32 values rounded faithfully (error below one ulp, so
-    relative error at most 2^-23: round-to-nearest, as Intel specifies for AVX512-BF16's
-    VDPBF16PS and AMX's TDPBF16PS, has half that), and any subnormal input, product or sum
-    may be flushed to zero. The output is fp32.
+    relative error at most 2^-23; round-to-nearest has half that), and any subnormal input,
+    product or sum may be flushed to zero. The output is fp32.
 
-That is what MKL's ``cblas_gemm_bf16bf16f32`` documents (bfloat16 inputs, fp32 results) and
-what the instructions do; ``pe_kernels.bfloat16`` also checks it on probe products whose exact
-fp32 results a bfloat16 or TF32 accumulator or output could not hold. A sum of K terms, in any
-order, takes at most K - 1 additions per term, so with gamma_r built on u = 2^-23
+Why we rely on it: the instructions accumulate that way (Intel's descriptions of VDPBF16PS and
+TDPBF16PS: fp32 sums of products of bfloat16 values, round-to-nearest-even, denormals treated
+as zero and flushed), and so does any fallback that widens bfloat16 to fp32 and uses fp32
+arithmetic. MKL documents only the interface of ``cblas_gemm_bf16bf16f32`` (bfloat16 inputs,
+fp32 results), so ``pe_kernels.bfloat16`` probes it before use with products whose exact fp32
+results a bfloat16, fp16 or TF32 accumulator or output could not hold, and the tests check the
+bound against MKL's own results and two fp32 summation orders. A sum of K terms, in any order,
+takes at most K - 1 additions per term, so with gamma_r built on u = 2^-23
 
     |C_ij - S_ij| <= gamma_{K-1} (2 ||x_h|| max_j ||y_h|| + max_j sum |p_j|) + flushes,
 
@@ -103,10 +106,10 @@ so |C_ij - (e_ij - s_i)| <= 2 (||dx|| Y + ||x_h|| dY) + |sum(p_j) - t_j| + the G
 + the float64 reference's gamma64_{d+2} 2 (s + T). The input term dominates (about 7e-3 for
 unit vectors, against 5e-4 for the fp32 GEMM at d 512): its norms are upper bounds whose
 float64 arithmetic errs by a few 2^-53 relative, which a factor 1 + 2^-16 covers; every other
-term gets the safety factor 2 of ``distance_error_bound``. With this tol_i the
-argument "why the candidates contain the true top k" above holds unchanged; candidate sets
-are wider (about 1.9 candidates per row for random unit vectors at d 512, 4 at d 2048), and
-the exact re-rank settles them.
+term gets the safety factor 2 of ``distance_error_bound``. With this tol_i the argument "why
+the candidates contain the true top k" above holds unchanged; candidate sets are wider (about
+1.9 candidates per row for random unit vectors at d 512, 4 at d 2048), and the exact re-rank
+settles them.
 """
 
 from __future__ import annotations
