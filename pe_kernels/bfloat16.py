@@ -384,6 +384,8 @@ class Bfloat16BlockedBackend:
         self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
     ) -> NDArray[np.int64]:
         check_search_inputs(private, synthetic, k)
+        if len(private) == 0 or len(synthetic) == 0:
+            return np.full((len(private), k), -1, dtype=np.int64)
         dim = synthetic.shape[1]
         operand, norms = _bfloat16_synthetic(synthetic, gemm_columns(dim))
         kept = min(k, synthetic.shape[0])

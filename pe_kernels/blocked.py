@@ -353,7 +353,7 @@ def worker_search(
         (n, k) int64, as ``blocked_search``.
     """
     budget = min(max_block_bytes // threads, worker_block_bytes)
-    if threads == 1:
+    if threads == 1 or len(private) == 0 or len(synthetic) == 0:
         return blocked_search(private, synthetic, k, make_kernel(), budget)
     # Blocks go to whichever worker is free, so a core slowed by another process delays
     # only its current block. Each worker keeps its own kernel buffers for the whole call.

@@ -40,6 +40,12 @@ def test_no_private_rows(backend: NearestNeighbourBackend) -> None:
     assert got.shape == (0, 2) and got.dtype == np.int64
 
 
+def test_no_synthetic_rows_pads_every_row(backend: NearestNeighbourBackend) -> None:
+    got = backend.search(np.ones((3, 5), np.float32), np.zeros((0, 5), np.float32), 2)
+    np.testing.assert_array_equal(got, np.full((3, 2), -1))
+    assert got.dtype == np.int64
+
+
 def test_fewer_synthetic_than_k_pads_with_minus_one(backend: NearestNeighbourBackend) -> None:
     private = np.array([[0.0, 0.0], [5.0, 5.0]], dtype=np.float32)
     synthetic = np.array([[4.0, 4.0], [1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
