@@ -60,15 +60,15 @@ class FontInfo:
 
 
 def default_font_dirs() -> tuple[Path, ...]:
-    """The folders of the fonts ``scripts/install-fonts.sh`` installs (:data:`DRAWTEXT_FONT_DIRS`)
-    and the fonts matplotlib ships.
+    """The folders of the fonts ``scripts/install-fonts.sh`` installs (:data:`DRAWTEXT_FONT_DIRS`,
+    sorted), then those of the fonts matplotlib ships.
 
     More fonts, above all handwriting ones (Debian's ``fonts-dkg-handwriting``,
     ``fonts-bwht``, ...), give the simulator more styles to evolve from (Sim-PE draws from
     thousands of fonts); the pool is recorded with every run, since a machine without root may
     lack some of them. Other fonts are used only when given (``font_dirs``, ``font_paths``).
     """
-    dirs = [SYSTEM_FONT_DIR / folder for folder in DRAWTEXT_FONT_DIRS]
+    dirs = [SYSTEM_FONT_DIR / folder for folder in sorted(DRAWTEXT_FONT_DIRS)]
     # find_spec locates matplotlib without paying for its import.
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.submodule_search_locations:
@@ -243,6 +243,22 @@ def _full_name(font: TTFont, path: Path) -> str:
     return name or path.stem
 
 
+def _font_files(dirs: Sequence[Path]) -> list[Path]:
+    """The font files under ``dirs``: folder by folder in the order given, each one's files
+    sorted by their path inside it, each file once. The order depends on nothing but the
+    folders and their contents, not on where they are: sorting absolute paths put matplotlib's
+    fonts first in a checkout under /tmp and last under /work, which changed every font index
+    (and the audit's canaries) between CI and a developer's machine.
+    """
+    files: dict[Path, None] = {}
+    for folder in dirs:
+        if folder.is_dir():
+            found = {p for pattern in FONT_SUFFIXES for p in folder.rglob(pattern)}
+            for path in sorted(found, key=lambda p: p.relative_to(folder).parts):
+                files.setdefault(path.resolve(), None)
+    return list(files)
+
+
 def discover_fonts(
     texts: Sequence[str],
     font_paths: Sequence[str | Path] | None = None,
@@ -250,11 +266,11 @@ def discover_fonts(
 ) -> tuple[FontInfo, ...]:
     """Lists the fonts that can draw every character of ``texts``.
 
-    Candidates are ``font_paths`` if given, else the ``.ttf``/``.otf`` files anywhere under
-    ``font_dirs`` (default:
-    :func:`default_font_dirs`). They are sorted by path and fonts whose full name was already
-    seen are dropped (DejaVu ships both with Debian and with matplotlib), so the pool, and with
-    it the meaning of a font index, is deterministic for a given set of installed files.
+    Candidates are ``font_paths`` if given (sorted by path), else the ``.ttf``/``.otf`` files
+    anywhere under ``font_dirs`` (default: :func:`default_font_dirs`), folder by folder and
+    sorted inside each. Fonts whose full name was already seen are dropped (DejaVu ships both
+    with Debian and with matplotlib), so the pool, and with it the meaning of a font index, is
+    the same wherever the same files are installed.
 
     Args:
         texts: every string the simulator may draw; whitespace needs no glyph.
@@ -276,15 +292,7 @@ def discover_fonts(
                 raise PrivevoError(f"font file {str(path)!r} does not exist")
     else:
         dirs = [Path(d) for d in (font_dirs if font_dirs is not None else default_font_dirs())]
-        candidates = sorted(
-            {
-                p.resolve()
-                for d in dirs
-                if d.is_dir()
-                for pattern in FONT_SUFFIXES
-                for p in d.rglob(pattern)
-            }
-        )
+        candidates = _font_files(dirs)
     from fontTools.ttLib import TTFont, TTLibError
 
     pool: list[FontInfo] = []

@@ -94,5 +94,27 @@ def test_the_default_pool_is_what_install_fonts_installs() -> None:
         }
     assert folders == set(DRAWTEXT_FONT_DIRS)
     assert [d for d in default_font_dirs() if d.is_relative_to(SYSTEM_FONT_DIR)] == [
-        SYSTEM_FONT_DIR / folder for folder in DRAWTEXT_FONT_DIRS
+        SYSTEM_FONT_DIR / folder for folder in sorted(DRAWTEXT_FONT_DIRS)
     ]
+
+
+def test_the_pool_order_follows_the_folders_not_where_they_are(tmp_path: Path) -> None:
+    """Folder by folder in the order given: a checkout under /tmp put matplotlib's fonts (in its
+    .venv) before /usr/share/fonts when absolute paths were sorted, and one under /work after
+    them, so the same installed files gave different font indexes."""
+    sources = sorted(Path(matplotlib_fonts()).glob("DejaVu*.ttf"))[:2]
+    assert len(sources) == 2
+    late, early = tmp_path / "a-given-second", tmp_path / "z-given-first"
+    for folder, source in ((early, sources[0]), (late, sources[1])):
+        folder.mkdir()
+        shutil.copy(source, folder / source.name)
+    pool = discover_fonts(["0"], font_dirs=[early, late])
+    assert [Path(font.path).parent for font in pool] == [early, late]
+    reverse = discover_fonts(["0"], font_dirs=[late, early])
+    assert [Path(font.path).parent for font in reverse] == [late, early]
+
+
+def matplotlib_fonts() -> Path:
+    folders = [d for d in default_font_dirs() if not d.is_relative_to(SYSTEM_FONT_DIR)]
+    assert folders, "matplotlib ships DejaVu; the lock installs it"
+    return folders[0]
