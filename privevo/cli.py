@@ -492,8 +492,8 @@ def serve(
 
     With no PRIVEVO_* settings this is the embedded single-machine setup: SQLite, local storage
     and a broker on the file system under ./privevo-data (no Redis needed). A job whose worker
-    died is re-enqueued by a running worker once its heartbeat is PRIVEVO_STALE_AFTER_S old;
-    each run of a job is limited to PRIVEVO_TASK_TIME_LIMIT_S. Production sets
+    died, or whose message was lost, is sent again by a running worker's sweeper (see `privevo
+    worker --help`); each run of a job is limited to PRIVEVO_TASK_TIME_LIMIT_S. Production sets
     PRIVEVO_DATABASE_URL and PRIVEVO_BROKER_URL and starts workers with `privevo worker` on as
     many machines as needed.
     """
@@ -554,8 +554,10 @@ def worker(
 ) -> None:
     """Start a worker that runs PE jobs from the broker (PRIVEVO_BROKER_URL).
 
-    It also re-enqueues running jobs whose worker died (no heartbeat for PRIVEVO_STALE_AFTER_S,
-    looked for every PRIVEVO_SWEEP_INTERVAL_S).
+    Every PRIVEVO_SWEEP_INTERVAL_S it also sends the jobs' messages still pending in the
+    database (a create while the broker was down), and sends again the message of a job that
+    has none: lost with a Redis restarted without persistence, or held by a worker that died
+    (no heartbeat for PRIVEVO_STALE_AFTER_S). A job waiting in a busy queue gets no second one.
     """
     _service_settings()
     command = _worker_command(queues, concurrency)

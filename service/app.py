@@ -3,7 +3,13 @@
 Every dataset, job and result belongs to the tenant of the API key that made it; any other
 tenant gets 404 on every route. PE itself runs in Celery workers; the gateway imports none of
 their code and sends each job's task by name to the queue stored on its row
-(:mod:`service.broker`).
+(:mod:`service.broker`), through the outbox: a create commits the job's message with its
+reservation, and a courier thread sends it (:mod:`service.outbox`), so a create never waits on
+the broker and a committed job is always enqueued.
+
+Two threads run beside the routes while the app lives: that courier, and the sweep of upload
+folders left by a gateway that died mid-upload (:func:`service.uploads.sweep_orphan_uploads`),
+at start and every :data:`UPLOAD_SWEEP_S` seconds.
 """
 
 import hmac
@@ -11,7 +17,7 @@ import io
 import secrets
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -36,7 +42,14 @@ from pe_core.errors import PrivevoError
 from pe_core.samples import DataShape
 from service import db, guards
 from service.audits import AuditUnavailable, check_audit, read_audit
-from service.broker import make_celery, prepare_broker, queue_for, send_job
+from service.broker import (
+    MessageFinder,
+    make_celery,
+    message_finder,
+    prepare_broker,
+    queue_for,
+    send_job,
+)
 from service.console import mount_console
 from service.evaluation import (
     EvaluationUnavailable,
@@ -45,6 +58,7 @@ from service.evaluation import (
     read_report,
 )
 from service.keys import AUDIT_REPORT, evaluation_prefix, result_prefix
+from service.outbox import DELIVER_INTERVAL_S, Courier, Periodic, Send, deliver_pending
 from service.schemas import (
     AuditPublic,
     BudgetPublic,
@@ -62,17 +76,19 @@ from service.schemas import (
 )
 from service.security import parse_bearer
 from service.settings import Settings
-from service.storage import LocalStorage, Storage
+from service.storage import LocalStorage
 from service.uploads import (
     ReceivedForm,
     UploadedFile,
     UploadRejected,
     receive_form,
+    receiving,
+    sweep_orphan_uploads,
     validate_in_child_process,
 )
 
-Enqueue = Callable[[str, str], None]
-"""Queues the worker task of a job: (job id, queue)."""
+UPLOAD_SWEEP_S = 600.0
+"""Seconds between the gateway's sweeps of orphan upload folders (the first runs at start)."""
 
 RESULT_PARTS = ("synthetic/", "privacy_report.json", "report.html", "samples/", AUDIT_REPORT)
 """What a result zip holds (``audit.json`` for an audit job): never ``.state/`` (private) nor
@@ -104,28 +120,44 @@ _QUOTA_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 429: {"model": Erro
 """The errors of a create that a tenant's quota may refuse (429, with Retry-After)."""
 
 
-def celery_enqueue(settings: Settings) -> Enqueue:
-    """Sends the job task by name to a queue, through a producer on the settings' broker."""
+def celery_sender(settings: Settings) -> tuple[Send, MessageFinder]:
+    """Sends job tasks by name through a producer on the settings' broker, and finds them
+    there (see :class:`service.outbox.Courier`)."""
     celery = make_celery(settings)
     prepare_broker(celery)
 
-    def enqueue(job_id: str, queue: str) -> None:
-        send_job(celery, job_id, queue)
+    def send(job_id: str, queue: str, task_id: str) -> None:
+        send_job(celery, job_id, queue, task_id)
 
-    return enqueue
+    return send, message_finder(celery)
 
 
-def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
-    """Builds the gateway for ``settings`` (default: from the environment)."""
+def create_app(settings: Settings | None = None, *, enqueue: Send | None = None) -> FastAPI:
+    """Builds the gateway for ``settings`` (default: from the environment); ``enqueue``
+    replaces the broker (its messages are then sent without looking for earlier ones)."""
     settings = settings or Settings()
     engine = db.make_engine(settings.resolved_database_url)
     sessions = db.make_session_factory(engine)
     storage = LocalStorage(settings.resolved_storage_root)
-    send = enqueue or celery_enqueue(settings)
+    send, finder = celery_sender(settings) if enqueue is None else (enqueue, None)
+    courier = Courier(sessions, send, finder)
+    deliverer = Periodic("outbox-courier", lambda: deliver_pending(courier), DELIVER_INTERVAL_S)
+
+    def in_use(keys: Collection[str]) -> set[str]:
+        with sessions() as s:
+            return db.uploads_in_use(s, keys)
+
+    janitor = Periodic(
+        "orphan-upload-sweeper", lambda: sweep_orphan_uploads(storage, in_use), UPLOAD_SWEEP_S
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        deliverer.start()
+        janitor.start()
         yield
+        deliverer.stop()
+        janitor.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -138,6 +170,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     )
     app.state.sessions = sessions
     app.state.storage = storage
+    app.state.deliverer = deliverer
     # Every body but an upload's (whose route streams it under its own limit) is refused past
     # max_body_bytes before it is parsed: a 50 MB JSON body once took 2 s of a worker thread.
     guards.install(
@@ -145,7 +178,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     )
     _install_error_handlers(app, settings)
     _install_metrics(app, sessions, settings)
-    _add_routes(app, settings, sessions, storage, send)
+    _add_routes(app, settings, sessions, storage, deliverer)
     mount_console(app, storage, upload_limit=_upload_backstop(settings))
     return app
 
@@ -254,8 +287,8 @@ def _add_routes(
     app: FastAPI,
     settings: Settings,
     sessions: sessionmaker[Session],
-    storage: Storage,
-    enqueue: Enqueue,
+    storage: LocalStorage,
+    deliverer: Periodic,
 ) -> None:
     def session() -> Iterator[Session]:
         with sessions() as s:
@@ -354,53 +387,56 @@ def _add_routes(
             if used + size > quota:
                 raise db.QuotaExceeded("max_stored_bytes", db.storage_message(used, size, quota))
         prefix = f"uploads/{secrets.token_hex(16)}"
-        received = await receive_form(
-            request.stream(),
-            request.headers.get("content-type"),
-            storage,
-            prefix,
-            max_bytes=settings.max_upload_bytes,
-        )
-        try:
-            form, stored = _dataset_form(received)
-            epsilon_cap, delta_cap = form.budget_caps
-            if form.role == "private":
-                _check_caps(form, db.get_tenant(s, owner), settings)
-            path = storage.path(stored.key)
-            assert path is not None
-            summary = await run_in_threadpool(
-                validate_in_child_process,
-                path,
-                modality=form.modality,
-                text_column=form.text_column,
-                label_column=form.label_column,
-                user_column=form.user_column,
-                display_name=received.filename,
-                digest_key=db.tenant_digest_key(s, owner),
+        # Held until the dataset is committed or the folder deleted: a gateway that dies
+        # before either leaves the folder to the orphan sweep.
+        with receiving(storage, prefix):
+            received = await receive_form(
+                request.stream(),
+                request.headers.get("content-type"),
+                storage,
+                prefix,
+                max_bytes=settings.max_upload_bytes,
             )
-            dataset = db.create_dataset(
-                s,
-                owner,
-                name=form.name,
-                modality=summary.modality,
-                record_count=summary.record_count,
-                labels=list(summary.labels),
-                sha256=stored.sha256,
-                storage_path=stored.key,
-                epsilon_cap=epsilon_cap,
-                delta_cap=delta_cap,
-                text_column=form.text_column,
-                label_column=form.label_column,
-                image_shape=summary.image_shape,
-                digests=summary.record_digests,
-                user_column=form.user_column,
-                role=form.role,
-                size_bytes=stored.size,
-                max_stored_bytes=settings.max_stored_bytes,
-            )
-        except BaseException:
-            storage.delete_prefix(prefix)  # nothing half-stored
-            raise
+            try:
+                form, stored = _dataset_form(received)
+                epsilon_cap, delta_cap = form.budget_caps
+                if form.role == "private":
+                    _check_caps(form, db.get_tenant(s, owner), settings)
+                path = storage.path(stored.key)
+                assert path is not None
+                summary = await run_in_threadpool(
+                    validate_in_child_process,
+                    path,
+                    modality=form.modality,
+                    text_column=form.text_column,
+                    label_column=form.label_column,
+                    user_column=form.user_column,
+                    display_name=received.filename,
+                    digest_key=db.tenant_digest_key(s, owner),
+                )
+                dataset = db.create_dataset(
+                    s,
+                    owner,
+                    name=form.name,
+                    modality=summary.modality,
+                    record_count=summary.record_count,
+                    labels=list(summary.labels),
+                    sha256=stored.sha256,
+                    storage_path=stored.key,
+                    epsilon_cap=epsilon_cap,
+                    delta_cap=delta_cap,
+                    text_column=form.text_column,
+                    label_column=form.label_column,
+                    image_shape=summary.image_shape,
+                    digests=summary.record_digests,
+                    user_column=form.user_column,
+                    role=form.role,
+                    size_bytes=stored.size,
+                    max_stored_bytes=settings.max_stored_bytes,
+                )
+            except BaseException:
+                storage.delete_prefix(prefix)  # nothing half-stored
+                raise
         return DatasetPublic.of(dataset, _budget(s, owner, dataset))
 
     @app.get("/v1/datasets", operation_id="listDatasets", tags=["datasets"], responses=_ERRORS)
@@ -514,8 +550,9 @@ def _add_routes(
             eval_dataset_id=body.eval_dataset_id,
             max_queued_jobs=settings.max_queued_jobs,
         )
-        if not repeated:
-            enqueue(job.id, job.queue)
+        # Its message was committed with it; the courier sends it now, and again until the
+        # broker takes it. A retry (repeated) wakes it too: its first send may have failed.
+        deliverer.wake()
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobPublic.of(job)
 

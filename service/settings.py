@@ -85,8 +85,10 @@ class Settings(BaseSettings):
     stale_after_s: int = Field(
         600,
         ge=2,
-        description="A running job whose heartbeat is older than this is re-enqueued (its file "
-        "lock keeps it from running twice); workers beat every stale_after_s / 4 s, at most 30 s",
+        description="A running job whose heartbeat is older than this, or a message a worker "
+        "took this long ago for a job that never ran, is taken for lost and sent again when the "
+        "broker no longer holds it elsewhere (its file lock keeps it from running twice); "
+        "workers beat every stale_after_s / 4 s, at most 30 s",
     )
     allow_insecure_test_noise: bool = Field(
         False,

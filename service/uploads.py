@@ -13,6 +13,12 @@ Two steps, both safe on hostile input:
    records' keyed digests (:mod:`service.digests`) from the records as decoded, which decide
    the budget the dataset joins.
 
+Crashes leave nothing behind for long: each upload's folder (``uploads/<random>/``) carries a
+lock its request holds until the dataset is committed or the folder deleted (:func:`receiving`);
+the kernel drops the lock when the gateway dies however it dies, and the gateway sweeps folders
+whose lock is free and which no dataset keeps (:func:`sweep_orphan_uploads`) when it starts and
+periodically. The validator process dies with the gateway (:func:`validate_in_child_process`).
+
 Neither step returns or logs record contents. The summary holds the record count, the label
 names and the number of repeated records, which the service shows only to the tenant who owns
 the data (they are not DP outputs and must never appear in anything released or shown to
@@ -24,16 +30,31 @@ DP outputs, so none is made).
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import hashlib
 import logging
 import multiprocessing
 import os
+import secrets
+import signal
+import sys
+import threading
+import time
 import traceback
 import zipfile
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+)
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
@@ -46,7 +67,7 @@ from pe_core.datasets import DEFAULT_ZIP_LIMITS, TABLE_SUFFIXES, ZipLimits, load
 from pe_core.errors import DataError, PrivevoError
 from pe_core.samples import DataShape, Modality
 from service.digests import RecordDigests, digest_records, new_digest_key
-from service.storage import Storage
+from service.storage import InvalidKeyError, LocalStorage, Storage, check_key
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -65,6 +86,17 @@ MAX_FORM_PARTS: Final = 16
 
 PrivacyUnit = Literal["record", "user"]
 """What a dataset's budget protects: one record, or all records of one user."""
+
+UPLOADS: Final = "uploads"
+"""The storage prefix under which each upload gets a folder of its own."""
+
+RECEIVING: Final = ".receiving"
+"""The lock file of an upload's folder while its request runs (storage keys never start with a
+dot, so no object can take its name)."""
+
+ORPHAN_GRACE_S: Final = 600.0
+"""An upload folder without a lock file (one made before locks, or whose request died before
+locking it) is swept once it has not changed for this long, in seconds."""
 
 _ARCHIVE_SUFFIXES = frozenset({".npz", ".zip"})
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
@@ -331,6 +363,97 @@ async def receive_form(
         storage.delete_prefix(prefix)
         raise
     return ReceivedForm(file=stored, filename=form.filename, fields=form.fields)
+
+
+@contextmanager
+def receiving(storage: LocalStorage, prefix: str) -> Iterator[None]:
+    """Holds the lock of an upload's own folder ``prefix`` while the block runs.
+
+    The lock is an ``flock`` on :data:`RECEIVING` in the folder, made under a temporary name
+    and renamed into place once locked, so the sweep never finds it unlocked while its request
+    lives; the kernel releases it when the process ends, however it ends. The request must
+    commit its dataset, or delete the folder, before the block ends.
+    """
+    folder = storage.make_folder(prefix)
+    temporary = folder / f"{RECEIVING}.{secrets.token_hex(8)}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: always free
+        os.rename(temporary, folder / RECEIVING)
+        yield
+    finally:
+        for path in (temporary, folder / RECEIVING):
+            path.unlink(missing_ok=True)  # renamed already, or deleted with the folder
+        os.close(descriptor)  # releases the lock
+
+
+def sweep_orphan_uploads(
+    storage: LocalStorage,
+    in_use: Callable[[Collection[str]], Collection[str]],
+    *,
+    grace_s: float = ORPHAN_GRACE_S,
+) -> list[str]:
+    """Deletes the upload folders that no request holds and no dataset keeps.
+
+    A gateway killed while receiving (a half-written ``.tmp``) or validating (a whole upload)
+    leaves its folder behind, unlocked. Each folder's lock is taken (without waiting) before
+    its keys are looked up, so a request that still runs keeps its folder, and one that has
+    committed its dataset is found keeping it.
+
+    Args:
+        storage: the gateway's storage.
+        in_use: the keys among those given that a dataset (not deleted) keeps
+            (:func:`service.db.uploads_in_use` on a session).
+        grace_s: how long a folder without a lock file is left alone since it last changed.
+
+    Returns:
+        The prefixes deleted.
+    """
+    base = storage.root / UPLOADS
+    removed: list[str] = []
+    try:
+        folders = sorted(entry for entry in base.iterdir() if entry.is_dir())
+    except FileNotFoundError:
+        return removed
+    for folder in folders:
+        try:
+            prefix = check_key(f"{UPLOADS}/{folder.name}")
+        except InvalidKeyError:
+            continue  # not a folder the gateway makes
+        with _unless_held(folder, grace_s) as free:
+            if not free:
+                continue
+            keys = storage.list(prefix)
+            if keys and in_use(keys):
+                continue
+            storage.delete_prefix(prefix)
+            removed.append(prefix)
+    if removed:
+        logger.warning("deleted %d orphan upload folders (their request died)", len(removed))
+    return removed
+
+
+@contextmanager
+def _unless_held(folder: Path, grace_s: float) -> Iterator[bool]:
+    """Yields whether no live request holds ``folder`` (holding its lock while it is checked)."""
+    try:
+        descriptor = os.open(folder / RECEIVING, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            age = time.time() - folder.stat().st_mtime
+        except FileNotFoundError:
+            age = 0.0  # deleted meanwhile
+        yield age > grace_s
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
 
 
 def _boundary(content_type: str | None, file_field: str) -> bytes:
@@ -600,9 +723,15 @@ def validate_in_child_process(path: str | os.PathLike[str], **options: Any) -> D
     child process that memory goes back to the system when it exits, so the gateway's own
     footprint stays small whatever the uploads (a 1 GB upload: the gateway stays near its idle
     size). Rejections come back as the same :class:`UploadRejected`.
+
+    The child dies with the gateway (:func:`_die_with`): a gateway killed during validation
+    once left its validator decoding a 200 MB upload for 25 minutes, for no one.
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=_die_with, initargs=(os.getpid(),)
+    )
+    with pool:
         try:
             return pool.submit(validate_dataset, path, **options).result()
         except BrokenProcessPool:
@@ -612,3 +741,25 @@ def validate_in_child_process(path: str | os.PathLike[str], **options: Any) -> D
                 "operator for more memory",
                 limit_bytes=0,
             ) from None
+
+
+PR_SET_PDEATHSIG: Final = 1
+
+
+def _die_with(parent: int) -> None:
+    """Runs first in the validator: ends it as soon as the gateway process ``parent`` ends.
+
+    On Linux the kernel kills it (``PR_SET_PDEATHSIG``). That signal follows the thread that
+    started the child, which here waits for the child and shuts its pool down before it
+    returns, so it never fires early. A thread polling the parent's pid covers other systems
+    (and a parent that died before the signal was set).
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)

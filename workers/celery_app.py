@@ -5,9 +5,11 @@ from the environment's settings when first asked for (a module ``__getattr__``),
 their own with :func:`create_app`. The broker options (late acks, prefetch 1, time limits, the
 visibility timeout) are the gateway's too: :mod:`service.broker`.
 
-A worker whose process dies leaves its job ``running`` with a heartbeat that stops; every worker
-sweeps for such jobs and re-enqueues them (:mod:`workers.sweeper`), so recovery does not wait for
-the visibility timeout, and works with the embedded broker too, which has none.
+A worker whose process dies leaves its job ``running`` with a heartbeat that stops, or ``queued``
+with its message in the dead worker's hands; a Redis restarted without persistence loses the
+messages it held. Every worker sweeps for jobs whose message is lost and sends it again
+(:mod:`workers.sweeper`), so recovery does not wait for the visibility timeout, and works with the
+embedded broker too, which has none.
 
 The embedded broker's folders are made when a worker starts (``worker_init``) or a producer is
 built (:func:`service.broker.prepare_broker`), never at import.

@@ -33,8 +33,8 @@ made none starts again from nothing with the recorded seeds (nothing was release
 was spent or shown, and the canaries and coins come out the same).
 
 While a delivery runs, the job's heartbeat is renewed at every phase and, in between, by a
-thread (:func:`heartbeat`), so the stale-job sweeper (:mod:`workers.sweeper`) re-enqueues a job
-only once its worker has stopped. Each delivery also keeps to the time limit: the job fails at
+thread (:func:`heartbeat`), so the stale-job sweeper (:mod:`workers.sweeper`) sends a job
+again only once its worker has stopped. Each delivery also keeps to the time limit: the job fails at
 the first phase boundary past it, whatever the pool (the solo pool enforces no Celery limits).
 """
 

@@ -1,9 +1,10 @@
 """The Celery task that runs a PE job: a thin shell around :func:`workers.jobs.run_job`, and
 the stale-job sweeper every worker runs beside it (:mod:`workers.sweeper`).
 
-The gateway creates the job with :func:`service.db.reserve`, then sends this task by name to
-the queue stored on the job row (:func:`service.broker.send_job`); the message carries the job id
-only. The task is a shared task: it belongs to the app of the worker that imports this module
+The gateway creates the job with :func:`service.db.reserve`, which commits its message to the
+outbox; a courier sends this task by name to the queue stored on the job row
+(:func:`service.broker.send_job`); the message carries the job id only. The task is a shared
+task: it belongs to the app of the worker that imports this module
 (:func:`workers.celery_app.create_app`), whose settings it runs by.
 """
 
@@ -21,8 +22,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from pe_core.apis.llm_backends import register_openai_backend
-from service.broker import JOB_TASK, send_job
+from service.broker import JOB_TASK, message_finder, send_job
 from service.db import finalize, make_engine, make_session_factory
+from service.outbox import Courier
 from service.storage import LocalStorage
 from workers import jobs
 from workers.celery_app import WorkerApp
@@ -64,16 +66,21 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
 
 @functools.cache
 def sweeper(app: WorkerApp) -> Sweeper:
-    """This worker's stale-job sweeper, sending through the worker's own app.
+    """This worker's stale-job sweeper and outbox courier, sending through the worker's app.
 
     Its engine keeps no connection between sweeps, so pool processes forked after it starts
     (prefork replaces them) inherit none.
     """
     settings = app.settings
-    engine = make_engine(settings.resolved_database_url, poolclass=NullPool)
+    sessions = make_session_factory(make_engine(settings.resolved_database_url, poolclass=NullPool))
+    finder = message_finder(app)
+    courier = Courier(
+        sessions, lambda job_id, queue, task_id: send_job(app, job_id, queue, task_id), finder
+    )
     return Sweeper(
-        make_session_factory(engine),
-        lambda job_id, queue: send_job(app, job_id, queue),
+        sessions,
+        courier,
+        finder,
         interval_s=settings.sweep_interval_s,
         stale_after_s=settings.stale_after_s,
     )

@@ -42,6 +42,7 @@ from service.db.models import (
     Dataset,
     Job,
     JobEvent,
+    JobMessage,
     RecordDigest,
     Release,
     Tenant,
@@ -64,7 +65,6 @@ from service.db.repository import (
     list_datasets,
     list_events,
     list_jobs,
-    requeue_stale_jobs,
     revoke_api_key,
     revoke_api_key_by_prefix,
     set_tenant_limits,
@@ -76,6 +76,7 @@ from service.db.repository import (
     tenant_for_api_key,
     tenant_named,
     update_progress,
+    uploads_in_use,
 )
 
 __all__ = [
@@ -95,6 +96,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobFinished",
+    "JobMessage",
     "NotFound",
     "Page",
     "QuotaExceeded",
@@ -126,7 +128,6 @@ __all__ = [
     "read_transaction",
     "record_release",
     "remaining",
-    "requeue_stale_jobs",
     "reserve",
     "revoke_api_key",
     "revoke_api_key_by_prefix",
@@ -141,5 +142,6 @@ __all__ = [
     "tenant_named",
     "update_progress",
     "upgrade",
+    "uploads_in_use",
     "write_transaction",
 ]

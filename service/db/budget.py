@@ -111,6 +111,7 @@ from service.db.models import (
     Tenant,
     utcnow,
 )
+from service.db.outbox import add_message
 from service.db.queries import (
     add_event,
     dataset_of_tenant,
@@ -189,7 +190,8 @@ def reserve(
     eval_dataset_id: str | None = None,
     max_queued_jobs: int | None = None,
 ) -> Job:
-    """Creates a queued job holding ``(epsilon, delta)`` of its dataset's budget, atomically.
+    """Creates a queued job holding ``(epsilon, delta)`` of its dataset's budget, atomically,
+    with its broker message pending in the outbox (:mod:`service.db.outbox`).
 
     With an ``idempotency_key`` already used by this tenant, the job created then is returned
     and nothing new is reserved, even if the dataset has since been deleted.
@@ -274,6 +276,9 @@ def reserve(
                 "created",
                 {"epsilon": job.epsilon_reserved, "delta": job.delta_reserved},
             )
+            # Its broker message is committed with the reservation, so a committed job is
+            # always enqueued (service.db.outbox), whatever happens to the caller next.
+            add_message(session, job)
             return job
     except IntegrityError:
         # A backstop: creates of one tenant are serialised by its budget lock, so the lookup

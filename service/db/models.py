@@ -327,7 +327,8 @@ class Job(Base):
 
     ``heartbeat_at`` is when the worker running the job last showed it was alive (at every
     progress update and release, and periodically in between); a running job whose heartbeat
-    is old lost its worker and is re-enqueued (:func:`service.db.repository.requeue_stale_jobs`).
+    is old may have lost its worker, and is re-enqueued if its message is gone too
+    (:mod:`workers.sweeper`).
     """
 
     __tablename__ = "jobs"
@@ -373,6 +374,61 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime | None]
+
+
+MESSAGE_STATES: Final = ("pending", "sent", "void")
+"""Where a job's current broker message stands: waiting in the outbox to be sent, accepted by
+the broker, or no longer needed (the job ended before it was sent)."""
+
+
+class JobMessage(Base):
+    """The outbox: the current broker message of a job (one row per job).
+
+    Written in the transaction that makes it needed: the job's reservation, or a sweep that
+    proved the job's earlier message lost (:mod:`service.db.outbox`). A deliverer sends
+    ``pending`` rows until the broker accepts them (``sent``), so a committed job is always
+    enqueued, whatever happens to the process that committed it; and since only the holder of
+    a row's lease sends it, a job has one message at a time.
+
+    Attributes:
+        queue: the broker queue (the job's).
+        generation: 1 for the job's first message, +1 for each replacement; the message's
+            Celery task id is ``<job id>.<generation>`` (:attr:`task_id`).
+        state: one of :data:`MESSAGE_STATES`.
+        created_at: when this generation was made.
+        sent_at: when the broker accepted it.
+        claimed_until: a deliverer holds the row until then (None: no one).
+        attempts: sends of this generation begun so far (one may have reached the broker
+            even if it was not marked sent, so a later one looks first).
+        missing_since: when a sweep first found the sent message in neither the queue nor a
+            worker's hands; cleared when it is found again.
+    """
+
+    __tablename__ = "job_messages"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", MESSAGE_STATES), name="state"),
+        CheckConstraint("generation >= 1 AND attempts >= 0", name="counts"),
+        Index(None, "state", "sent_at"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(8), default="pending")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    missing_since: Mapped[datetime | None]
+
+    @property
+    def task_id(self) -> str:
+        return task_id_of(self.job_id, self.generation)
+
+
+def task_id_of(job_id: str, generation: int) -> str:
+    """The Celery task id of a job's message of one generation (unique, and names its job)."""
+    return f"{job_id}.{generation}"
 
 
 class Release(Base):

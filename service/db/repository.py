@@ -3,8 +3,8 @@
 Every function runs one transaction of its own on a session that is not in a transaction
 (see :mod:`service.db.engine`). Functions taking a ``tenant_id`` see only that tenant's rows;
 another tenant's resource raises :class:`~service.db.errors.NotFound`, exactly like a missing
-one. Functions without one (:func:`update_progress`, :func:`append_event`, :func:`beat`,
-:func:`requeue_stale_jobs`) are for workers, which get job ids from the queue, never from
+one. Functions without one (:func:`update_progress`, :func:`append_event`, :func:`beat`, and
+those of :mod:`service.db.outbox`) are for workers, which get job ids from the queue, never from
 users.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import and_, func, or_, select
@@ -425,6 +425,21 @@ def storage_message(used: int, size_bytes: int, limit: int) -> str:
     )
 
 
+def uploads_in_use(session: Session, keys: Collection[str]) -> set[str]:
+    """The storage keys among ``keys`` that a dataset not deleted keeps its upload under.
+
+    For the orphan-upload sweep (:func:`service.uploads.sweep_orphan_uploads`), which runs for
+    the installation, not for a tenant: it learns only which keys are someone's.
+    """
+    if not keys:
+        return set()
+    with read_transaction(session):
+        statement = select(Dataset.storage_path).where(
+            Dataset.storage_path.in_(list(keys)), Dataset.deleted_at.is_(None)
+        )
+        return set(session.scalars(statement))
+
+
 def get_dataset(
     session: Session, tenant_id: str, dataset_id: str, *, include_deleted: bool = False
 ) -> Dataset:
@@ -538,44 +553,6 @@ def beat(session: Session, job_id: str) -> bool:
             return False
         job.heartbeat_at = utcnow()
         return True
-
-
-def requeue_stale_jobs(session: Session, *, stale_after_s: float, limit: int = 100) -> list[Job]:
-    """Claims the running jobs whose heartbeat is older than ``stale_after_s`` for re-enqueueing.
-
-    A claimed job's heartbeat is set to now and a "requeued" event is added, in one transaction,
-    so each stale job is claimed by one caller once per ``stale_after_s``: concurrent or
-    repeated sweeps do not enqueue it again (PostgreSQL skips rows another sweep holds). The
-    caller must then send each job's task; a job that is claimed but whose task is never sent
-    is claimed again once another ``stale_after_s`` has passed.
-
-    Args:
-        session: a session not in a transaction.
-        stale_after_s: seconds without a heartbeat after which a running job's worker is taken
-            for dead, > 0.
-        limit: the most jobs claimed in one call.
-
-    Returns:
-        The claimed jobs, oldest heartbeat first.
-    """
-    if not stale_after_s > 0:
-        raise ValueError(f"stale_after_s must be > 0, got {stale_after_s!r}")
-    with write_transaction(session):
-        now = utcnow()  # in the transaction: on SQLite, once the write lock is held
-        statement = (
-            select(Job)
-            .where(
-                Job.status == "running", Job.heartbeat_at < now - timedelta(seconds=stale_after_s)
-            )
-            .order_by(Job.heartbeat_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        jobs = list(session.scalars(statement))
-        for job in jobs:
-            job.heartbeat_at = now
-            add_event(session, job, "requeued", {"stale_after_s": stale_after_s})
-        return jobs
 
 
 def append_event(session: Session, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:

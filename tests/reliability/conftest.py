@@ -56,16 +56,24 @@ def _wait_for_port(port: int, timeout_s: float) -> None:
 
 
 class OwnRedis:
-    """A redis-server of the tests' own, in memory only, on a free port."""
+    """A redis-server of the tests' own, in memory only, on a free port.
+
+    ``restart`` stops it and starts it again on the same port, empty: a Redis restarted
+    without persistence, which loses every message it held.
+    """
 
     def __init__(self, folder: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.binary, self.folder = binary, folder
         self.port = free_port()
+        self.start()
+
+    def start(self) -> None:
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(folder)],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -78,6 +86,10 @@ class OwnRedis:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def _postgres_bin() -> Path | None:

@@ -1,9 +1,10 @@
 """A worker app for tests: the real app, whose process stops itself at a job's first release.
 
 Run as ``celery -A tests.workers.stopping_app worker ...`` with ``PRIVEVO_TEST_STOP_AT`` set to
-``before-record`` (the noisy vector is drawn and stored, not yet recorded in the database) or
-``after-record`` (recorded, not yet used). The process sends itself SIGSTOP there, so a test
-can kill it, or cancel the job and let it go on, at a known point of the run.
+``before-start`` (the message is taken, the job not yet marked running), ``before-record`` (the
+noisy vector is drawn and stored, not yet recorded in the database) or ``after-record``
+(recorded, not yet used). The process sends itself SIGSTOP there, so a test can kill it, or
+cancel the job and let it go on, at a known point of the run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 from typing import Any
 
+from workers import jobs
 from workers.celery_app import worker_app
 from workers.ledger import DbLedger
 
@@ -19,6 +21,7 @@ app = worker_app()
 
 STOP_AT = os.environ["PRIVEVO_TEST_STOP_AT"]
 _record = DbLedger.append
+_start = jobs._run
 _stopped = False
 
 
@@ -36,3 +39,11 @@ def _append(self: DbLedger, entry: Any) -> None:
 
 
 DbLedger.append = _append  # type: ignore[method-assign]
+
+
+def _run(*args: Any, **kwargs: Any) -> None:
+    _stop("before-start")
+    _start(*args, **kwargs)
+
+
+jobs._run = _run

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pe_core.config import PeJob
 from pe_core.privacy import release_digest
 from pe_core.samples import Samples
+from service.app import celery_sender
 from service.db import (
     Job,
     JobEvent,
@@ -33,6 +34,8 @@ from service.db import (
     reserve,
     upgrade,
 )
+from service.outbox import Courier
+from service.settings import Settings
 from service.storage import LocalStorage
 from tests.conftest import digits_28
 
@@ -178,6 +181,14 @@ class Home:
 
     def file(self, key: str) -> Path:
         return self.storage.path(key)
+
+    def courier(self, broker_url: str = REDIS_URL) -> Courier:
+        """Sends the outbox's messages as the gateway does, to ``broker_url``."""
+        settings = Settings(
+            home=self.root, broker_url=broker_url, task_time_limit_s=TASK_TIME_LIMIT_S
+        )
+        send, finder = celery_sender(settings)
+        return Courier(self.sessions, send, finder)
 
 
 def stored_digest(path: Path) -> str:

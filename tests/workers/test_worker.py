@@ -2,7 +2,7 @@
 
 A worker killed in the middle of a job loses its message to Redis's visibility timeout, or its
 job to another worker's stale-job sweeper; the next worker resumes the job from its checkpoint,
-and no release is ever drawn twice.
+and no release is ever drawn twice. Jobs are sent as the gateway sends them: through the outbox.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.app import celery_enqueue
-from service.broker import make_celery, send_job
-from service.db import FINAL_STATUSES, Job, cancel
+from service.db import FINAL_STATUSES, Job, JobMessage, cancel, read_transaction
 from service.settings import Settings
 from tests.workers.support import (
     ITERATIONS,
     REDIS_URL,
-    TASK_TIME_LIMIT_S,
     Home,
     Worker,
     is_stopped,
@@ -41,14 +38,19 @@ Send = Callable[[str], None]
 
 @pytest.fixture
 def send(home: Home, redis_db: redis.Redis) -> Send:
-    """Enqueues a job as the gateway does: the job task by name, on its queue, via Redis."""
-    settings = Settings(home=home.root, broker_url=REDIS_URL, task_time_limit_s=TASK_TIME_LIMIT_S)
-    app = make_celery(settings)
+    """Sends a job's message as the gateway does: from the outbox, by name, via Redis."""
+    courier = home.courier()
 
     def enqueue(job_id: str) -> None:
-        send_job(app, job_id, home.job(job_id).queue)
+        courier.deliver()
+        assert message(home, job_id).state == "sent"
 
     return enqueue
+
+
+def message(home: Home, job_id: str) -> JobMessage:
+    with home.sessions() as session, read_transaction(session):
+        return session.get_one(JobMessage, job_id)
 
 
 def final(home: Home, job_id: str) -> Callable[[], Job | None]:
@@ -174,10 +176,44 @@ def test_a_dead_workers_job_is_swept_and_finished_by_another(
     releases = home.releases(job_id)
     assert [r.mechanism for r in releases] == ["iteration-1/histogram", "iteration-2/histogram"]
     assert len(home.events(job_id, "release")) == ITERATIONS
-    assert home.events(job_id, "requeued")[0] == {"stale_after_s": 3}
-    # The dead worker's message is still unacknowledged: Redis never handed it out again.
-    assert redis_db.hlen("unacked") == 1
+    assert home.events(job_id, "requeued") == [{"reason": "worker lost"}]
+    assert message(home, job_id).generation == 2  # one replacement, for one kill
+    # The dead worker's unacknowledged copy was dropped: Redis will not hand it out too.
+    assert redis_db.hlen("unacked") == 0
+    assert redis_db.llen("cpu") == 0
     check_results(home, job_id)
+
+
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
+def test_a_job_whose_worker_died_before_starting_it_is_sent_again(
+    home: Home, redis_db: redis.Redis, broker: str
+) -> None:
+    # The worker takes the message and stops before it marks the job running: the job stays
+    # queued, its message in the dead worker's hands (Redis) or gone (files).
+    url = REDIS_URL if broker == "redis" else "filesystem://"
+    env = {"PRIVEVO_BROKER_URL": url, "PRIVEVO_VISIBILITY_TIMEOUT_S": "3600"}
+    job_id = home.new_job(insecure_test_noise=True, seed=3)
+    first = start_worker(
+        home, "tests.workers.stopping_app", PRIVEVO_TEST_STOP_AT="before-start", **env
+    )
+    try:
+        home.courier(url).deliver()
+        wait_for("the worker to take the job", stopped(first, home))
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        stop_worker(first)
+    assert home.job(job_id).status == "queued"
+    second = start_worker(home, PRIVEVO_STALE_AFTER_S="3", PRIVEVO_SWEEP_INTERVAL_S="1", **env)
+    try:
+        job = wait_for("the job to end", final(home, job_id))
+    finally:
+        stop_worker(second)
+    assert job.status == "succeeded", worker_logs(home)
+    reason = "worker lost before starting the job" if broker == "redis" else "message lost"
+    assert home.events(job_id, "requeued") == [{"reason": reason}]
+    assert message(home, job_id).generation == 2
+    assert redis_db.hlen("unacked") == 0
 
 
 def test_the_embedded_broker_gets_its_folders_when_a_worker_starts(home: Home) -> None:
@@ -187,7 +223,7 @@ def test_the_embedded_broker_gets_its_folders_when_a_worker_starts(home: Home) -
     worker = start_worker(home, PRIVEVO_BROKER_URL="filesystem://")
     try:
         wait_for("the worker's broker folders", (settings.broker_folder / "control").is_dir)
-        celery_enqueue(settings)(job_id, home.job(job_id).queue)
+        home.courier("filesystem://").deliver()
         job = wait_for("the job to end", final(home, job_id))
     finally:
         stop_worker(worker)

@@ -20,9 +20,15 @@ from service.db import (
     read_transaction,
     record_release,
     remaining,
-    requeue_stale_jobs,
     reserve,
     update_progress,
+)
+from service.db.outbox import (
+    Outgoing,
+    claim_outgoing,
+    mark_sent,
+    messages_to_check,
+    replace_message,
 )
 from tests.service.db.support import (
     VOTES,
@@ -72,6 +78,9 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_job(
     assert len({o.id for o in outcomes if isinstance(o, Job)}) == 1
     with db_factory() as session:
         assert remaining(session, tenant, dataset.id).epsilon_reserved == 0.3
+        # One message in the outbox, whichever request made the job.
+        (job_id,) = {o.id for o in outcomes if isinstance(o, Job)}
+        assert [m.task_id for m in claim_outgoing(session, job_id=job_id)] == [f"{job_id}.1"]
 
 
 def test_concurrent_writers_of_one_release_record_it_once(
@@ -127,18 +136,25 @@ def test_a_cancel_racing_releases_charges_exactly_the_recorded_ones(
     assert canceled.delta_charged == (1e-7 if recorded else 0.0)
 
 
-def test_concurrent_sweeps_claim_a_stale_job_once(db_factory: sessionmaker[Session]) -> None:
+def test_concurrent_sweeps_replace_a_dead_workers_message_once(
+    db_factory: sessionmaker[Session],
+) -> None:
     with db_factory() as session:
         tenant = new_tenant(session)
         dataset = new_dataset(session, tenant, data="sweep race")
         job = reserve(session, tenant, dataset.id, 0.5, 1e-7, None, {}, iterations=2)
+        mark_sent(session, claim_outgoing(session, job_id=job.id)[0])
         update_progress(session, job.id, iteration=0, phase="starting")
         silence(session, job.id, 7200)
+        (watched,) = [
+            w
+            for w in messages_to_check(session, waited_s=60, stale_after_s=3600, limit=10_000)
+            if w.job_id == job.id
+        ]
 
-    def sweep(session: Session, _index: int) -> list[Job]:
-        return requeue_stale_jobs(session, stale_after_s=3600)
+    def sweep(session: Session, _index: int) -> Outgoing | None:
+        return replace_message(session, watched, reason="worker lost", stale_after_s=3600)
 
     outcomes = run_together(db_factory, THREADS, sweep)
-    assert all(isinstance(o, list) for o in outcomes), outcomes
-    claimed = [job.id for outcome in outcomes if isinstance(outcome, list) for job in outcome]
-    assert claimed == [job.id]
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    assert [o.task_id for o in outcomes if isinstance(o, Outgoing)] == [f"{job.id}.2"]

@@ -92,8 +92,18 @@ def test_jobs_made_before_revision_0005_get_the_queue_of_their_api(db_url: str) 
             connection.commit()
             queues = dict(connection.execute(text("SELECT id, queue FROM jobs")).all())
             shapes = connection.execute(text("SELECT image_shape FROM datasets")).scalars().all()
+            messages = connection.execute(
+                text("SELECT job_id, queue, state, generation FROM job_messages ORDER BY job_id")
+            ).all()
         assert queues == {"j1": "cpu", "j2": "cpu", "j3": "gpu"}
         assert shapes == [None]
+        # Queued before the outbox (revision 0010): their messages were sent then, and the
+        # sweeper looks for them like any other.
+        assert [tuple(m) for m in messages] == [
+            ("j1", "cpu", "sent", 1),
+            ("j2", "cpu", "sent", 1),
+            ("j3", "gpu", "sent", 1),
+        ]
     finally:
         engine.dispose()
 

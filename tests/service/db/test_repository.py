@@ -10,7 +10,6 @@ from service.db import (
     JobFinished,
     NotFound,
     append_event,
-    beat,
     cancel,
     create_api_key,
     delete_dataset,
@@ -18,16 +17,13 @@ from service.db import (
     get_job,
     list_events,
     remaining,
-    requeue_stale_jobs,
     reserve,
     revoke_api_key,
     tenant_for_api_key,
     update_progress,
 )
 from service.security import hash_api_key
-from tests.service.db.support import new_dataset, new_tenant, silence
-
-HOUR = 3600.0
+from tests.service.db.support import new_dataset, new_tenant
 
 
 def test_another_tenants_resources_are_not_found(db_session: Session) -> None:
@@ -99,31 +95,6 @@ def test_progress_moves_the_job_and_stops_after_cancel(db_session: Session) -> N
         update_progress(db_session, job.id, iteration=2, phase="vote")
     with pytest.raises(NotFound):
         update_progress(db_session, "job_missing", iteration=1, phase="vote")
-
-
-def test_a_running_job_whose_heartbeat_stopped_is_claimed_once(db_session: Session) -> None:
-    tenant = new_tenant(db_session)
-    dataset = new_dataset(db_session, tenant)
-    job = reserve(db_session, tenant, dataset.id, 0.5, 1e-6, None, {}, iterations=3)
-    assert not beat(db_session, job.id)  # queued: no worker to show alive yet
-    started = update_progress(db_session, job.id, iteration=0, phase="starting")
-    assert started.heartbeat_at is not None
-    assert beat(db_session, job.id)
-    assert requeue_stale_jobs(db_session, stale_after_s=HOUR) == []  # alive
-    silence(db_session, job.id, 2 * HOUR)
-    (claimed,) = requeue_stale_jobs(db_session, stale_after_s=HOUR)
-    assert (claimed.id, claimed.status) == (job.id, "running")
-    # Claiming reset the heartbeat: a second sweep does not enqueue the job again.
-    assert requeue_stale_jobs(db_session, stale_after_s=HOUR) == []
-    requeued = [e.payload for e in list_events(db_session, tenant, job.id).events
-                if e.kind == "requeued"]  # fmt: skip
-    assert requeued == [{"stale_after_s": HOUR}]
-    silence(db_session, job.id, 2 * HOUR)
-    cancel(db_session, tenant, job.id)
-    assert requeue_stale_jobs(db_session, stale_after_s=HOUR) == []  # final jobs stay put
-    assert not beat(db_session, job.id)
-    with pytest.raises(ValueError, match="stale_after_s"):
-        requeue_stale_jobs(db_session, stale_after_s=0)
 
 
 def test_events_are_paged_by_an_increasing_cursor(db_session: Session) -> None:
