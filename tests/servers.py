@@ -95,6 +95,18 @@ def server(tmp_path_factory) -> Iterator[Server]:
     server.stop()
 
 
+def start_worker(server: Server, log: str = "worker.log", **env: str) -> subprocess.Popen[bytes]:
+    """A real Celery worker (solo pool, queue cpu) on the server's settings and ``env``, its
+    output appended to ``log`` in the server's home."""
+    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+               "-P", "solo", "-Q", "cpu", "--loglevel", "warning",
+               "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
+    with (server.home / log).open("ab") as sink:
+        return subprocess.Popen(
+            command, env={**server.env, **env}, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
+        )
+
+
 @contextmanager
 def gateway_with_worker(home: Path, database_url: str, broker_url: str) -> Iterator[Server]:
     """``privevo serve`` and one real Celery worker (solo pool, queue cpu), sharing a home, a
@@ -105,13 +117,7 @@ def gateway_with_worker(home: Path, database_url: str, broker_url: str) -> Itera
     server = Server(home, database_url=database_url)
     server.env["PRIVEVO_BROKER_URL"] = broker_url
     server.start()  # it migrates the database before it answers
-    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-               "-P", "solo", "-Q", "cpu", "--loglevel", "warning",
-               "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
-    with (home / "worker.log").open("wb") as sink:
-        worker = subprocess.Popen(
-            command, env=server.env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
-        )
+    worker = start_worker(server)
     try:
         yield server
     finally:
