@@ -282,6 +282,11 @@ _METRICS = (
         "how useful the synthetic data is for the task (train on synthetic, test on real).",
     ),
     (
+        "macro_f1",
+        "The mean over classes of each class's F1 score for the same classifier: low when it "
+        "ignores some classes (always guessing the majority class), even where accuracy is not.",
+    ),
+    (
         "fid",
         "Frechet distance between Gaussian fits of the synthetic and held-out embeddings: lower "
         "is closer (FID when the embedder is Inception).",

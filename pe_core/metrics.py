@@ -7,8 +7,8 @@ its results as not DP and keep them apart from DP releases (the reference PE lib
 metrics computed on private data next to its DP outputs: we must not).
 
 Metrics:
-    - downstream accuracy: a classifier trained on synthetic samples, tested on real ones
-      (the "train on synthetic, test on real" protocol of arXiv:2305.15560, Sec. 5).
+    - downstream accuracy and macro-F1: a classifier trained on synthetic samples, tested on
+      real ones (the "train on synthetic, test on real" protocol of arXiv:2305.15560, Sec. 5).
     - Frechet distance between Gaussian fits of two embedding sets (FID when the embedding is
       Inception-v3 pool3; Heusel et al. 2017, arXiv:1706.08500).
     - improved precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991).
@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.spatial.distance import cdist
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
 from pe_core.errors import DataError
@@ -44,21 +45,38 @@ _MAX_ITERS = (1_000, 10_000)
 _BLOCK_ENTRIES = 1 << 23
 
 
-def downstream_accuracy(
+@dataclass(frozen=True)
+class Downstream:
+    """Scores of a classifier trained on synthetic features and tested on real ones.
+
+    Attributes:
+        accuracy: the fraction of test records classified correctly.
+        macro_f1: the unweighted mean over the test set's classes of each class's F1 (a class
+            never predicted scores 0), so a classifier that predicts the majority class for
+            everything scores low even where accuracy does not.
+    """
+
+    accuracy: float
+    macro_f1: float
+
+
+def downstream_scores(
     train_x: ArrayLike,
     train_y: ArrayLike,
     test_x: ArrayLike,
     test_y: ArrayLike,
     *,
     seed: int = 0,
-) -> float:
-    """Trains a linear classifier on (synthetic) features and returns its accuracy on real ones.
+) -> Downstream:
+    """Trains a linear classifier on (synthetic) features and scores it on real ones.
 
     Features are standardised with statistics of the training set, then a multinomial logistic
-    regression (L2, C=1, lbfgs) is fitted. When lbfgs does not converge the fit is repeated with a
-    larger iteration budget; if the largest budget still fails, the ``ConvergenceWarning`` is
-    re-issued rather than hidden. Not thread-safe: it scopes warning filters to record
-    convergence warnings.
+    regression (L2, C=1, lbfgs) is fitted on the training rows in a canonical order (sorted by
+    label, then features), so the scores do not depend on the order the files were read in
+    (lbfgs sums its gradient in row order). When lbfgs does not converge the fit is repeated
+    with a larger iteration budget; if the largest budget still fails, the
+    ``ConvergenceWarning`` is re-issued rather than hidden. Not thread-safe: it scopes warning
+    filters to record convergence warnings.
 
     Args:
         train_x: (n_train, d) training features, e.g. embeddings of synthetic samples.
@@ -68,8 +86,8 @@ def downstream_accuracy(
         seed: random_state passed to the classifier.
 
     Returns:
-        The fraction of test samples classified correctly, in [0, 1]. With a single class in the
-        training set, the accuracy of always predicting that class.
+        Accuracy and macro-F1 on the test set. With a single class in the training set, those
+        of always predicting that class.
 
     Raises:
         ValueError: on empty sets or mismatched shapes.
@@ -79,7 +97,7 @@ def downstream_accuracy(
     y_train = np.asarray(train_y).reshape(-1)
     y_test = np.asarray(test_y).reshape(-1)
     if len(x_train) == 0 or len(x_test) == 0:
-        raise ValueError("downstream_accuracy needs non-empty training and test sets")
+        raise ValueError("downstream_scores needs non-empty training and test sets")
     if len(y_train) != len(x_train) or len(y_test) != len(x_test):
         raise ValueError("features and labels must have the same number of rows")
     if x_train.shape[1] != x_test.shape[1]:
@@ -88,10 +106,27 @@ def downstream_accuracy(
         )
     classes = np.unique(y_train)
     if len(classes) == 1:
-        return float(np.mean(y_test == classes[0]))
-    scaler = StandardScaler().fit(x_train)
-    model = _fit_logistic(scaler.transform(x_train), y_train, seed)
-    return float(np.mean(model.predict(scaler.transform(x_test)) == y_test))
+        predicted = np.full(len(y_test), classes[0])
+    else:
+        order = _canonical_order(x_train, y_train)
+        x_train, y_train = x_train[order], y_train[order]
+        scaler = StandardScaler().fit(x_train)
+        model = _fit_logistic(scaler.transform(x_train), y_train, seed)
+        predicted = model.predict(scaler.transform(x_test))
+    macro_f1 = f1_score(
+        y_test, predicted, labels=np.unique(y_test), average="macro", zero_division=0.0
+    )
+    return Downstream(float(np.mean(predicted == y_test)), float(macro_f1))
+
+
+def _canonical_order(x: NDArray[np.floating], labels: NDArray) -> NDArray[np.intp]:
+    """Row indices that sort rows by label, then by their bytes: the same rows in any order
+    come out in one order (rows equal in both are interchangeable). Sorting the bytes is one
+    comparison sort (8 ms for 10,000 rows of 2,048), where a numeric lexsort makes a pass per
+    feature (2.2 s)."""
+    rows = np.ascontiguousarray(x).view(f"V{x.shape[1] * x.itemsize}").ravel()
+    by_bytes = np.argsort(rows, kind="stable")
+    return by_bytes[np.argsort(labels[by_bytes], kind="stable")]
 
 
 def _fit_logistic(x: NDArray[np.float64], y: NDArray, seed: int) -> LogisticRegression:
@@ -272,26 +307,36 @@ def evaluate(
             FID use every record).
 
     Returns:
-        {"accuracy", "fid", "precision", "recall"}: downstream accuracy of a classifier trained
-        on the synthetic features and tested on the evaluation features, and the Frechet
-        distance, precision and recall between the two feature sets.
+        {"accuracy", "macro_f1", "fid", "precision", "recall"}: downstream accuracy and
+        macro-F1 of a classifier trained on the synthetic features and tested on the evaluation
+        features (:func:`downstream_scores`), and the Frechet distance, precision and recall
+        between the two feature sets. The same records in another order give the same scores.
     """
     if synthetic.label_names != evaluation.label_names:
         raise ValueError("synthetic and evaluation samples must share the same label set")
-    synth_x = features(synthetic)
-    real_x = features(evaluation)
+    synth_x, synth_y = _in_canonical_order(features(synthetic), synthetic.labels)
+    real_x, real_y = _in_canonical_order(features(evaluation), evaluation.labels)
     rng = np.random.default_rng(seed)
     precision, recall = precision_recall(
         _subset(real_x, max_manifold, rng), _subset(synth_x, max_manifold, rng), k=k
     )
+    downstream = downstream_scores(synth_x, synth_y, real_x, real_y, seed=seed)
     return {
-        "accuracy": downstream_accuracy(
-            synth_x, synthetic.labels, real_x, evaluation.labels, seed=seed
-        ),
+        "accuracy": downstream.accuracy,
+        "macro_f1": downstream.macro_f1,
         "fid": frechet_distance(real_x, synth_x),
         "precision": precision,
         "recall": recall,
     }
+
+
+def _in_canonical_order(
+    x: NDArray[np.float32], labels: NDArray
+) -> tuple[NDArray[np.float32], NDArray]:
+    """Features and labels sorted canonically, so that every score (the random subsets of
+    precision and recall too) is the same for the same records read in another order."""
+    order = _canonical_order(x, labels)
+    return x[order], labels[order]
 
 
 def _subset(x: NDArray[np.float32], most: int, rng: np.random.Generator) -> NDArray[np.float32]:

@@ -3,9 +3,9 @@ owner's view of what the worker computed. NOT DP.
 
 A tenant uploads held-out real data like any dataset, with ``role=heldout``: it has no budget
 and is never a job's private input. A job naming it as ``eval_dataset_id`` is scored by its
-worker after every iteration (downstream accuracy, FID, precision, recall: ``pe_core.metrics``)
-and once at the end by the memorisation check (each synthetic sample's distance to its closest
-private record against the closest held-out one). None of it is DP: the metrics read held-out
+worker after every iteration (downstream accuracy and macro-F1, FID, precision, recall:
+``pe_core.metrics``) and once at the end by the memorisation check (each synthetic sample's
+distance to its closest private record against the closest held-out one). None of it is DP: the metrics read held-out
 records in the clear and the memorisation check reads private ones, so all of it is kept
 apart from the shareable result (:mod:`service.keys`) and returned to the job's owner only.
 

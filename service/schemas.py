@@ -319,6 +319,12 @@ class EvaluationIteration(BaseModel):
         description="Downstream accuracy on the held-out records of a linear classifier "
         "trained on the synthetic data, in [0, 1]"
     )
+    macro_f1: float | None = Field(
+        None,
+        description="Macro-F1 of the same classifier on the held-out records (the mean of each "
+        "class's F1; low when some classes are never predicted), in [0, 1]; null for "
+        "evaluations made before it was computed",
+    )
     fid: float = Field(
         description="Frechet distance between Gaussians fitted to the held-out and the "
         "synthetic embeddings (FID with the inception embedding); lower is closer"

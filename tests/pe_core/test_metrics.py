@@ -8,7 +8,7 @@ from sklearn.exceptions import ConvergenceWarning
 from pe_core import metrics
 from pe_core.errors import DataError
 from pe_core.metrics import (
-    downstream_accuracy,
+    downstream_scores,
     evaluate,
     frechet_distance,
     memorisation,
@@ -33,26 +33,26 @@ def test_accuracy_is_high_on_separable_classes_and_near_chance_on_shuffled_label
     x, y = _clusters(rng, 100, 4, 8, spread=6.0)
     test_x, test_y = x[1::2], y[1::2]
     train_x, train_y = x[::2], y[::2]
-    assert downstream_accuracy(train_x, train_y, test_x, test_y) > 0.95
+    assert downstream_scores(train_x, train_y, test_x, test_y).accuracy > 0.95
     shuffled = rng.permutation(train_y)
-    assert downstream_accuracy(train_x, shuffled, test_x, test_y) < 0.5
+    assert downstream_scores(train_x, shuffled, test_x, test_y).accuracy < 0.5
 
 
 def test_single_training_class_predicts_that_class():
     train_x = np.ones((5, 3))
     test_y = np.array([2, 2, 0, 1])
-    accuracy = downstream_accuracy(train_x, np.full(5, 2), np.zeros((4, 3)), test_y)
+    accuracy = downstream_scores(train_x, np.full(5, 2), np.zeros((4, 3)), test_y).accuracy
     assert accuracy == 0.5
 
 
 def test_accuracy_retries_with_more_iterations_instead_of_warning(monkeypatch):
     rng = np.random.default_rng(1)
     x, y = _clusters(rng, 60, 3, 10, spread=1.0)
-    reference = downstream_accuracy(x, y, x, y)
+    reference = downstream_scores(x, y, x, y).accuracy
     # One lbfgs iteration never converges here; the retry must absorb that without a warning
     # (pytest turns warnings into errors) and reach the same model.
     monkeypatch.setattr(metrics, "_MAX_ITERS", (1, 10_000))
-    assert downstream_accuracy(x, y, x, y) == reference
+    assert downstream_scores(x, y, x, y).accuracy == reference
 
 
 def test_accuracy_reissues_the_warning_when_no_budget_converges(monkeypatch):
@@ -60,16 +60,39 @@ def test_accuracy_reissues_the_warning_when_no_budget_converges(monkeypatch):
     x, y = _clusters(rng, 60, 3, 10, spread=1.0)
     monkeypatch.setattr(metrics, "_MAX_ITERS", (1,))
     with pytest.warns(ConvergenceWarning, match="did not converge"):
-        downstream_accuracy(x, y, x, y)
+        downstream_scores(x, y, x, y)
+
+
+def test_macro_f1_counts_every_test_class_and_a_majority_guess_scores_low():
+    # Trained on one class only: it predicts 0 everywhere. Test labels 0, 0, 0, 1: accuracy
+    # 0.75; F1 of class 0 is 2 * 0.75 * 1 / 1.75 = 6/7, of class 1 (never predicted) 0.
+    scores = downstream_scores(np.ones((5, 2)), np.zeros(5), np.zeros((4, 2)), [0, 0, 0, 1])
+    assert scores.accuracy == 0.75
+    assert scores.macro_f1 == pytest.approx((6 / 7 + 0.0) / 2)
+    rng = np.random.default_rng(0)
+    x, y = _clusters(rng, 100, 4, 8, spread=6.0)
+    separable = downstream_scores(x[::2], y[::2], x[1::2], y[1::2])
+    assert separable.macro_f1 > 0.95
+
+
+def test_scores_do_not_depend_on_the_order_records_were_read_in():
+    rng = np.random.default_rng(3)
+    x, y = _clusters(rng, 300, 5, 12, spread=1.5)  # overlapping: lbfgs sums matter
+    train, test = slice(0, 200), slice(200, 300)
+    reference = downstream_scores(x[train], y[train], x[test], y[test])
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(200)
+        shuffled = downstream_scores(x[train][order], y[train][order], x[test], y[test])
+        assert shuffled == reference
 
 
 def test_accuracy_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="dimension"):
-        downstream_accuracy(np.zeros((4, 2)), [0, 1, 0, 1], np.zeros((2, 3)), [0, 1])
+        downstream_scores(np.zeros((4, 2)), [0, 1, 0, 1], np.zeros((2, 3)), [0, 1])
     with pytest.raises(ValueError, match="same number of rows"):
-        downstream_accuracy(np.zeros((4, 2)), [0, 1, 0], np.zeros((2, 2)), [0, 1])
+        downstream_scores(np.zeros((4, 2)), [0, 1, 0], np.zeros((2, 2)), [0, 1])
     with pytest.raises(ValueError, match="non-empty"):
-        downstream_accuracy(np.zeros((0, 2)), [], np.zeros((2, 2)), [0, 1])
+        downstream_scores(np.zeros((0, 2)), [], np.zeros((2, 2)), [0, 1])
 
 
 # --- Frechet distance ------------------------------------------------------------------------
@@ -265,11 +288,20 @@ def test_evaluate_reports_every_metric_in_the_feature_space():
     synthetic = _image_samples(_digit_like(rng, labels), labels, seed=1)
     evaluation = _image_samples(_digit_like(rng, labels), labels, seed=2)
     result = evaluate(synthetic, evaluation, _flatten)
-    assert set(result) == {"accuracy", "fid", "precision", "recall"}
-    assert result["accuracy"] == 1.0
+    assert set(result) == {"accuracy", "macro_f1", "fid", "precision", "recall"}
+    assert result["accuracy"] == result["macro_f1"] == 1.0
     assert result["fid"] > 0
     assert 0 <= result["precision"] <= 1
     assert 0 <= result["recall"] <= 1
+
+    # Every score, the random subsets of precision and recall included, is the same for the
+    # same records in another order.
+    order = np.random.default_rng(4).permutation(len(labels))
+    assert synthetic.images is not None
+    reordered = _image_samples(synthetic.images[order], labels[order], seed=1)
+    assert evaluate(reordered, evaluation, _flatten, max_manifold=30) == evaluate(
+        synthetic, evaluation, _flatten, max_manifold=30
+    )
 
     copy = _image_samples(evaluation.images, labels, seed=3)
     same = evaluate(copy, evaluation, _flatten)

@@ -12,7 +12,7 @@ from pe_core.checkpoint import CheckpointError
 from pe_core.config import PeJob
 from pe_core.embedders import create_embedder
 from pe_core.errors import PrivevoError
-from pe_core.metrics import downstream_accuracy
+from pe_core.metrics import downstream_scores
 from pe_core.population import allocate
 from pe_core.privacy import InsecureSeededSampler
 from pe_core.runner import PrivateEvolution, histogram_key
@@ -222,6 +222,7 @@ def test_pe_beats_its_initial_population(tmp_path, private_digits, heldout_digit
     embed = create_embedder("raw-pixels").embed
     test_x, test_y = embed(heldout_digits), heldout_digits.labels
     acc = {
-        t: downstream_accuracy(embed(p), p.labels, test_x, test_y) for t, p in populations.items()
+        t: downstream_scores(embed(p), p.labels, test_x, test_y).accuracy
+        for t, p in populations.items()
     }
     assert acc[4] > acc[0] + 0.1, acc

@@ -41,7 +41,7 @@ def test_an_evaluated_job_scores_every_iteration_apart_from_its_result(home: Hom
     rows = metrics["per_iteration"]
     assert [row["iteration"] for row in rows] == list(range(ITERATIONS + 1))
     for row in rows:
-        assert set(row) == {"iteration", "accuracy", "fid", "precision", "recall"}
+        assert set(row) == {"iteration", "accuracy", "macro_f1", "fid", "precision", "recall"}
         assert 0 <= row["accuracy"] <= 1 and row["fid"] >= 0
     memorisation = json.loads(home.file(f"{prefix}/memorisation.json").read_text())
     assert memorisation["dp"] is False

@@ -140,6 +140,7 @@ class EvaluationIteration(BaseModel):
 
     iteration: int
     accuracy: float  # downstream accuracy on the held-out records, in [0, 1]
+    macro_f1: float | None = None  # its mean per-class F1; None from older servers
     fid: float  # Frechet distance of the embeddings; lower is closer
     precision: float
     recall: float
