@@ -11,6 +11,7 @@ iteration 1's recall the last iteration keeps, and the majority-class baseline. 
 as Markdown with `--markdown FILE`.
 
     .venv/bin/python benchmarks/quality.py --setting mnist --epsilons 1 10 --seeds 3
+    .venv/bin/python benchmarks/quality.py --setting mnist --epsilons 1 --set iterations=8
 
 The held-out split never touches the private data (privevo refuses an overlap), and nothing
 here is a DP output: the scores read held-out records in the clear. Tune on these stand-ins;
@@ -27,9 +28,11 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("accuracy", "macro_f1", "fid", "precision", "recall")
@@ -200,16 +203,35 @@ def summary_table(
     return lines
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="mnist")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 10.0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the setting's job options (YAML value), e.g. iterations=8",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args(argv)
     if args.seeds < 1 or any(not math.isfinite(e) or e <= 0 for e in args.epsilons):
         parser.error("--seeds must be at least 1 and every epsilon finite and positive")
     setting = SETTINGS[args.setting]
+    try:
+        overrides = {key: yaml.safe_load(value) for key, value in map(_key_value, args.set)}
+    except ValueError as exc:
+        parser.error(str(exc))
+    setting = replace(setting, options={**setting.options, **overrides})
     for path in (setting.data, setting.eval_data):
         if not (REPO / path).exists():
             parser.error(f"{path} is missing: `make data` writes it")
@@ -232,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 by_epsilon.setdefault(epsilon, []).append(run)
 
     lines = [
-        f"# Quality: {args.setting}, {args.seeds} seeds (NOT DP evaluation)",
+        f"# Quality: {args.setting}{' with ' + ', '.join(args.set) if args.set else ''}, "
+        f"{args.seeds} seeds (NOT DP evaluation)",
         "",
         f"Private `{setting.data}`, held out `{setting.eval_data}`, options "
         f"`{dict(setting.options)}`; mean +- sd over seeds 0-{args.seeds - 1}, production noise.",

@@ -5,9 +5,10 @@ A tenant uploads held-out real data like any dataset, with ``role=heldout``: it 
 and is never a job's private input. A job naming it as ``eval_dataset_id`` is scored by its
 worker after every iteration (downstream accuracy and macro-F1, FID, precision, recall:
 ``pe_core.metrics``) and once at the end by the memorisation check (each synthetic sample's
-distance to its closest private record against the closest held-out one). None of it is DP: the metrics read held-out
-records in the clear and the memorisation check reads private ones, so all of it is kept
-apart from the shareable result (:mod:`service.keys`) and returned to the job's owner only.
+distance to its closest private record against the closest held-out one). None of it is DP:
+the metrics read held-out records in the clear and the memorisation check reads private ones,
+so all of it is kept apart from the shareable result (:mod:`service.keys`) and returned to the
+job's owner only.
 
 Why held-out data must not overlap the job's private data: a held-out record that is also a
 private record makes the metrics partly a statistic of the private data, and the memorisation
