@@ -99,7 +99,15 @@ def test_params_are_recorded_per_sample(digits: DrawText) -> None:
 
 
 def test_font_pool_is_sorted_deduplicated_and_can_draw_digits(digits: DrawText) -> None:
-    assert list(digits.fonts) == sorted(digits.fonts)
+    # Folder by folder in default_font_dirs' order, sorted inside each: the same order wherever
+    # the checkout (and matplotlib's fonts in its .venv) lives.
+    pool, expected = set(digits.fonts), []
+    for folder in default_font_dirs():
+        files = sorted(p for p in folder.rglob("*") if p.suffix in (".ttf", ".otf"))
+        for path in (str(p.resolve()) for p in files):
+            if path in pool and path not in expected:
+                expected.append(path)
+    assert list(digits.fonts) == expected
     names = [font.name for font in digits.font_pool]
     assert len(set(names)) == len(names)
     assert "DejaVu Sans" in names
