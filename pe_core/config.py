@@ -59,7 +59,7 @@ class PeJob(BaseModel):
     labels_per_user: int = Field(
         1, ge=1, le=64, description="c_L: labels one user is counted in by DP label counts (user)"
     )
-    selection: Literal["sample", "rank"] = "sample"
+    selection: Literal["sample", "systematic", "rank"] = "sample"
     keep_selected: bool = False
     folds: int = Field(1, ge=1, le=64, description="Variations made of each selected sample")
     degrees: list[float] | None = Field(

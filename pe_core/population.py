@@ -43,18 +43,26 @@ def threshold_counts(noisy: NDArray[np.int64], threshold: float) -> NDArray[np.f
     return np.maximum(noisy.astype(np.float64) - threshold, 0.0)
 
 
+SelectionMethod = Literal["sample", "systematic", "rank"]
+
+
 def select(
     scores: NDArray[np.float64],
     n_select: int,
-    how: Literal["sample", "rank"],
+    how: SelectionMethod,
     rng: np.random.Generator,
 ) -> Selection:
     """Chooses ``n_select`` indices from thresholded counts.
 
     ``sample`` draws with replacement with probability proportional to the scores (PE for
-    images); ``rank`` keeps the top scores, ties to the lowest index (Aug-PE for text). When every
-    score is zero the votes carry no signal: ``sample`` then draws uniformly and ``rank`` keeps
-    the first indices, and ``fallback`` says so. No fresh noise is ever drawn.
+    images). ``systematic`` gives each index the same expected number of copies,
+    ``n_select * p_i``, but with the least spread: every index gets ``floor`` or ``ceil`` of it
+    (systematic resampling, one uniform offset for ``n_select`` evenly spaced points on the
+    cumulative scores), so no well-voted sample is lost to the luck of the draw and fewer copies
+    pile onto one parent; the order is shuffled. ``rank`` keeps the top scores, ties to the
+    lowest index (Aug-PE for text). When every score is zero the votes carry no signal:
+    ``sample`` and ``systematic`` then choose uniformly and ``rank`` keeps the first indices, and
+    ``fallback`` says so. No fresh noise is ever drawn.
     """
     m = len(scores)
     if m == 0 or n_select == 0:
@@ -65,8 +73,24 @@ def select(
         order = np.lexsort((np.arange(m), -scores))
         reps = math.ceil(n_select / m)
         return Selection(np.tile(order, reps)[:n_select].astype(np.int64), fallback)
+    if how == "systematic":
+        uniform = np.full(m, 1.0 / m)
+        return Selection(
+            _systematic(uniform if fallback else scores / total, n_select, rng), fallback
+        )
     p = None if fallback else scores / total
     return Selection(rng.choice(m, size=n_select, replace=True, p=p).astype(np.int64), fallback)
+
+
+def _systematic(p: NDArray[np.float64], n: int, rng: np.random.Generator) -> NDArray[np.int64]:
+    """Systematic resampling: the points (u + j) / n, j = 0..n-1, for one u ~ U[0, 1), located
+    on the cumulative probabilities. Index i takes the points in its interval, whose length is
+    p_i, so it gets floor(n p_i) or ceil(n p_i) copies, n p_i in expectation."""
+    edges = np.cumsum(p)
+    edges[-1] = 1.0  # rounding must not leave the last points past the end
+    points = (rng.random() + np.arange(n)) / n
+    chosen = np.searchsorted(edges, points, side="right").astype(np.int64)
+    return rng.permutation(chosen)
 
 
 def next_population(

@@ -65,3 +65,33 @@ def test_next_population_sizes_labels_and_unique_ids():
     assert len(out) == 7
     assert set(out.labels.tolist()) == {1}
     assert len(set(out.ids.tolist())) == 7
+
+
+def test_systematic_gives_every_index_the_floor_or_ceil_of_its_share():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        m, n = int(rng.integers(1, 40)), int(rng.integers(1, 300))
+        scores = rng.exponential(size=m) * (rng.random(m) < 0.7)
+        chosen = select(scores, n, "systematic", rng)
+        share = np.full(m, n / m) if chosen.fallback else n * scores / scores.sum()
+        copies = np.bincount(chosen.indices, minlength=m)
+        assert len(chosen.indices) == n
+        assert np.all(copies >= np.floor(share - 1e-9)) and np.all(copies <= np.ceil(share + 1e-9))
+        assert np.all(copies[scores == 0] == 0) or chosen.fallback
+
+
+def test_systematic_is_unbiased_and_keeps_more_distinct_parents_than_sample():
+    rng = np.random.default_rng(6)
+    scores = rng.exponential(size=50)
+    expected = 20 * scores / scores.sum()
+    totals = np.zeros(50)
+    distinct = {"sample": [], "systematic": []}
+    for _ in range(4000):
+        chosen = select(scores, 20, "systematic", rng)
+        totals += np.bincount(chosen.indices, minlength=50)
+        distinct["systematic"].append(len(np.unique(chosen.indices)))
+        distinct["sample"].append(len(np.unique(select(scores, 20, "sample", rng).indices)))
+    # Each index's mean copies against n p_i: 4,000 draws of a count within [floor, ceil] have a
+    # standard error below 0.5 / sqrt(4000) = 0.008; 0.04 is five of them.
+    np.testing.assert_allclose(totals / 4000, expected, atol=0.04)
+    assert np.mean(distinct["systematic"]) > np.mean(distinct["sample"]) + 1
