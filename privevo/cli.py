@@ -144,7 +144,9 @@ def run(
         float | None, typer.Option(help="Vote threshold H [default: 2 sigma]")
     ] = None,
     k: KOption = None,
-    selection: Annotated[str | None, typer.Option(help="sample | rank [default: sample]")] = None,
+    selection: Annotated[
+        str | None, typer.Option(help="sample | systematic | rank [default: sample]")
+    ] = None,
     folds: Annotated[int | None, typer.Option(help="Variations per selected sample")] = None,
     keep_selected: Annotated[
         bool | None, typer.Option("--keep-selected/--no-keep-selected")
