@@ -75,8 +75,8 @@ from service.schemas import (
     ValidationErrorBody,
 )
 from service.security import parse_bearer
-from service.settings import Settings
-from service.storage import LocalStorage
+from service.settings import Settings, Stores, open_storage
+from service.storage import StorageUnavailableError, copy_object
 from service.uploads import (
     ReceivedForm,
     UploadedFile,
@@ -138,7 +138,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Send | None = None)
     settings = settings or Settings()
     engine = db.make_engine(settings.resolved_database_url)
     sessions = db.make_session_factory(engine)
-    storage = LocalStorage(settings.resolved_storage_root)
+    stores = open_storage(settings)
+    storage = stores.storage
     send, finder = celery_sender(settings) if enqueue is None else (enqueue, None)
     courier = Courier(sessions, send, finder)
     deliverer = Periodic("outbox-courier", lambda: deliver_pending(courier), DELIVER_INTERVAL_S)
@@ -148,7 +149,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Send | None = None)
             return db.uploads_in_use(s, keys)
 
     janitor = Periodic(
-        "orphan-upload-sweeper", lambda: sweep_orphan_uploads(storage, in_use), UPLOAD_SWEEP_S
+        "orphan-upload-sweeper",
+        lambda: sweep_orphan_uploads(stores.work, in_use, store=storage if stores.staged else None),
+        UPLOAD_SWEEP_S,
     )
 
     @asynccontextmanager
@@ -178,7 +181,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Send | None = None)
     )
     _install_error_handlers(app, settings)
     _install_metrics(app, sessions, settings)
-    _add_routes(app, settings, sessions, storage, deliverer)
+    _add_routes(app, settings, sessions, stores, deliverer)
     mount_console(app, storage, upload_limit=_upload_backstop(settings))
     return app
 
@@ -255,6 +258,7 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
         (db.JobFinished, 409),
         (EvaluationUnavailable, 409),
         (AuditUnavailable, 409),
+        (StorageUnavailableError, 503),
         (db.WrongRole, 422),
         (db.InvalidCursor, 400),
         (JobRefused, 422),
@@ -287,9 +291,19 @@ def _add_routes(
     app: FastAPI,
     settings: Settings,
     sessions: sessionmaker[Session],
-    storage: LocalStorage,
+    stores: Stores,
     deliverer: Periodic,
 ) -> None:
+    storage, work = stores.storage, stores.work
+
+    def delete_everywhere(prefix: str) -> None:
+        """Deletes ``prefix`` in the local work folder (jobs' state, the evaluation as made,
+        an upload's staged copy) and in a separate storage; the local copy first, since it
+        goes even when a remote store is down."""
+        if stores.staged:
+            work.delete_prefix(prefix)
+        storage.delete_prefix(prefix)
+
     def session() -> Iterator[Session]:
         with sessions() as s:
             yield s
@@ -387,13 +401,15 @@ def _add_routes(
             if used + size > quota:
                 raise db.QuotaExceeded("max_stored_bytes", db.storage_message(used, size, quota))
         prefix = f"uploads/{secrets.token_hex(16)}"
-        # Held until the dataset is committed or the folder deleted: a gateway that dies
-        # before either leaves the folder to the orphan sweep.
-        with receiving(storage, prefix):
+        # The upload is received and checked in the local work folder (its lock and the
+        # validator need a file system), then copied to a remote storage before the dataset
+        # is committed. Held until the dataset is committed or the folder deleted: a gateway
+        # that dies before either leaves the folder to the orphan sweep.
+        with receiving(work, prefix):
             received = await receive_form(
                 request.stream(),
                 request.headers.get("content-type"),
-                storage,
+                work,
                 prefix,
                 max_bytes=settings.max_upload_bytes,
             )
@@ -402,8 +418,7 @@ def _add_routes(
                 epsilon_cap, delta_cap = form.budget_caps
                 if form.role == "private":
                     _check_caps(form, db.get_tenant(s, owner), settings)
-                path = storage.path(stored.key)
-                assert path is not None
+                path = work.path(stored.key)
                 summary = await run_in_threadpool(
                     validate_in_child_process,
                     path,
@@ -414,6 +429,10 @@ def _add_routes(
                     display_name=received.filename,
                     digest_key=db.tenant_digest_key(s, owner),
                 )
+                if stores.staged:
+                    # Copied before the dataset is committed, so that a committed dataset's
+                    # upload is always in the storage (a refusal below deletes the copy).
+                    await run_in_threadpool(copy_object, work, storage, stored.key)
                 dataset = db.create_dataset(
                     s,
                     owner,
@@ -435,8 +454,10 @@ def _add_routes(
                     max_stored_bytes=settings.max_stored_bytes,
                 )
             except BaseException:
-                storage.delete_prefix(prefix)  # nothing half-stored
+                delete_everywhere(prefix)  # nothing half-stored
                 raise
+            if stores.staged:
+                work.delete_prefix(prefix)  # the staged copy: the storage holds the upload now
         return DatasetPublic.of(dataset, _budget(s, owner, dataset))
 
     @app.get("/v1/datasets", operation_id="listDatasets", tags=["datasets"], responses=_ERRORS)
@@ -478,10 +499,10 @@ def _add_routes(
 
         Deleting held-out data also deletes the NOT DP evaluations of the jobs it scored."""
         dataset = db.delete_dataset(s, owner, dataset_id)
-        storage.delete_prefix(dataset.storage_path.rsplit("/", 1)[0])
-        storage.delete_prefix(f"datasets/{dataset.id}")
+        delete_everywhere(dataset.storage_path.rsplit("/", 1)[0])
+        delete_everywhere(f"datasets/{dataset.id}")
         for job in db.jobs_evaluated_on(s, owner, dataset.id):
-            storage.delete_prefix(evaluation_prefix(job.dataset_id, job.id))
+            delete_everywhere(evaluation_prefix(job.dataset_id, job.id))
         return Response(status_code=204)
 
     @app.post(

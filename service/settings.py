@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
+from service.storage import STORAGE_REGISTRY, LocalStorage, Storage, create_storage
 
 DEFAULT_HOME = Path("privevo-data")
 
@@ -29,7 +31,33 @@ class Settings(BaseSettings):
     home: Path = Field(DEFAULT_HOME, description="Folder for the embedded defaults below")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
     broker_url: str = Field("filesystem://", description="Celery broker; redis://... in production")
-    storage_root: Path | None = Field(None, description="Local storage folder; default in home")
+    storage_root: Path | None = Field(
+        None,
+        description="Local storage folder; default in home. With a remote storage backend it "
+        "still holds what must stay on a file system: jobs' working state (checkpoints, noisy "
+        "releases, locks) and uploads while they are received and checked",
+    )
+    storage_backend: str = Field(
+        "local",
+        description="Where uploads, results and evaluations are kept: "
+        f"{', '.join(STORAGE_REGISTRY.names())} (s3: any S3-compatible store, PRIVEVO_S3_*; "
+        "credentials from boto3's chain, AWS_ACCESS_KEY_ID etc., never from these settings)",
+    )
+    s3_bucket: str | None = Field(None, description="The bucket (s3 backend); it must exist")
+    s3_prefix: str = Field(
+        "", description="Key prefix of every object in the bucket (s3), e.g. privevo/prod"
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="The S3 API's URL for stores other than AWS (s3): http://minio:9000, "
+        "https://storage.googleapis.com",
+    )
+    s3_region: str | None = Field(None, description="The bucket's region (s3, AWS)")
+    s3_batch_delete: bool = Field(
+        True,
+        description="Delete up to 1000 objects per request (s3); false for Google Cloud "
+        "Storage, whose XML API has no multi-object delete",
+    )
     max_upload_bytes: int = Field(2 * 1024**3, gt=0)
     max_body_bytes: int = Field(
         1024**2,
@@ -128,6 +156,31 @@ class Settings(BaseSettings):
         None, description="The one OpenAI-compatible server the key may be sent to (workers)"
     )
 
+    @field_validator("storage_backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        STORAGE_REGISTRY.factory(name)  # an unknown name: the error lists the valid ones
+        return name
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> Self:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("PRIVEVO_STORAGE_BACKEND=s3 needs PRIVEVO_S3_BUCKET")
+        return self
+
+    @property
+    def storage_config(self) -> dict[str, Any]:
+        """``create_storage``'s arguments for ``storage_backend``."""
+        if self.storage_backend == "s3":
+            return {
+                "bucket": self.s3_bucket,
+                "prefix": self.s3_prefix,
+                "endpoint_url": self.s3_endpoint_url,
+                "region": self.s3_region,
+                "batch_delete": self.s3_batch_delete,
+            }
+        return {"root": self.resolved_storage_root}
+
     @property
     def policy(self) -> PrivacyPolicy:
         """The privacy policy the gateway checks jobs against and workers run them under."""
@@ -159,3 +212,33 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Message folder of the embedded filesystem broker."""
         return (self.home / "broker").resolve()
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The service's storage, and the local folder beside it for what needs a file system.
+
+    Attributes:
+        storage: where uploads, results and evaluations are kept (the chosen backend).
+        work: the local folder (``PRIVEVO_STORAGE_ROOT``) of jobs' working state and of uploads
+            while they are received: ``storage`` itself when that is local.
+    """
+
+    storage: Storage
+    work: LocalStorage
+
+    @property
+    def staged(self) -> bool:
+        """Whether objects made in ``work`` (uploads, evaluations) are copied to a separate
+        ``storage``; when False they are in it already."""
+        return self.storage is not self.work
+
+
+def open_storage(settings: Settings) -> Stores:
+    """The storage the settings choose, for the gateway and the workers alike (the one place
+    that builds it). A remote store is checked here, so a wrong setting stops the process at
+    start with a message saying what to set."""
+    storage = create_storage(settings.storage_backend, **settings.storage_config)
+    if isinstance(storage, LocalStorage):
+        return Stores(storage, storage)
+    return Stores(storage, LocalStorage(settings.resolved_storage_root))

@@ -5,6 +5,10 @@ keys, matched whole segment by segment: ``datasets/7f3a`` covers ``datasets/7f3a
 ``datasets/7f3a/...`` but never ``datasets/7f3ab``, so purging one dataset cannot reach another
 whose id merely starts the same way. Object stores (S3 and friends) match raw string prefixes;
 a backend for them must append the ``/`` itself to keep this meaning.
+
+Two backends: ``local`` (:class:`LocalStorage`, a folder) and ``s3`` (an S3-compatible bucket,
+:mod:`service.s3storage`). :func:`service.settings.open_storage` builds the one the settings
+choose, for the gateway and the workers alike.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class InvalidKeyError(PrivevoError, ValueError):
 
 class ObjectNotFoundError(PrivevoError, FileNotFoundError):
     """No object is stored under the key."""
+
+
+class StorageUnavailableError(PrivevoError):
+    """The store cannot be used (unreachable, no such bucket, refused): the operator's to fix;
+    the message names the setting to look at."""
 
 
 @runtime_checkable
@@ -65,7 +74,8 @@ class Storage(Protocol):
         ...
 
     def path(self, key: str) -> Path | None:
-        """The object's local file, for code that needs a path; None for remote backends.
+        """The object's local file, for code that needs a path; None for remote backends
+        (:func:`local_copy` gives a path either way).
 
         Raises ObjectNotFoundError when there is no object under ``key``.
         """
@@ -216,6 +226,50 @@ class LocalStorage:
 
 
 register_storage("local", LocalStorage)
+
+
+def _s3_storage(bucket: str, **config: Any) -> Storage:
+    # Imported on first use: boto3 takes a while to import and only this backend needs it.
+    from service.s3storage import S3Storage
+
+    return S3Storage(bucket, **config)
+
+
+register_storage("s3", _s3_storage)
+
+COPY_BYTES = 1024 * 1024
+
+
+def copy_object(source: Storage, target: Storage, key: str) -> None:
+    """Copies the object under ``key`` from one storage to another, whole or not at all (the
+    target's ``open_write``)."""
+    with source.open_read(key) as reader, target.open_write(key) as writer:
+        shutil.copyfileobj(reader, writer, COPY_BYTES)
+
+
+@contextmanager
+def local_copy(storage: Storage, key: str) -> Iterator[Path]:
+    """Yields a local file holding the object under ``key``, for code that needs a path (the
+    dataset loader picks a format by suffix, and zip and npz readers seek).
+
+    A local backend yields its own file. A remote one downloads the object to a scratch file
+    named like the key's last segment (so the suffix is kept), 0600 in a folder of its own
+    that ``mkdtemp`` makes 0700 under ``TMPDIR``; both are deleted when the block ends,
+    however it ends (only a process killed outright leaves them, to the system's tmp cleanup).
+
+    Raises:
+        ObjectNotFoundError: no object under ``key``.
+    """
+    path = storage.path(key)
+    if path is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="privevo-") as folder:
+        copy = Path(folder) / key.rsplit("/", 1)[-1]
+        descriptor = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(descriptor, "wb") as target, storage.open_read(key) as source:
+            shutil.copyfileobj(source, target, COPY_BYTES)
+        yield copy
 
 
 def _make_private_folders(folder: Path) -> None:

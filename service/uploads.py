@@ -391,6 +391,7 @@ def sweep_orphan_uploads(
     storage: LocalStorage,
     in_use: Callable[[Collection[str]], Collection[str]],
     *,
+    store: Storage | None = None,
     grace_s: float = ORPHAN_GRACE_S,
 ) -> list[str]:
     """Deletes the upload folders that no request holds and no dataset keeps.
@@ -400,10 +401,16 @@ def sweep_orphan_uploads(
     its keys are looked up, so a request that still runs keeps its folder, and one that has
     committed its dataset is found keeping it.
 
+    With a separate ``store`` the folders are only staging copies: a folder whose dataset was
+    committed (the gateway died before deleting its copy) loses the copy, and one whose
+    dataset was not loses the copy and whatever of it reached the store.
+
     Args:
-        storage: the gateway's storage.
+        storage: where uploads are received (the gateway's local folder).
         in_use: the keys among those given that a dataset (not deleted) keeps
             (:func:`service.db.uploads_in_use` on a session).
+        store: where committed uploads are copied when that is not ``storage`` (a remote
+            backend); None when they stay in ``storage``.
         grace_s: how long a folder without a lock file is left alone since it last changed.
 
     Returns:
@@ -424,10 +431,14 @@ def sweep_orphan_uploads(
             if not free:
                 continue
             keys = storage.list(prefix)
-            if keys and in_use(keys):
+            kept = bool(keys) and bool(in_use(keys))
+            if kept and store is None:
                 continue
+            if store is not None and not kept:
+                store.delete_prefix(prefix)
             storage.delete_prefix(prefix)
-            removed.append(prefix)
+            if not kept:
+                removed.append(prefix)
     if removed:
         logger.warning("deleted %d orphan upload folders (their request died)", len(removed))
     return removed

@@ -18,6 +18,12 @@ Where a job's files live, as storage keys:
 
 (:mod:`service.keys` names these prefixes for the gateway and the workers alike.)
 
+The engine works on files: ``state/`` and ``out/`` are folders in the local work folder
+(:attr:`JobContext.folders`), which is the storage itself when that is local. With a remote
+storage (S3) they stay there, since the job lock is an ``flock`` and checkpoints are resumed
+from files, and only what the gateway serves leaves: the result, and the evaluation copied to
+its key. The dataset is read from a private scratch copy (:func:`service.storage.local_copy`).
+
 A task may be delivered more than once (a worker died, Redis redelivered, Celery retried). Every
 delivery resumes from the latest checkpoint with the seed recorded by the first, and every noisy
 release is recorded exactly once in the database (:class:`workers.ledger.DbLedger`), so the
@@ -94,13 +100,16 @@ from service.db import (
     read_transaction,
     update_progress,
 )
-from service.keys import AUDIT_REPORT, JOB_OUTPUT, job_prefix, result_prefix
+from service.keys import AUDIT_REPORT, JOB_OUTPUT, evaluation_prefix, job_prefix, result_prefix
 from service.storage import (
     PRIVATE_FOLDER_MODE,
     InvalidKeyError,
     LocalStorage,
     ObjectNotFoundError,
+    Storage,
+    StorageUnavailableError,
     check_key,
+    local_copy,
 )
 from workers.ledger import DbLedger
 
@@ -121,6 +130,8 @@ _INTERNAL_ERRORS: Final = (
     ReleaseConflict,
     ObjectNotFoundError,
     InvalidKeyError,
+    # Its message names the store's endpoint and the operator's settings, not the tenant's.
+    StorageUnavailableError,
 )
 
 # Loaded generators and embedders kept per worker process, so models stay in memory across
@@ -143,7 +154,8 @@ class JobContext:
 
     Attributes:
         sessions: sessions on the service database (``service.db.make_session_factory``).
-        storage: the service's storage; the engine works in local folders inside it.
+        storage: the service's storage: the datasets are read from it, results and
+            evaluations written to it.
         time_limit_s: the most seconds one delivery of a job may run
             (``PRIVEVO_TASK_TIME_LIMIT_S``).
         heartbeat_s: seconds between the heartbeats of a running job.
@@ -151,13 +163,31 @@ class JobContext:
             each job against again before it draws any noise: a job queued under an older
             policy, or written by anything but the gateway, meets this worker's. The default
             allows no seeded test noise.
+        work: the local folder in which the engine makes each job's state and outputs
+            (``service.settings.Stores.work``); None when ``storage`` is local and is that
+            folder itself.
     """
 
     sessions: sessionmaker[Session]
-    storage: LocalStorage
+    storage: Storage
     time_limit_s: float
     heartbeat_s: float
     policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
+    work: LocalStorage | None = None
+
+    def __post_init__(self) -> None:
+        if self.work is None and not isinstance(self.storage, LocalStorage):
+            raise ValueError("a remote storage needs a local work folder (work=...)")
+
+    @property
+    def folders(self) -> LocalStorage:
+        """Where jobs' state and output layouts are made."""
+        return self.work if self.work is not None else cast(LocalStorage, self.storage)
+
+    @property
+    def staged(self) -> bool:
+        """Whether what the gateway reads must be copied from ``folders`` to ``storage``."""
+        return self.folders is not self.storage
 
 
 class JobTimedOut(PrivevoError):
@@ -205,7 +235,7 @@ def run_job(
     if job.status in FINAL_STATUSES:
         return job.status
     prefix = job_prefix(job.dataset_id, job.id)
-    folder = context.storage.make_folder(prefix)
+    folder = context.folders.make_folder(prefix)
     with job_lock(folder / "state") as held:
         if not held:
             logger.info("job %s is being run by another worker; this delivery stops", job_id)
@@ -455,7 +485,9 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         write_eval_report(
             layout, evaluator, outcome.result.population, private, evaluation, features
         )
-        _drop_orphaned_evaluation(sessions, job, layout)
+        if context.staged:
+            _copy_tree(context.storage, layout.eval, evaluation_prefix(job.dataset_id, job.id))
+        _drop_orphaned_evaluation(context, job, layout)
     progress.on_phase(job.iterations, "publish")
     _publish(context.storage, layout, result_prefix(job.id))
 
@@ -578,7 +610,7 @@ def _write_audit(
         append_event(session, job.id, "audit", {**summary, "correct": report["guesses"]["correct"]})
 
 
-def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Samples:
+def _load_private(storage: Storage, dataset: Dataset, spec: PeJob) -> Samples:
     """The dataset's records as validated at upload: with their users when it is user-level.
 
     The users come from the dataset, never from the job: the engine's ``check_job`` then
@@ -587,20 +619,21 @@ def _load_private(storage: LocalStorage, dataset: Dataset, spec: PeJob) -> Sampl
     """
     if dataset.modality not in MODALITIES:
         raise RuntimeError(f"dataset {dataset.id} has unknown modality {dataset.modality!r}")
-    path = storage.path(dataset.storage_path)
     labels = spec.labels if spec.labels is not None else list(dataset.labels)
-    try:
-        return load_dataset(
-            path,
-            modality=cast(Modality, dataset.modality),
-            text_column=dataset.text_column,
-            label_column=dataset.label_column,
-            labels=labels,
-            user_column=dataset.user_column,
-        )
-    except DataError as exc:
-        # The tenant knows the dataset by its name, not by the server's storage path.
-        raise DataError(str(exc).replace(str(path), dataset.name)) from None
+    # Decoded whole into memory, so a remote object's scratch copy goes as soon as it is read.
+    with local_copy(storage, dataset.storage_path) as path:
+        try:
+            return load_dataset(
+                path,
+                modality=cast(Modality, dataset.modality),
+                text_column=dataset.text_column,
+                label_column=dataset.label_column,
+                labels=labels,
+                user_column=dataset.user_column,
+            )
+        except DataError as exc:
+            # The tenant knows the dataset by its name, not by the server's storage path.
+            raise DataError(str(exc).replace(str(path), dataset.name)) from None
 
 
 def _heldout_dataset(session: Session, job: Job) -> Dataset | None:
@@ -620,49 +653,56 @@ def _heldout_dataset(session: Session, job: Job) -> Dataset | None:
     return heldout
 
 
-def _load_heldout(storage: LocalStorage, dataset: Dataset, label_names: Sequence[str]) -> Samples:
+def _load_heldout(storage: Storage, dataset: Dataset, label_names: Sequence[str]) -> Samples:
     """The held-out records, labelled with the job's label set.
 
     Their ids get a prefix of their own: the evaluator's embedding cache is keyed by record
     id, and two npz files (or tables) number their records alike, so without it a held-out
     record would be scored with a private record's embedding.
     """
-    path = storage.path(dataset.storage_path)
-    try:
-        return load_dataset(
-            path,
-            modality=cast(Modality, dataset.modality),
-            text_column=dataset.text_column,
-            label_column=dataset.label_column,
-            labels=list(label_names),
-            id_prefix="heldout/",
-        )
-    except DataError as exc:
-        raise DataError(str(exc).replace(str(path), dataset.name)) from None
+    with local_copy(storage, dataset.storage_path) as path:
+        try:
+            return load_dataset(
+                path,
+                modality=cast(Modality, dataset.modality),
+                text_column=dataset.text_column,
+                label_column=dataset.label_column,
+                labels=list(label_names),
+                id_prefix="heldout/",
+            )
+        except DataError as exc:
+            raise DataError(str(exc).replace(str(path), dataset.name)) from None
 
 
-def _drop_orphaned_evaluation(
-    sessions: sessionmaker[Session], job: Job, layout: OutputLayout
-) -> None:
-    """Deletes the evaluation just written when its held-out dataset was deleted while the job
-    ran: the gateway's delete removed the evaluations that existed then, not this one."""
+def _drop_orphaned_evaluation(context: JobContext, job: Job, layout: OutputLayout) -> None:
+    """Deletes the evaluation just written (and copied) when its held-out dataset was deleted
+    while the job ran: the gateway's delete removed the evaluations that existed then, not
+    this one."""
     assert job.eval_dataset_id is not None
-    with sessions() as session:
+    with context.sessions() as session:
         try:
             get_dataset(session, job.tenant_id, job.eval_dataset_id)
         except NotFound:
             shutil.rmtree(layout.eval, ignore_errors=True)
+            if context.staged:
+                context.storage.delete_prefix(evaluation_prefix(job.dataset_id, job.id))
 
 
-def _publish(storage: LocalStorage, layout: OutputLayout, prefix: str) -> None:
+def _publish(storage: Storage, layout: OutputLayout, prefix: str) -> None:
     """Copies the result layout to ``prefix``, replacing any earlier (partial) copy.
 
     Only the DP outputs travel: never the private state, never a NOT-DP evaluation.
     """
+    _copy_tree(storage, layout.root, prefix, skip=(layout.state.name, layout.eval.name))
+
+
+def _copy_tree(storage: Storage, folder: Path, prefix: str, *, skip: Sequence[str] = ()) -> None:
+    """Copies the files under ``folder`` to ``prefix``, replacing what was there; top-level
+    entries named in ``skip`` stay behind, and so do unfinished writes (names starting '.')."""
     storage.delete_prefix(prefix)
-    for file in sorted(layout.root.rglob("*")):
-        relative = file.relative_to(layout.root)
-        if not file.is_file() or relative.parts[0] in (layout.state.name, layout.eval.name):
+    for file in sorted(folder.rglob("*")):
+        relative = file.relative_to(folder)
+        if not file.is_file() or relative.parts[0] in skip:
             continue
         if any(part.startswith(".") for part in relative.parts):
             continue  # an unfinished write of the layout

@@ -25,7 +25,7 @@ from pe_core.apis.llm_backends import register_openai_backend
 from service.broker import JOB_TASK, message_finder, send_job
 from service.db import finalize, make_engine, make_session_factory
 from service.outbox import Courier
-from service.storage import LocalStorage
+from service.settings import open_storage
 from workers import jobs
 from workers.celery_app import WorkerApp
 from workers.sweeper import Sweeper
@@ -54,13 +54,14 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
         api_key=settings.openai_api_key, allowed_base_url=settings.openai_base_url
     )
     engine = make_engine(settings.resolved_database_url)
-    storage = LocalStorage(settings.resolved_storage_root)
+    stores = open_storage(settings)
     return jobs.JobContext(
         make_session_factory(engine),
-        storage,
+        stores.storage,
         time_limit_s=settings.task_time_limit_s,
         heartbeat_s=settings.heartbeat_interval_s,
         policy=settings.policy,
+        work=stores.work,
     )
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from service.storage import LocalStorage
+from service.storage import LocalStorage, copy_object, create_storage
 from service.uploads import RECEIVING, receiving, sweep_orphan_uploads
+from tests.servers import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,6 +55,28 @@ def test_a_folder_without_a_lock_is_swept_once_it_is_old(storage: LocalStorage) 
     assert sweep_orphan_uploads(storage, nothing_in_use, grace_s=0.0) == ["uploads/legacy"]
     store(storage, "uploads/direct.npz")  # a file, not an upload folder: not the sweep's
     assert sweep_orphan_uploads(storage, nothing_in_use, grace_s=0.0) == []
+
+
+@pytest.mark.usefixtures("s3_credentials")
+def test_with_a_remote_store_the_folders_are_staging_copies(
+    storage: LocalStorage, s3_server: S3Server
+) -> None:
+    bucket = s3_server.new_bucket()
+    remote = create_storage("s3", bucket=bucket, endpoint_url=s3_server.url)
+    # Two gateways died after copying an upload to the store: one after committing its
+    # dataset (only the staging copy is left to delete), one before (the store's copy too).
+    for name in ("committed", "uncommitted"):
+        store(storage, f"uploads/{name}/data.csv")
+        copy_object(storage, remote, f"uploads/{name}/data.csv")
+
+    def in_use(keys: Collection[str]) -> set[str]:
+        return {key for key in keys if key.startswith("uploads/committed/")}
+
+    assert sweep_orphan_uploads(storage, in_use, store=remote, grace_s=0.0) == [
+        "uploads/uncommitted"
+    ]
+    assert storage.list() == []
+    assert remote.list() == ["uploads/committed/data.csv"]
 
 
 def test_the_folder_of_a_killed_request_is_swept(storage: LocalStorage) -> None:
