@@ -7,13 +7,15 @@ their code and sends each job's task by name to the queue stored on its row
 reservation, and a courier thread sends it (:mod:`service.outbox`), so a create never waits on
 the broker and a committed job is always enqueued.
 
-Two threads run beside the routes while the app lives: that courier, and the sweep of upload
+Three threads run beside the routes while the app lives: that courier, the sweep of upload
 folders left by a gateway that died mid-upload (:func:`service.uploads.sweep_orphan_uploads`),
-at start and every :data:`UPLOAD_SWEEP_S` seconds.
+at start and every :data:`UPLOAD_SWEEP_S` seconds, and the sweep purging datasets past their
+expiry (:func:`sweep_expired_datasets`), every :data:`EXPIRY_SWEEP_S` seconds.
 """
 
 import hmac
 import io
+import logging
 import secrets
 import time
 import zipfile
@@ -51,6 +53,8 @@ from service.broker import (
     send_job,
 )
 from service.console import mount_console
+from service.crypto import DecryptionError, KeyUnwrapError, NoDataKeyError
+from service.db.models import new_id
 from service.evaluation import (
     EvaluationUnavailable,
     check_eval_dataset,
@@ -87,8 +91,13 @@ from service.uploads import (
     validate_in_child_process,
 )
 
+logger = logging.getLogger(__name__)
+
 UPLOAD_SWEEP_S = 600.0
 """Seconds between the gateway's sweeps of orphan upload folders (the first runs at start)."""
+
+EXPIRY_SWEEP_S = 300.0
+"""Seconds between the gateway's sweeps of expired datasets (the first runs at start)."""
 
 RESULT_PARTS = ("synthetic/", "privacy_report.json", "report.html", "samples/", AUDIT_REPORT)
 """What a result zip holds (``audit.json`` for an audit job): never ``.state/`` (private) nor
@@ -138,7 +147,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Send | None = None)
     settings = settings or Settings()
     engine = db.make_engine(settings.resolved_database_url)
     sessions = db.make_session_factory(engine)
-    stores = open_storage(settings)
+    stores = open_storage(settings, sessions)
     storage = stores.storage
     send, finder = celery_sender(settings) if enqueue is None else (enqueue, None)
     courier = Courier(sessions, send, finder)
@@ -153,14 +162,21 @@ def create_app(settings: Settings | None = None, *, enqueue: Send | None = None)
         lambda: sweep_orphan_uploads(stores.work, in_use, store=storage if stores.staged else None),
         UPLOAD_SWEEP_S,
     )
+    reaper = Periodic(
+        "expired-dataset-sweeper",
+        lambda: sweep_expired_datasets(sessions, stores),
+        EXPIRY_SWEEP_S,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deliverer.start()
         janitor.start()
+        reaper.start()
         yield
         deliverer.stop()
         janitor.stop()
+        reaper.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -259,6 +275,11 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
         (EvaluationUnavailable, 409),
         (AuditUnavailable, 409),
         (StorageUnavailableError, 503),
+        # A stored object that does not decrypt is the operator's to look into (a shredded
+        # or lost key, an altered object), never the client's.
+        (DecryptionError, 503),
+        (KeyUnwrapError, 503),
+        (NoDataKeyError, 503),
         (db.WrongRole, 422),
         (db.InvalidCursor, 400),
         (JobRefused, 422),
@@ -294,15 +315,10 @@ def _add_routes(
     stores: Stores,
     deliverer: Periodic,
 ) -> None:
-    storage, work = stores.storage, stores.work
+    storage, work, keys = stores.storage, stores.work, stores.keys
 
     def delete_everywhere(prefix: str) -> None:
-        """Deletes ``prefix`` in the local work folder (jobs' state, the evaluation as made,
-        an upload's staged copy) and in a separate storage; the local copy first, since it
-        goes even when a remote store is down."""
-        if stores.staged:
-            work.delete_prefix(prefix)
-        storage.delete_prefix(prefix)
+        _delete_everywhere(stores, prefix)
 
     def session() -> Iterator[Session]:
         with sessions() as s:
@@ -341,10 +357,11 @@ def _add_routes(
         except Exception as exc:  # readiness reports, it does not raise
             checks["database"] = f"error: {type(exc).__name__}"
         try:
+            # Through the backend itself: the probe holds no data, so no data key.
             probe = f"readyz/{secrets.token_hex(8)}"
-            with storage.open_write(probe) as handle:
+            with stores.backend.open_write(probe) as handle:
                 handle.write(b"ok")
-            storage.delete_prefix(probe)
+            stores.backend.delete_prefix(probe)
             checks["storage"] = "ok"
         except Exception as exc:
             checks["storage"] = f"error: {type(exc).__name__}"
@@ -401,6 +418,9 @@ def _add_routes(
             if used + size > quota:
                 raise db.QuotaExceeded("max_stored_bytes", db.storage_message(used, size, quota))
         prefix = f"uploads/{secrets.token_hex(16)}"
+        # With encryption at rest the dataset's id is chosen now, for the data key that
+        # encrypts its upload before the dataset is committed.
+        dataset_id = new_id("ds")
         # The upload is received and checked in the local work folder (its lock and the
         # validator need a file system), then copied to a remote storage before the dataset
         # is committed. Held until the dataset is committed or the folder deleted: a gateway
@@ -429,9 +449,12 @@ def _add_routes(
                     display_name=received.filename,
                     digest_key=db.tenant_digest_key(s, owner),
                 )
+                if keys is not None:
+                    await run_in_threadpool(keys.create_for_upload, dataset_id, prefix)
                 if stores.staged:
-                    # Copied before the dataset is committed, so that a committed dataset's
-                    # upload is always in the storage (a refusal below deletes the copy).
+                    # Copied (encrypted, with encryption at rest) before the dataset is
+                    # committed, so that a committed dataset's upload is always in the storage
+                    # (a refusal below deletes the copy and shreds its key).
                     await run_in_threadpool(copy_object, work, storage, stored.key)
                 dataset = db.create_dataset(
                     s,
@@ -452,8 +475,12 @@ def _add_routes(
                     role=form.role,
                     size_bytes=stored.size,
                     max_stored_bytes=settings.max_stored_bytes,
+                    dataset_id=dataset_id,
+                    expires_at=form.expires_at,
                 )
             except BaseException:
+                if keys is not None:
+                    keys.shred(dataset_id)
                 delete_everywhere(prefix)  # nothing half-stored
                 raise
             if stores.staged:
@@ -497,12 +524,10 @@ def _add_routes(
     def delete_dataset(dataset_id: str, s: Db, owner: Tenant) -> Response:
         """Removes the private files and every private-derived cache; the ledger stays.
 
-        Deleting held-out data also deletes the NOT DP evaluations of the jobs it scored."""
-        dataset = db.delete_dataset(s, owner, dataset_id)
-        delete_everywhere(dataset.storage_path.rsplit("/", 1)[0])
-        delete_everywhere(f"datasets/{dataset.id}")
-        for job in db.jobs_evaluated_on(s, owner, dataset.id):
-            delete_everywhere(evaluation_prefix(job.dataset_id, job.id))
+        With encryption at rest the dataset's data key is deleted first, so any copy of its
+        files left anywhere is unreadable. Deleting held-out data also deletes the NOT DP
+        evaluations of the jobs it scored. Published results (DP) stay."""
+        _purge_dataset(s, stores, owner, dataset_id)
         return Response(status_code=204)
 
     @app.post(
@@ -715,6 +740,62 @@ def _add_routes(
                 **REPORT_HEADERS,
             },
         )
+
+
+def _delete_everywhere(stores: Stores, prefix: str) -> None:
+    """Deletes ``prefix`` in the local work folder (jobs' state, the evaluation as made, an
+    upload's staged copy) and in a separate storage; the local copy first, since it goes even
+    when a remote store is down."""
+    if stores.staged:
+        stores.work.delete_prefix(prefix)
+    stores.storage.delete_prefix(prefix)
+
+
+def _purge_dataset(s: Session, stores: Stores, owner: str, dataset_id: str) -> None:
+    """Deletes a dataset as ``DELETE /v1/datasets/{id}`` and the expiry sweep do: marked
+    deleted (no job may start on it, no write may make it a key), its data key shredded, then
+    its upload, its jobs' state and evaluations, and those of the jobs it evaluated.
+
+    Raises:
+        NotFound: no such undeleted dataset of ``owner``.
+    """
+    dataset = db.delete_dataset(s, owner, dataset_id)
+    if stores.keys is not None:
+        # Before the files: a purge cut short still leaves nothing readable.
+        stores.keys.shred(dataset.id)
+    _delete_everywhere(stores, dataset.storage_path.rsplit("/", 1)[0])
+    _delete_everywhere(stores, f"datasets/{dataset.id}")
+    for job in db.jobs_evaluated_on(s, owner, dataset.id):
+        _delete_everywhere(stores, evaluation_prefix(job.dataset_id, job.id))
+
+
+def sweep_expired_datasets(sessions: sessionmaker[Session], stores: Stores) -> list[str]:
+    """Purges every dataset past its ``expires_at``, as a delete would; returns their ids.
+
+    One dataset failing does not stop the others: one whose database work failed is tried
+    again at the next sweep; one whose store failed after its key was shredded is unreadable
+    already, and its files are left, as a failed delete leaves them, to the operator.
+    """
+    purged = []
+    with sessions() as s:
+        expired = db.expired_datasets(s)
+    for owner, dataset_id in expired:
+        with sessions() as s:
+            try:
+                _purge_dataset(s, stores, owner, dataset_id)
+            except db.NotFound:
+                continue  # deleted meanwhile
+            except (PrivevoError, OSError) as exc:
+                logger.warning(
+                    "could not purge expired dataset %s (%s); retrying at the next sweep",
+                    dataset_id,
+                    type(exc).__name__,
+                )
+                continue
+        purged.append(dataset_id)
+    if purged:
+        logger.info("purged %d expired datasets", len(purged))
+    return purged
 
 
 def _event_stream(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -82,6 +82,11 @@ class DatasetPublic(BaseModel):
         "never a job's input, no budget; fixed at upload"
     )
     created_at: datetime
+    expires_at: datetime | None = Field(
+        None,
+        description="When the dataset is purged as by a delete (its files and data key; the "
+        "budget and its history stay); null: kept until deleted",
+    )
     budget: BudgetPublic | None = Field(
         description="The privacy budget its jobs draw on; null for held-out data, which no job "
         "ever spends on"
@@ -101,6 +106,7 @@ class DatasetPublic(BaseModel):
             user_column=dataset.user_column,
             role=dataset.role,
             created_at=dataset.created_at,
+            expires_at=dataset.expires_at,
             budget=None if budget is None else BudgetPublic.of(budget),
         )
 
@@ -135,6 +141,23 @@ class DatasetForm(BaseModel):
         "naming each record's user; its jobs then protect all records of one user. Image "
         "folders and zips name no users",
     )
+
+    expires_at: datetime | None = Field(
+        None,
+        description="Optional: when to purge the dataset as a delete does (ISO 8601 with a "
+        "time zone, in the future); the budget and its history stay",
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware_future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2030-01-31T00:00:00Z")
+        if value <= datetime.now(UTC):
+            raise ValueError("must be in the future")
+        return value
 
     @field_validator("name", "text_column", "label_column", "user_column")
     @classmethod

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.orm import Session, sessionmaker
 
 from pe_core.policy import DEFAULT_MAX_DELTA, PrivacyPolicy
+from service.crypto import MASTER_KEY_HELP, DatabaseKeyRing, EncryptedStorage, parse_master_key
 from service.storage import STORAGE_REGISTRY, LocalStorage, Storage, create_storage
 
 DEFAULT_HOME = Path("privevo-data")
+ENCRYPTED_FOLDER = "encrypted"
+"""With the local backend and encryption at rest, the folder of ``PRIVEVO_STORAGE_ROOT`` that
+holds the encrypted objects: apart from the work folder (the root itself), whose staged copies
+of the same keys are plaintext while they are made."""
+
+logger = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
@@ -147,6 +156,18 @@ class Settings(BaseSettings):
         description="The largest delta cap an upload may give its budget (422 above); a "
         "tenant's own limit, where the operator set one, takes its place",
     )
+    master_key: SecretStr | None = Field(
+        None,
+        description="The operator's master key for encryption at rest: 32 random bytes in "
+        f"base64; {MASTER_KEY_HELP}. It wraps each dataset's data key; losing it loses every "
+        "encrypted object",
+    )
+    encrypt_at_rest: bool | None = Field(
+        None,
+        description="Encrypt every stored object (uploads, results, evaluations) with "
+        "per-dataset keys; default: on when PRIVEVO_MASTER_KEY is set, off without (the "
+        "embedded setup needs no key); true without a key is refused",
+    )
     openai_api_key: str | None = Field(
         None,
         repr=False,
@@ -167,6 +188,30 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("PRIVEVO_STORAGE_BACKEND=s3 needs PRIVEVO_S3_BUCKET")
         return self
+
+    @model_validator(mode="after")
+    def _key_for_encryption(self) -> Self:
+        if self.master_key is not None:
+            parse_master_key(self.master_key.get_secret_value())  # refuses a weak key here
+        elif self.encrypt_at_rest:
+            raise ValueError(
+                f"PRIVEVO_ENCRYPT_AT_REST=true needs PRIVEVO_MASTER_KEY; {MASTER_KEY_HELP}"
+            )
+        return self
+
+    @property
+    def encrypts_at_rest(self) -> bool:
+        """Whether stored objects are encrypted: as set, else whenever a master key is."""
+        if self.encrypt_at_rest is None:
+            return self.master_key is not None
+        return self.encrypt_at_rest
+
+    @property
+    def master_key_bytes(self) -> bytes:
+        """The master key's 32 bytes (checked when the settings were read)."""
+        if self.master_key is None:
+            raise ValueError(f"no PRIVEVO_MASTER_KEY set; {MASTER_KEY_HELP}")
+        return parse_master_key(self.master_key.get_secret_value())
 
     @property
     def storage_config(self) -> dict[str, Any]:
@@ -226,6 +271,7 @@ class Stores:
 
     storage: Storage
     work: LocalStorage
+    keys: DatabaseKeyRing | None = None
 
     @property
     def staged(self) -> bool:
@@ -233,12 +279,40 @@ class Stores:
         ``storage``; when False they are in it already."""
         return self.storage is not self.work
 
+    @property
+    def backend(self) -> Storage:
+        """The backend itself, beneath any encryption: for probes that store no data."""
+        return self.storage.backend if isinstance(self.storage, EncryptedStorage) else self.storage
 
-def open_storage(settings: Settings) -> Stores:
+
+def open_storage(settings: Settings, sessions: sessionmaker[Session] | None = None) -> Stores:
     """The storage the settings choose, for the gateway and the workers alike (the one place
     that builds it). A remote store is checked here, so a wrong setting stops the process at
-    start with a message saying what to set."""
-    storage = create_storage(settings.storage_backend, **settings.storage_config)
-    if isinstance(storage, LocalStorage):
-        return Stores(storage, storage)
-    return Stores(storage, LocalStorage(settings.resolved_storage_root))
+    start with a message saying what to set.
+
+    With encryption at rest the storage encrypts every object under data keys kept in the
+    database of ``sessions`` (required then), and is always apart from the work folder, so an
+    upload is received in the clear only in the work folder, then copied encrypted (for the
+    local backend the objects go to ``<storage root>/encrypted``).
+    """
+    if not settings.encrypts_at_rest:
+        if settings.storage_backend != "local" or (settings.database_url or "").startswith(
+            "postgres"
+        ):
+            # A production shape without encryption: allowed (the store may encrypt), but said.
+            logger.warning(
+                "encryption at rest is off: uploads, results and evaluations are stored in the "
+                "clear; set PRIVEVO_MASTER_KEY to encrypt them (docs/storage.md)"
+            )
+        storage = create_storage(settings.storage_backend, **settings.storage_config)
+        if isinstance(storage, LocalStorage):
+            return Stores(storage, storage)
+        return Stores(storage, LocalStorage(settings.resolved_storage_root))
+    if sessions is None:
+        raise ValueError("encryption at rest keeps its data keys in the database: pass sessions")
+    config = settings.storage_config
+    if settings.storage_backend == "local":
+        config = {**config, "root": settings.resolved_storage_root / ENCRYPTED_FOLDER}
+    keys = DatabaseKeyRing(sessions, settings.master_key_bytes)
+    storage = EncryptedStorage(create_storage(settings.storage_backend, **config), keys)
+    return Stores(storage, LocalStorage(settings.resolved_storage_root), keys)

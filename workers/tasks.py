@@ -54,9 +54,10 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
         api_key=settings.openai_api_key, allowed_base_url=settings.openai_base_url
     )
     engine = make_engine(settings.resolved_database_url)
-    stores = open_storage(settings)
+    sessions = make_session_factory(engine)
+    stores = open_storage(settings, sessions)  # the data keys, with encryption at rest
     return jobs.JobContext(
-        make_session_factory(engine),
+        sessions,
         stores.storage,
         time_limit_s=settings.task_time_limit_s,
         heartbeat_s=settings.heartbeat_interval_s,

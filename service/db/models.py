@@ -73,6 +73,8 @@ DIGEST_KEY_LENGTH: Final = 32
 ID_LENGTH: Final = 40
 PATH_LENGTH: Final = 1024
 COLUMN_LENGTH: Final = 255
+WRAPPED_KEY_LENGTH: Final = 64
+"""A wrapped data key's bytes: version (1), nonce (12), key (32), tag (16) = 61."""
 """The longest name a dataset's text, label or user column may have, in characters."""
 PRIVACY_UNITS: Final = ("record", "user")
 """What a budget's (epsilon, delta) protect: one record, or one user's records."""
@@ -251,6 +253,8 @@ class Dataset(Base):
         UniqueConstraint("tenant_id", "id"),
         Index(None, "tenant_id", "sha256"),
         Index(None, "budget_id"),
+        # The expiry sweep's lookup of datasets past their expiry.
+        Index(None, "expires_at"),
         CheckConstraint("record_count >= 0", name="record_count"),
         CheckConstraint("duplicate_records >= 0", name="duplicate_records"),
         CheckConstraint(
@@ -288,6 +292,33 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+
+
+class DataKey(Base):
+    """The data key of one scope (a dataset, or a job's result), wrapped by the master key
+    (:mod:`service.crypto`); every object of the scope is encrypted with it.
+
+    Deleting the row crypto-shreds the scope: any copy of its objects left anywhere (a backup,
+    an object a purge missed) can no longer be decrypted. So a dataset's row is deleted before
+    its objects, and, unlike the dataset row, never kept after a purge.
+
+    No foreign key: a dataset's key is made before its row (the upload is encrypted before the
+    dataset is committed), and a result's scope is a job id.
+
+    Attributes:
+        scope: the dataset's or job's id.
+        upload_prefix: the dataset's upload folder (``uploads/<token>``), by which the upload's
+            objects find the key; None for a job's result.
+        wrapped: the data key sealed by the master key, the scope as associated data.
+    """
+
+    __tablename__ = "data_keys"
+
+    scope: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    upload_prefix: Mapped[str | None] = mapped_column(String(PATH_LENGTH), unique=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary(WRAPPED_KEY_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RecordDigest(Base):

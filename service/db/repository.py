@@ -290,6 +290,8 @@ def create_dataset(
     role: str = "private",
     size_bytes: int = 0,
     max_stored_bytes: int | None = None,
+    dataset_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> Dataset:
     """Registers an uploaded dataset: a private one in the budget its records call for, a
     held-out one without any.
@@ -323,6 +325,9 @@ def create_dataset(
         max_stored_bytes: the most bytes the tenant's undeleted uploads may take together,
             this one included, checked under the tenant's lock; the tenant's own quota takes
             its place where the operator set one. None: no limit.
+        dataset_id: the new dataset's id when chosen beforehand (its upload was encrypted
+            with the data key made for that id); None for a fresh one.
+        expires_at: when the expiry sweep purges the dataset; None to keep it until deleted.
 
     Raises:
         BudgetCapConflict: the data shares records with data of its unit under a smaller cap.
@@ -373,7 +378,10 @@ def create_dataset(
             user_column=user_column,
             role=role,
             size_bytes=size_bytes,
+            expires_at=expires_at,
         )
+        if dataset_id is not None:  # chosen before the upload was encrypted with its data key
+            dataset.id = dataset_id
         session.add(dataset)
         session.flush()
         if epsilon_cap is None or delta_cap is None:

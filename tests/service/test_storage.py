@@ -1,5 +1,6 @@
 """The storage contract, run against every backend: a local folder and a real S3 API (moto's
-server, :class:`tests.servers.S3Server`); then what is particular to each."""
+server, :class:`tests.servers.S3Server`), each also beneath encryption at rest
+(:class:`service.crypto.EncryptedStorage`); then what is particular to each."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from pe_core.errors import PrivevoError
 from pe_core.registry import UnknownNameError
+from service.crypto import EncryptedStorage, new_data_key
 from service.settings import Settings, open_storage
 from service.storage import (
     InvalidKeyError,
@@ -72,12 +74,36 @@ def s3_backend(server: S3Server) -> Backend:
     return Backend(storage, lambda: server.objects(bucket), lambda key: None)
 
 
-@pytest.fixture(params=["local", "s3"])
+class FirstSegmentKeys:
+    """A key ring of one data key per first key segment, made on first write: the contract's
+    keys ("a/b", "ds/12") follow no layout of the service's (its database key ring is tested
+    in test_crypto.py)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, bytes] = {}
+
+    def data_key(self, key: str, *, create: bool) -> bytes:
+        scope = key.split("/", 1)[0]
+        if create:
+            self.keys.setdefault(scope, new_data_key())
+        return self.keys[scope]
+
+
+def encrypted(backend: Backend) -> Backend:
+    # Small chunks, so that the contract's objects span many of them.
+    storage = EncryptedStorage(backend.storage, FirstSegmentKeys(), chunk_bytes=4096)
+    return Backend(storage, backend.leftovers, lambda key: None)
+
+
+@pytest.fixture(params=["local", "s3", "encrypted-local", "encrypted-s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "local":
-        return local_backend(tmp_path)
-    request.getfixturevalue("s3_credentials")
-    return s3_backend(request.getfixturevalue("s3_server"))
+    kind = request.param.removeprefix("encrypted-")
+    if kind == "local":
+        plain = local_backend(tmp_path)
+    else:
+        request.getfixturevalue("s3_credentials")
+        plain = s3_backend(request.getfixturevalue("s3_server"))
+    return encrypted(plain) if request.param.startswith("encrypted-") else plain
 
 
 @pytest.fixture
