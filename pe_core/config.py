@@ -45,6 +45,12 @@ class PeJob(BaseModel):
     )
     iterations: int = Field(4, ge=1, le=1000, description="T, the number of noisy releases")
     num_samples: int = Field(2000, ge=1, le=10_000_000, description="Synthetic samples in all")
+    candidates: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Samples voted on per iteration, in all; None: num_samples",
+    )
     lookahead: int = Field(0, ge=0, le=64, description="Variations averaged per embedding")
     threshold: float | None = Field(
         None, ge=0, description="H in votes; None: 2 sigma (0 without noise)"
@@ -130,6 +136,12 @@ class PeJob(BaseModel):
         if self.no_privacy and self.label_fractions == "dp":
             raise ValueError("label_fractions 'dp' needs noise; give fractions or 'uniform'")
         return self
+
+    @property
+    def voted_samples(self) -> int:
+        """Size of each population that is voted on: ``candidates``, or ``num_samples``. The
+        last iteration's variations make the ``num_samples`` output from the last vote."""
+        return self.num_samples if self.candidates is None else self.candidates
 
     @property
     def releases_per_iteration(self) -> int:

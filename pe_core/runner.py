@@ -269,7 +269,7 @@ class PrivateEvolution:
             )
         return noisy
 
-    def _label_targets(self, private: Samples) -> tuple[NDArray[np.int64], str]:
+    def _label_weights(self, private: Samples) -> tuple[NDArray[np.float64], str]:
         names = private.label_names
         fractions = self.job.label_fractions
         if fractions == "uniform":
@@ -291,7 +291,7 @@ class PrivateEvolution:
             check_label_fractions(self.job, names)
             weights = np.array([fractions[name] for name in names], dtype=np.float64)
         source = fractions if isinstance(fractions, str) else "user"
-        return allocate(self.job.num_samples, weights), source
+        return weights, source
 
     def _initial(self, targets: NDArray[np.int64], callbacks: RunCallbacks) -> Samples:
         callbacks.on_phase(0, "generate")
@@ -420,10 +420,14 @@ class PrivateEvolution:
             raise CheckpointError("a run with pinned candidates (an audit) cannot resume")
         if latest is not None:
             self.used = self._verified_releases(latest)
-        targets, fraction_source = self._label_targets(private)
+        weights, fraction_source = self._label_weights(private)
+        targets = allocate(self.job.num_samples, weights)
+        # The populations voted on have `candidates` samples; the last one, the output, has
+        # `num_samples`. A label given any output keeps at least one candidate.
+        voted = np.maximum(allocate(self.job.voted_samples, weights), np.minimum(targets, 1))
         diagnostics: list[dict[str, Any]] = [] if latest is None else latest.meta["diagnostics"]
         if latest is None:
-            population = self._initial(targets, callbacks)
+            population = self._initial(voted, callbacks)
             self._checkpoint(0, population, job_record, diagnostics)
             start = 1
             callbacks.on_iteration(IterationReport(0, population, None, {}, self.epsilon_spent()))
@@ -440,7 +444,12 @@ class PrivateEvolution:
             users_by_label = [codes[members] for members in partitions]
         for t in range(start, self.job.iterations + 1):
             population, diag = self._iterate(
-                t, population, private_by_label, users_by_label, targets, callbacks
+                t,
+                population,
+                private_by_label,
+                users_by_label,
+                targets if t == self.job.iterations else voted,
+                callbacks,
             )
             diagnostics = [*diagnostics, diag]
             self.embedder.forget(set(population.ids.tolist()))

@@ -139,6 +139,10 @@ def run(
     delta: Annotated[float | None, typer.Option(help="Target delta [default: 1e-6]")] = None,
     iterations: IterationsOption = None,
     num_samples: NumSamplesOption = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(help="Samples voted on per iteration, in all [default: --num-samples]"),
+    ] = None,
     lookahead: LookaheadOption = None,
     threshold: Annotated[
         float | None, typer.Option(help="Vote threshold H [default: 2 sigma]")
@@ -223,6 +227,7 @@ def run(
         "delta": delta,
         "iterations": iterations,
         "num_samples": num_samples,
+        "candidates": candidates,
         "lookahead": lookahead,
         "threshold": threshold,
         "k": k,

@@ -226,3 +226,43 @@ def test_pe_beats_its_initial_population(tmp_path, private_digits, heldout_digit
         for t, p in populations.items()
     }
     assert acc[4] > acc[0] + 0.1, acc
+
+
+class PopulationSizes:
+    """Records each iteration's population size per label."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[int, list[int]] = {}
+
+    def on_phase(self, iteration: int, phase: str) -> None:
+        pass
+
+    def on_iteration(self, report) -> None:
+        counts = np.bincount(report.population.labels, minlength=10)
+        self.sizes[report.iteration] = counts.tolist()
+
+
+def test_candidates_size_the_voted_populations_and_num_samples_the_output(tmp_path, private_digits):
+    job = JOB.model_copy(update={"candidates": 30, "num_samples": 70})
+    engine, noise = _engine(tmp_path, private_digits, job=job)
+    seen = PopulationSizes()
+    result = engine.run(private_digits, callbacks=seen)
+    voted = allocate(30, np.ones(10)).tolist()
+    assert seen.sizes[0] == seen.sizes[1] == seen.sizes[2] == voted
+    assert (
+        seen.sizes[3] == allocate(70, np.ones(10)).tolist() == list(result.label_targets.values())
+    )
+    # Each release is one count per voted sample, and the plan's charge is unchanged.
+    assert noise.draws == [histogram_key(t) for t in (1, 2, 3)]
+    sizes = [
+        len(np.load(tmp_path / "releases" / str(e.release_path))["values"]) for e in result.ledger
+    ]
+    assert sizes == [30, 30, 30]
+    assert result.calibration is not None and result.calibration.releases == 3
+
+
+def test_fewer_candidates_than_labels_keep_one_per_label(tmp_path, private_digits):
+    job = JOB.model_copy(update={"candidates": 3, "num_samples": 50, "iterations": 1})
+    seen = PopulationSizes()
+    _engine(tmp_path, private_digits, job=job)[0].run(private_digits, callbacks=seen)
+    assert seen.sizes[0] == [1] * 10 and seen.sizes[1] == [5] * 10
