@@ -341,6 +341,9 @@ class DrawTextCanaries:
             ).reshape(n),
             "offset_x": rng.choice([-corner, corner], size=n),
             "offset_y": rng.choice([-corner, corner], size=n),
+            # Neither slanted nor widened: the unusual parameters above set canaries apart.
+            "shear": np.zeros(n),
+            "scale_x": np.full(n, np.clip(1.0, *api.settings.scale_x_range)),
         }
 
     def make(self, api: VariationApi, m: int, rng: np.random.Generator) -> Samples:

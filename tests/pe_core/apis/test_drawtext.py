@@ -47,6 +47,8 @@ def upright(api: DrawText, texts: list[str], **overrides: object) -> dict[str, n
         "text": np.array(texts, dtype=np.str_),
         "offset_x": np.zeros(n),
         "offset_y": np.zeros(n),
+        "shear": np.zeros(n),
+        "scale_x": np.ones(n),
     }
     for key, value in overrides.items():
         params[key] = np.broadcast_to(np.asarray(value, dtype=params[key].dtype), (n,)).copy()
@@ -168,7 +170,15 @@ def test_degree_zero_keeps_every_parameter(digits: DrawText) -> None:
 
 def test_variation_keeps_parameters_in_range() -> None:
     api = DrawText(
-        DIGITS, font_paths=[dejavu_sans()], font_redraw_prob=1.0, size_step=40.0, stroke_step=5.0
+        DIGITS,
+        font_paths=[dejavu_sans()],
+        font_redraw_prob=1.0,
+        size_step=40.0,
+        stroke_step=5.0,
+        max_shear=0.3,
+        scale_x_range=(0.8, 1.2),
+        shear_step=1.0,
+        scale_x_step=1.0,
     )
     n = 200
     wild = upright(api, ["3"] * n)
@@ -177,6 +187,8 @@ def test_variation_keeps_parameters_in_range() -> None:
     wild["rotation"] = np.linspace(-90.0, 90.0, n)
     wild["offset_x"] = np.linspace(-9.0, 9.0, n)
     wild["offset_y"] = np.linspace(9.0, -9.0, n)
+    wild["shear"] = np.linspace(-2.0, 2.0, n)
+    wild["scale_x"] = np.linspace(0.1, 3.0, n)
     samples = Samples(
         ids=np.arange(n).astype(str),
         labels=np.full(n, 3),
@@ -193,6 +205,8 @@ def test_variation_keeps_parameters_in_range() -> None:
         assert p["stroke_width"].min() >= 0 and p["stroke_width"].max() <= 2
         assert np.abs(p["rotation"]).max() <= 30.0
         assert np.abs(p["offset_x"]).max() <= 2.0 and np.abs(p["offset_y"]).max() <= 2.0
+        assert np.abs(p["shear"]).max() <= 0.3
+        assert p["scale_x"].min() >= 0.8 and p["scale_x"].max() <= 1.2
     # The steps are big enough that clipping must have been hit at both ends.
     assert {10, 29} <= set(samples.params["font_size"].tolist())
 
@@ -232,6 +246,33 @@ def test_rotation_is_counter_clockwise(one_font: DrawText) -> None:
     ys, xs = np.nonzero(image > 64)
     left, right = ys[xs < 14].mean(), ys[xs >= 14].mean()
     assert right < left - 2  # the right end rose (image rows grow downwards)
+
+
+def test_positive_shear_leans_right_and_scale_x_widens(one_font: DrawText) -> None:
+    api = DrawText(["bar"], texts_per_label={"bar": ["|"]}, font_paths=[dejavu_sans()])
+    image = api.renderer.render(upright(api, ["|"], shear=0.5))[0, :, :, 0]
+    ys, xs = np.nonzero(image > 64)
+    top, bottom = xs[ys < ys.mean()].mean(), xs[ys >= ys.mean()].mean()
+    assert top > bottom + 2  # the top moved right (image rows grow downwards)
+    plain, wide = one_font.renderer.render(upright(one_font, ["0", "0"], scale_x=[1.0, 1.5]))
+
+    def ink_width(image: np.ndarray) -> int:
+        columns = np.flatnonzero(image[:, :, 0].max(axis=0) > 64)
+        return int(columns[-1] - columns[0] + 1)
+
+    assert ink_width(wide) / ink_width(plain) == pytest.approx(1.5, abs=0.15)
+
+
+def test_shear_and_width_render_like_the_pil_reference(one_font: DrawText) -> None:
+    params = upright(
+        one_font,
+        ["2", "7", "4"],
+        rotation=[20.0, -10.0, 0.0],
+        shear=[0.4, -0.3, 0.0],
+        scale_x=[0.7, 1.3, 1.0],
+    )
+    fast = one_font.renderer.render(params).astype(int)
+    assert np.abs(fast - one_font.renderer.render_reference(params).astype(int)).max() <= 1
 
 
 def test_ink_centre_lands_on_the_offset(one_font: DrawText) -> None:
