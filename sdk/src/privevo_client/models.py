@@ -53,6 +53,7 @@ class Dataset(BaseModel):
     user_column: str | None = None  # the column naming each record's user (user-level)
     role: Literal["private", "heldout"] = "private"  # heldout: evaluation data, no budget
     created_at: datetime
+    expires_at: datetime | None = None  # when the server purges it as a delete does
     budget: Budget | None  # None for held-out data, which no job spends on
 
 
