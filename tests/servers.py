@@ -143,6 +143,21 @@ S3_CREDENTIALS = {
 """Dummy credentials for the S3 test server (which takes any); set for each test only."""
 
 
+JOB_TIMEOUT_S = 180.0
+"""How long a test waits for a small job to end on a real worker (they take seconds)."""
+
+
+def wait_for_end(client: httpx.Client, job_id: str, worker_log: Path) -> dict:
+    """The job's JSON once it has ended; fails with the worker's log if it does not end."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"the job did not end in {JOB_TIMEOUT_S} s:\n{worker_log.read_text()}")
+
+
 class S3Server:
     """moto's standalone S3 server, a process of its own on a free loopback port."""
 

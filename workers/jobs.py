@@ -620,6 +620,13 @@ def _load_private(storage: Storage, dataset: Dataset, spec: PeJob) -> Samples:
     if dataset.modality not in MODALITIES:
         raise RuntimeError(f"dataset {dataset.id} has unknown modality {dataset.modality!r}")
     labels = spec.labels if spec.labels is not None else list(dataset.labels)
+    return _load_stored(storage, dataset, labels, user_column=dataset.user_column)
+
+
+def _load_stored(
+    storage: Storage, dataset: Dataset, labels: Sequence[str], **options: Any
+) -> Samples:
+    """The dataset's records with ``labels`` (``load_dataset``'s ``options`` added)."""
     # Decoded whole into memory, so a remote object's scratch copy goes as soon as it is read.
     with local_copy(storage, dataset.storage_path) as path:
         try:
@@ -628,8 +635,8 @@ def _load_private(storage: Storage, dataset: Dataset, spec: PeJob) -> Samples:
                 modality=cast(Modality, dataset.modality),
                 text_column=dataset.text_column,
                 label_column=dataset.label_column,
-                labels=labels,
-                user_column=dataset.user_column,
+                labels=list(labels),
+                **options,
             )
         except DataError as exc:
             # The tenant knows the dataset by its name, not by the server's storage path.
@@ -660,18 +667,7 @@ def _load_heldout(storage: Storage, dataset: Dataset, label_names: Sequence[str]
     id, and two npz files (or tables) number their records alike, so without it a held-out
     record would be scored with a private record's embedding.
     """
-    with local_copy(storage, dataset.storage_path) as path:
-        try:
-            return load_dataset(
-                path,
-                modality=cast(Modality, dataset.modality),
-                text_column=dataset.text_column,
-                label_column=dataset.label_column,
-                labels=list(label_names),
-                id_prefix="heldout/",
-            )
-        except DataError as exc:
-            raise DataError(str(exc).replace(str(path), dataset.name)) from None
+    return _load_stored(storage, dataset, label_names, id_prefix="heldout/")
 
 
 def _drop_orphaned_evaluation(context: JobContext, job: Job, layout: OutputLayout) -> None:

@@ -8,11 +8,9 @@ import base64
 import io
 import json
 import os
-import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
@@ -20,13 +18,12 @@ from sqlalchemy import create_engine, text
 from service.crypto import DecryptionError, EncryptedStorage, KeyUnwrapError, unwrap_key
 from service.storage import LocalStorage
 from tests.conftest import digits_28
-from tests.servers import gateway_with_worker
+from tests.servers import gateway_with_worker, wait_for_end
 
 pytestmark = pytest.mark.slow
 
 # A broker database of its own: other modules' workers must not take this module's messages.
 BROKER_URL = "redis://127.0.0.1:6379/10"
-JOB_TIMEOUT_S = 180
 FAST = {"iterations": 2, "num_samples": 40, "embedding_config": {"size": 14}}
 
 
@@ -42,16 +39,6 @@ class Fixed:
 
 def files_holding(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
-
-
-def wait_for_end(client: httpx.Client, job_id: str, worker_log: Path) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"the job did not end in {JOB_TIMEOUT_S} s:\n{worker_log.read_text()}")
 
 
 def test_nothing_private_is_readable_at_rest_and_a_delete_shreds(tmp_path: Path) -> None:

@@ -9,23 +9,20 @@ only, never into the result zip.
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import digits_28
-from tests.servers import Server, gateway_with_worker
+from tests.servers import Server, gateway_with_worker, wait_for_end
 
 pytestmark = pytest.mark.slow
 
 # A broker database of its own: other modules' gateways send to databases 12 and 13.
 BROKER_URL = "redis://127.0.0.1:6379/11"
-JOB_TIMEOUT_S = 180
 ITERATIONS = 2
 FAST = {"iterations": ITERATIONS, "num_samples": 40, "embedding_config": {"size": 14}}
 
@@ -73,16 +70,6 @@ def heldout(client: httpx.Client, content: bytes) -> dict:
     response = upload(client, content, role="heldout")
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def wait_for_end(client: httpx.Client, job_id: str, worker_log: Path) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"the job did not end in {JOB_TIMEOUT_S} s:\n{worker_log.read_text()}")
 
 
 def test_held_out_data_has_no_budget_and_takes_no_caps(gateway: Server, carol: httpx.Client):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 from pathlib import Path
 
@@ -15,13 +14,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import digits_28
-from tests.servers import S3_CREDENTIALS, S3Server, gateway_with_worker
+from tests.servers import S3_CREDENTIALS, S3Server, gateway_with_worker, wait_for_end
 
 pytestmark = pytest.mark.slow
 
 # A broker database of its own: other modules' workers must not take this module's messages.
 BROKER_URL = "redis://127.0.0.1:6379/9"
-JOB_TIMEOUT_S = 180
 FAST = {"iterations": 2, "num_samples": 40, "embedding_config": {"size": 14}}
 
 
@@ -37,16 +35,6 @@ def upload(client: httpx.Client, content: bytes, **fields: str) -> dict:
     response = client.post("/v1/datasets", files={"file": ("digits.npz", content)}, data=data)
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def wait_for_end(client: httpx.Client, job_id: str, worker_log: Path) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"the job did not end in {JOB_TIMEOUT_S} s:\n{worker_log.read_text()}")
 
 
 def stored_keys(database_url: str, *dataset_ids: str) -> list[str]:

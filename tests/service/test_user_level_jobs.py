@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import digits_28
-from tests.servers import Server, gateway_with_worker
+from tests.servers import Server, gateway_with_worker, wait_for_end
 
 pytestmark = pytest.mark.slow
 
 # A broker database of its own: the other modules' gateways send to database 13, and their
 # messages must not reach this module's worker (nor this module's theirs).
 BROKER_URL = "redis://127.0.0.1:6379/12"
-JOB_TIMEOUT_S = 180
 ITERATIONS, VOTES_PER_USER = 2, 2
 
 
@@ -45,16 +42,6 @@ def upload(client: httpx.Client, content: bytes, **fields: str) -> dict:
     response = client.post("/v1/datasets", files={"file": ("scans.npz", content)}, data=data)
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def wait_for_end(client: httpx.Client, job_id: str, worker_log: Path) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"the job did not end in {JOB_TIMEOUT_S} s:\n{worker_log.read_text()}")
 
 
 def test_a_user_level_job_runs_through_a_worker_on_its_own_budget(gateway: Server) -> None:
