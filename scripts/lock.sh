@@ -56,6 +56,12 @@ pins 'torch|triton' > "$tmp/cuda-pins.txt"
     --extra engine --extra faiss --extra text --extra diffusers --extra service --extra triton
 )
 
+# pip-compile names each constraints file in its "# via -c" comments: name them by what they hold
+# instead of their temporary paths, so a refresh that changes no pin rewrites no line.
+sed -i -e "s|-c $tmp/cpu-pins.txt|-c cpu.txt's pins|" \
+  -e "s|-c $tmp/cuda-pins.txt|-c cpu.txt's pins (torch, triton aside)|" \
+  "$out/gateway.txt" "$out/worker-cpu.txt" "$out/worker-cuda.txt"
+
 echo "lock: offline.txt (--no-deps packages)"
 grep -E '^[A-Za-z0-9]' "$out/offline.in" > "$tmp/offline-pins.txt"
 "$PYTHON_PIP" download --quiet --no-deps --dest "$tmp/offline" -r "$tmp/offline-pins.txt"
