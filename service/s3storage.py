@@ -38,7 +38,6 @@ from botocore.exceptions import (
 
 from pe_core.errors import PrivevoError
 from service.storage import (
-    MAX_KEY_LENGTH,
     InvalidKeyError,
     ObjectNotFoundError,
     StorageUnavailableError,
@@ -215,7 +214,7 @@ class S3Storage:
                     key = entry["Key"][len(root) :]
                     # Objects that are not ours (a console's "folder/" marker, a name no key
                     # can have) are left alone: they could never be read or deleted by key.
-                    if len(key) <= MAX_KEY_LENGTH and _is_key(key):
+                    if _is_key(key):
                         yield key
 
     def _check_bucket(self) -> None:
