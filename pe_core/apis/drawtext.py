@@ -378,7 +378,7 @@ class DrawText:
         max_offset: ink-centre offsets lie in [-max_offset, max_offset] px; default 2 px scaled.
         max_shear: slants lie in [-max_shear, max_shear] (x moves by -shear * y): handwriting
             leans, fonts mostly do not. Slant and width raised held-out MNIST accuracy from
-            0.732 to 0.769 at eps 10 and from 0.725 to 0.740 at eps 1 (3 seeds each,
+            0.732 to 0.772 at eps 10 and from 0.725 to 0.750 at eps 1 (3 seeds each,
             ``benchmarks/results/quality-mnist-2026-12-07.md``).
         scale_x_range: inclusive range of the glyph's width factor.
         font_redraw_prob, text_redraw_prob, size_step, stroke_step, rotation_step, offset_step,
