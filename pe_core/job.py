@@ -44,6 +44,7 @@ from pe_core.runner import (
     noise_factory,
 )
 from pe_core.samples import Samples
+from pe_core.votes import VoteCounterFactory
 
 RUN_RECORD = "run.json"
 RUN_FORMAT = 1
@@ -149,6 +150,7 @@ def run_job(
     resume: bool = True,
     run_info: Mapping[str, Any] | None = None,
     pinned: Samples | None = None,
+    votes: VoteCounterFactory | None = None,
 ) -> JobOutcome:
     """Runs (or resumes) a recorded job and writes its DP result into ``layout``.
 
@@ -169,6 +171,8 @@ def run_job(
         run_info: extra keys for the report's ``run`` section (a worker adds the job id).
         pinned: an audit's pinned candidates (``pe_core.audit.prepare_audit``); such a run
             cannot resume, so it is never retried here.
+        votes: builds the counter of the clean votes (``pe_core.votes``); None: in this
+            process.
 
     Raises:
         JobRefused: the job does not fit its data (see ``pe_core.checks.check_job``).
@@ -191,6 +195,7 @@ def run_job(
             seed=job.seed,
             ledger=None if ledger is None else ledger(),
             pinned=pinned,
+            votes=votes,
         )
         try:
             result = engine.run(private, callbacks=everything, resume=resume or attempt > 1)

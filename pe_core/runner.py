@@ -31,13 +31,7 @@ from pe_core.config import PeJob
 from pe_core.embedders.base import CachedEmbedder, Embedder
 from pe_core.errors import PrivevoError
 from pe_core.fileio import private_directory
-from pe_core.histogram import (
-    lookahead_embeddings,
-    prepare_embeddings,
-    user_label_counts,
-    user_vote_counts,
-    vote_counts,
-)
+from pe_core.histogram import lookahead_embeddings, prepare_embeddings, user_label_counts
 from pe_core.nn import AUTO, ResolvedBackend, resolve_backend
 from pe_core.population import (
     allocate,
@@ -63,6 +57,7 @@ from pe_core.privacy import (
     same_release,
 )
 from pe_core.samples import Samples
+from pe_core.votes import LocalVotes, VoteCounter, VoteCounterFactory, prepare_private, user_codes
 
 NoiseFactory = Callable[[str], NoiseSampler]
 """Maps a release key (e.g. ``iteration-3/histogram``) to the sampler that draws it."""
@@ -158,16 +153,6 @@ def check_modalities(api: VariationApi, embedder: Embedder, private: Samples) ->
         )
 
 
-def _user_codes(private: Samples) -> NDArray[np.int64]:
-    """One integer per user, shared by all of that user's records and labels."""
-    if private.users is None:
-        raise PrivevoError(
-            "the job's unit of privacy is one user, but the records name no users: give the "
-            "user column (--user-column, or user_column at upload)"
-        )
-    return np.unique(private.users, return_inverse=True)[1].astype(np.int64)
-
-
 class PrivateEvolution:
     """Runs PE for one job.
 
@@ -188,6 +173,8 @@ class PrivateEvolution:
             they are fixed before the votes and the same whichever records the private data
             holds (an audit pins every canary, included or not), and each record still adds one
             vote to each of at most k distinct bins. None: the plain run.
+        votes: builds the counter of the clean votes from the private records
+            (``pe_core.votes``); None: :class:`~pe_core.votes.LocalVotes`, in this process.
 
     Callbacks may raise to stop the run between phases (cancellation): the state stays
     resumable and every recorded release stays recorded.
@@ -204,6 +191,7 @@ class PrivateEvolution:
         seed: int,
         ledger: Ledger | None = None,
         pinned: Samples | None = None,
+        votes: VoteCounterFactory | None = None,
     ) -> None:
         self.job = job
         self.api = api
@@ -233,6 +221,7 @@ class PrivateEvolution:
         self.pinned = pinned
         self._pinned_vectors: NDArray[np.float32] | None = None
         self._pinned_counts: list[NDArray[np.int64]] = []
+        self._votes = votes
 
     def epsilon_spent(self) -> float:
         if self.job.no_privacy:
@@ -279,7 +268,7 @@ class PrivateEvolution:
             # counted in at most c_L labels (see user_label_counts).
             if self.job.privacy_unit == "user":
                 clean = user_label_counts(
-                    private.labels, _user_codes(private), len(names), self.job.labels_per_user
+                    private.labels, user_codes(private), len(names), self.job.labels_per_user
                 )
             else:
                 clean = np.bincount(private.labels, minlength=len(names)).astype(np.int64)
@@ -303,8 +292,7 @@ class PrivateEvolution:
         self,
         t: int,
         population: Samples,
-        private_by_label: list[NDArray[np.float32]],
-        users_by_label: list[NDArray[np.int64]] | None,
+        votes: VoteCounter,
         targets: NDArray[np.int64],
         callbacks: RunCallbacks,
     ) -> tuple[Samples, dict[str, Any]]:
@@ -327,35 +315,11 @@ class PrivateEvolution:
             synthetic = np.concatenate([synthetic, self._pinned_vectors])
             vote_labels = np.concatenate([population.labels, self.pinned.labels])
         callbacks.on_phase(t, "vote")
-        if self.backend is None:
-            # "auto": chosen once per job, when the sizes are known; the name goes into the report.
-            self.backend = resolve_backend(
-                job.nn_backend,
-                n_private=sum(len(p) for p in private_by_label),
-                n_synthetic=len(synthetic),
-                dim=synthetic.shape[1],
-            )
-        if users_by_label is None:
-            counts = vote_counts(
-                private_by_label,
-                synthetic,
-                vote_labels,
-                k=job.k,
-                backend=self.backend.backend,
-            )
-        else:
-            counts = user_vote_counts(
-                private_by_label,
-                users_by_label,
-                synthetic,
-                vote_labels,
-                k=job.k,
-                votes_per_user=job.votes_per_user,
-                backend=self.backend.backend,
-            )
+        counts = votes.counts(t, synthetic, vote_labels)
         callbacks.on_phase(t, "noise")
         noisy = self._release(histogram_key(t), t, counts)
         del counts
+        votes.released(t)
         if self.pinned is not None:
             self._pinned_counts.append(noisy[len(population) :])
             noisy = noisy[: len(population)]
@@ -435,19 +399,12 @@ class PrivateEvolution:
             population, start = latest.population, latest.iteration + 1
 
         callbacks.on_phase(start, "embed-private")
-        private_vectors = prepare_embeddings(self.embedder.inner.embed(private), self.job.metric)
-        partitions = [private.labels == label for label in range(len(private.label_names))]
-        private_by_label = [private_vectors[members] for members in partitions]
-        users_by_label = None
-        if self.job.privacy_unit == "user":
-            codes = _user_codes(private)
-            users_by_label = [codes[members] for members in partitions]
+        votes = self._counter(private)
         for t in range(start, self.job.iterations + 1):
             population, diag = self._iterate(
                 t,
                 population,
-                private_by_label,
-                users_by_label,
+                votes,
                 targets if t == self.job.iterations else voted,
                 callbacks,
             )
@@ -466,10 +423,19 @@ class PrivateEvolution:
             ledger=self.ledger.entries(),
             label_targets=dict(zip(private.label_names, targets.tolist(), strict=True)),
             label_fraction_source=fraction_source,
-            nn_backend=None if self.backend is None else self.backend.name,
+            nn_backend=votes.backend_name,
             diagnostics=diagnostics,
             pinned_counts=None if self.pinned is None else np.stack(self._pinned_counts),
         )
+
+    def _counter(self, private: Samples) -> VoteCounter:
+        if self._votes is not None:
+            return self._votes(private)
+        job = self.job
+        prepared = prepare_private(
+            private, self.embedder.inner.embed, metric=job.metric, privacy_unit=job.privacy_unit
+        )
+        return LocalVotes(job, prepared, self.backend)
 
     def _checkpoint(
         self,

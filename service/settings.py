@@ -127,6 +127,21 @@ class Settings(BaseSettings):
         "broker no longer holds it elsewhere (its file lock keeps it from running twice); "
         "workers beat every stale_after_s / 4 s, at most 30 s",
     )
+    vote_shard_records: int = Field(
+        250_000,
+        ge=0,
+        description="The size rule of the fan-out: a job whose dataset has more private "
+        "records than this counts its votes in ceil(records / this) shards, one Celery task "
+        "each, on as many workers of the job's queue as are free; a smaller one counts them in "
+        "its own worker. 0 never fans out. Audits never fan out",
+    )
+    vote_claim_after_s: float = Field(
+        10.0,
+        ge=0,
+        description="A shard of a fanned-out vote that no worker has taken this long after its "
+        "message was sent is counted by the job's own worker (so a job never waits on a queue "
+        "with no free worker for longer than this)",
+    )
     allow_insecure_test_noise: bool = Field(
         False,
         description="Accept and run jobs with seeded NOT PRIVATE noise (tests only); without "

@@ -56,11 +56,11 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, cast, get_args
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -112,6 +112,9 @@ from service.storage import (
     local_copy,
 )
 from workers.ledger import DbLedger
+
+if TYPE_CHECKING:
+    from workers.fanout import Fanout
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +169,8 @@ class JobContext:
         work: the local folder in which the engine makes each job's state and outputs
             (``service.settings.Stores.work``); None when ``storage`` is local and is that
             folder itself.
+        fanout: how a large job's votes are spread over workers (:mod:`workers.fanout`);
+            None: every job counts its votes in its own worker.
     """
 
     sessions: sessionmaker[Session]
@@ -174,6 +179,7 @@ class JobContext:
     heartbeat_s: float
     policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     work: LocalStorage | None = None
+    fanout: Fanout | None = None
 
     def __post_init__(self) -> None:
         if self.work is None and not isinstance(self.storage, LocalStorage):
@@ -228,7 +234,7 @@ def run_job(
             out of resources): worth retrying later; the job stays resumable.
     """
     deadline = time.monotonic() + context.time_limit_s
-    job = _load_job(context.sessions, job_id)
+    job = load_job(context.sessions, job_id)
     if job is None:
         logger.warning("job %s does not exist; its message is dropped", job_id)
         return "missing"
@@ -254,6 +260,8 @@ def run_job(
             status, error = "failed", _failure(job_id, exc)
         with context.sessions() as session:
             final = finalize(session, job_id, status, error).status
+        # A fanned-out vote cut short leaves clean partials: they go with the run.
+        context.storage.delete_prefix(f"{prefix}/votes")
         if final != "succeeded":
             # Canceled while its result was being published: the result is withdrawn.
             context.storage.delete_prefix(result_prefix(job_id))
@@ -295,17 +303,29 @@ def heartbeat(sessions: sessionmaker[Session], job_id: str, every_s: float) -> I
     outlast the sweeper's threshold; this keeps a live job from looking dead. The thread stops
     with the process, however it ends, which is what lets the sweeper find a dead worker's job.
     """
+
+    def renew() -> None:
+        with sessions() as session:
+            beat(session, job_id)
+
+    with periodically(renew, every_s, f"heartbeat-{job_id}"):
+        yield
+
+
+@contextmanager
+def periodically(renew: Callable[[], object], every_s: float, name: str) -> Iterator[None]:
+    """Calls ``renew`` every ``every_s`` seconds from a daemon thread while the block runs; a
+    failed call is logged (by its exception type) and the next one tries again."""
     stop = threading.Event()
 
     def run() -> None:
         while not stop.wait(every_s):
             try:
-                with sessions() as session:
-                    beat(session, job_id)
-            except Exception as exc:  # the next beat retries; the run itself must go on
-                logger.warning("job %s: heartbeat failed with %s", job_id, type(exc).__name__)
+                renew()
+            except Exception as exc:  # the next call retries; the work itself must go on
+                logger.warning("%s failed with %s", name, type(exc).__name__)
 
-    thread = threading.Thread(target=run, name=f"heartbeat-{job_id}", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     try:
         yield
@@ -373,6 +393,15 @@ class JobProgress:
         if time.monotonic() >= self.deadline:
             raise JobTimedOut(self.time_limit_s)
 
+    def check_running(self) -> None:
+        """Raises :class:`JobTimedOut` past the deadline, and
+        :class:`~service.db.JobFinished` once the job is final (canceled): for waits inside a
+        phase, such as a fanned-out vote's."""
+        self.check_time()
+        job = load_job(self.sessions, self.job_id)
+        if job is None or job.status in FINAL_STATUSES:
+            raise JobFinished(f"job {self.job_id} has ended")
+
     def on_phase(self, iteration: int, phase: str) -> None:
         self.check_time()
         # A run resumed after its last checkpoint reports the iteration after the last one.
@@ -405,7 +434,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         source["audit"] = {
             "seed": secrets.randbits(32) if option["seed"] is None else option["seed"]
         }
-    spec = record_run(state, _spec(job), fresh_seed=secrets.randbits(62), source=source)
+    spec = record_run(state, job_spec(job), fresh_seed=secrets.randbits(62), source=source)
     plan = None if option is None else _audit_plan(state, option)
     with sessions() as session:
         dataset = get_dataset(session, job.tenant_id, job.dataset_id)
@@ -421,7 +450,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         if plan is not None:
             started["audit"] = _plan_record(plan)
         append_event(session, job.id, "started", started)
-    private = _load_private(context.storage, dataset, spec)
+    private = load_private(context.storage, dataset, spec)
     api = cached_api(spec.api, private.label_names, spec.api_config)
     if isinstance(api, PerJobState):  # caps and the like are per job, the loaded model is not
         api = api.for_new_job()
@@ -435,6 +464,9 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         progress.on_phase(0, "canaries")
         audit = prepare_audit(spec, private, api=api, plan=plan)
     embedder = cached_embedder(spec.embedding, spec.embedding_config)
+    counter = None
+    if context.fanout is not None and audit is None:  # an audit's records include its canaries
+        counter = context.fanout.counter(context, job, spec, private, progress.check_running)
     callbacks: list[RunCallbacks] = [progress]
     evaluation = evaluator = None
     # Its own cache: held-out records are embedded once, not once per iteration.
@@ -476,6 +508,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         else {"job_id": job.id, "audit": _plan_record(audit.plan)},
         resume=audit is None,
         pinned=None if audit is None else audit.pinned,
+        votes=None if counter is None else lambda _: counter,
     )
     if audit is not None:
         progress.on_phase(job.iterations, "audit")
@@ -492,7 +525,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
     _publish(context.storage, layout, result_prefix(job.id))
 
 
-def _spec(job: Job) -> PeJob:
+def job_spec(job: Job) -> PeJob:
     """The job's engine parameters, checked against what the job reserved.
 
     The stored spec is the gateway's job body: the engine's parameters plus ``dataset_id``
@@ -610,7 +643,7 @@ def _write_audit(
         append_event(session, job.id, "audit", {**summary, "correct": report["guesses"]["correct"]})
 
 
-def _load_private(storage: Storage, dataset: Dataset, spec: PeJob) -> Samples:
+def load_private(storage: Storage, dataset: Dataset, spec: PeJob) -> Samples:
     """The dataset's records as validated at upload: with their users when it is user-level.
 
     The users come from the dataset, never from the job: the engine's ``check_job`` then
@@ -713,7 +746,7 @@ def _starts(session: Session, job_id: str) -> int:
         return session.scalars(statement).one()
 
 
-def _load_job(sessions: sessionmaker[Session], job_id: str) -> Job | None:
+def load_job(sessions: sessionmaker[Session], job_id: str) -> Job | None:
     with sessions() as session, read_transaction(session):
         return session.scalars(select(Job).where(Job.id == job_id)).one_or_none()
 

@@ -1,5 +1,6 @@
-"""The Celery task that runs a PE job: a thin shell around :func:`workers.jobs.run_job`, and
-the stale-job sweeper every worker runs beside it (:mod:`workers.sweeper`).
+"""The Celery tasks: one that runs a PE job, a thin shell around :func:`workers.jobs.run_job`;
+one that counts a shard of a large job's vote (:mod:`workers.fanout`); and the stale-job
+sweeper every worker runs beside them (:mod:`workers.sweeper`).
 
 The gateway creates the job with :func:`service.db.reserve`, which commits its message to the
 outbox; a courier sends this task by name to the queue stored on the job row
@@ -26,7 +27,7 @@ from service.broker import JOB_TASK, message_finder, send_job
 from service.db import finalize, make_engine, make_session_factory
 from service.outbox import Courier
 from service.settings import open_storage
-from workers import jobs
+from workers import fanout, jobs
 from workers.celery_app import WorkerApp
 from workers.sweeper import Sweeper
 
@@ -56,6 +57,10 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
     engine = make_engine(settings.resolved_database_url)
     sessions = make_session_factory(engine)
     stores = open_storage(settings, sessions)  # the data keys, with encryption at rest
+
+    def send_shard(job_id: str, iteration: int, shard: int, queue: str) -> None:
+        app.send_task(fanout.VOTE_SHARD_TASK, args=[job_id, iteration, shard], queue=queue)
+
     return jobs.JobContext(
         sessions,
         stores.storage,
@@ -63,6 +68,13 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
         heartbeat_s=settings.heartbeat_interval_s,
         policy=settings.policy,
         work=stores.work,
+        fanout=fanout.Fanout(
+            shard_records=settings.vote_shard_records,
+            claim_after_s=settings.vote_claim_after_s,
+            stale_after_s=settings.stale_after_s,
+            renew_s=settings.heartbeat_interval_s,
+            send=send_shard,
+        ),
     )
 
 
@@ -113,4 +125,23 @@ def run_job(self: Task, job_id: str) -> str:
         logger.error("job %s: database unavailable after %d retries", job_id, retries)
         with context.sessions() as session:
             finalize(session, job_id, "failed", jobs.INTERNAL_ERROR)
+        raise
+
+
+@shared_task(bind=True, name=fanout.VOTE_SHARD_TASK, max_retries=DB_RETRIES)
+def vote_shard(self: Task, job_id: str, iteration: int, shard: int) -> str:
+    """Counts one shard of a fanned-out vote (see ``workers.fanout``); returns a status word.
+
+    A database outage is retried like a job's; anything else is logged by type and left to
+    the job's coordinator, which counts a shard itself once its claim goes stale.
+    """
+    context = job_context(self.app)
+    assert context.fanout is not None
+    try:
+        return fanout.count_shard(context, context.fanout, job_id, iteration, shard)
+    except OperationalError:
+        retries = self.request.retries
+        if retries < DB_RETRIES:
+            logger.warning("vote shard of job %s: database unavailable; retry", job_id)
+            raise self.retry(countdown=DB_RETRY_FIRST_S * 2**retries) from None
         raise

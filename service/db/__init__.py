@@ -57,6 +57,7 @@ from service.db.models import (
     Release,
     Tenant,
     TenantSecret,
+    VoteShard,
 )
 from service.db.repository import (
     EventPage,
@@ -88,6 +89,14 @@ from service.db.repository import (
     update_progress,
     uploads_in_use,
 )
+from service.db.shards import (
+    claim_shard,
+    finish_shard,
+    open_shards,
+    release_claim,
+    renew_claim,
+    shard_rows,
+)
 
 __all__ = [
     "DEFAULT_URL",
@@ -117,11 +126,13 @@ __all__ = [
     "ReservationExceeded",
     "Tenant",
     "TenantSecret",
+    "VoteShard",
     "WrongRole",
     "add_data_key",
     "append_event",
     "beat",
     "cancel",
+    "claim_shard",
     "create_api_key",
     "create_dataset",
     "create_tenant",
@@ -130,6 +141,7 @@ __all__ = [
     "delete_dataset",
     "expired_datasets",
     "finalize",
+    "finish_shard",
     "get_dataset",
     "get_job",
     "get_tenant",
@@ -141,14 +153,18 @@ __all__ = [
     "list_jobs",
     "make_engine",
     "make_session_factory",
+    "open_shards",
     "read_transaction",
     "record_release",
+    "release_claim",
     "remaining",
+    "renew_claim",
     "reserve",
     "revoke_api_key",
     "revoke_api_key_by_prefix",
     "set_tenant_limits",
     "set_tenant_quotas",
+    "shard_rows",
     "shared_records",
     "storage_message",
     "storage_quota",

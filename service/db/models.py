@@ -407,6 +407,47 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None]
 
 
+class VoteShard(Base):
+    """One shard of a job's vote in one iteration, when the vote is fanned out over workers
+    (:mod:`workers.fanout`): which synthetic set it counts against, who claimed it and when it
+    was done. No counts: a shard's partial histogram is private and lives only in encrypted
+    storage until the iteration's release is recorded.
+
+    The row is the shard's completion record, which a Redis restart cannot lose (a Celery chord
+    could). It is kept after the iteration as a record of which worker counted what.
+
+    Attributes:
+        shards: how many shards the iteration's records were split into.
+        synthetic_sha256: digest of the synthetic embeddings and labels the shard counts
+            against; a redelivered coordinator with another synthetic set opens fresh rows.
+        opened_at: when the coordinator opened the shard.
+        claimed_by: the worker process counting it (host and pid), while it is claimed.
+        claimed_at: when that worker last showed it is alive; an old claim is taken over.
+        done_at: when its partial histogram was stored.
+        partial: the token naming the stored partial of the worker that finished it (a worker
+            that finds the shard done by another deletes its own).
+        backend: the nearest-neighbour backend it counted with.
+    """
+
+    __tablename__ = "vote_shards"
+    __table_args__ = (
+        CheckConstraint("iteration >= 1", name="iteration"),
+        CheckConstraint("shard >= 0 AND shard < shards", name="shard"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shards: Mapped[int] = mapped_column(Integer)
+    synthetic_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(COLUMN_LENGTH))
+    claimed_at: Mapped[datetime | None]
+    done_at: Mapped[datetime | None]
+    partial: Mapped[str | None] = mapped_column(String(32))
+    backend: Mapped[str | None] = mapped_column(String(64))
+
+
 MESSAGE_STATES: Final = ("pending", "sent", "void")
 """Where a job's current broker message stands: waiting in the outbox to be sent, accepted by
 the broker, or no longer needed (the job ended before it was sent)."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
+from pe_core.embedders.raw_pixels import RawPixelsEmbedder
 from service.crypto import DecryptionError, EncryptedStorage, KeyUnwrapError, unwrap_key
 from service.storage import LocalStorage
 from tests.conftest import digits_28
@@ -41,7 +42,10 @@ def files_holding(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
-def test_nothing_private_is_readable_at_rest_and_a_delete_shreds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fanout", [False, True], ids=["one-worker", "fanned-out"])
+def test_nothing_private_is_readable_at_rest_and_a_delete_shreds(
+    tmp_path: Path, fanout: bool
+) -> None:
     master = os.urandom(32)
     digits = digits_28(6, offset=0)
     buffer = io.BytesIO()
@@ -49,8 +53,13 @@ def test_nothing_private_is_readable_at_rest_and_a_delete_shreds(tmp_path: Path)
     # Private records, byte for byte as the upload holds them (np.savez stores them raw).
     planted = [image.tobytes() for image in digits.images[:3]]
     assert all(record in buffer.getvalue() for record in planted)
+    # ... and as the vote sees them: the fanned-out vote caches its shards' embeddings.
+    embedded = RawPixelsEmbedder(**FAST["embedding_config"]).embed(digits.take([0, 1, 2]))
+    planted += [vector.astype(np.float32).tobytes() for vector in embedded]
     database_url = f"sqlite:///{tmp_path / 'privevo.sqlite3'}"
     env = {"PRIVEVO_MASTER_KEY": base64.b64encode(master).decode()}
+    if fanout:  # 60 records in 3 shards, counted by the job's own worker, the only one here
+        env |= {"PRIVEVO_VOTE_SHARD_RECORDS": "20", "PRIVEVO_VOTE_CLAIM_AFTER_S": "0"}
     root = tmp_path / "storage"
     with (
         gateway_with_worker(tmp_path, database_url, BROKER_URL, **env) as gateway,
@@ -77,6 +86,9 @@ def test_nothing_private_is_readable_at_rest_and_a_delete_shreds(tmp_path: Path)
         keys = objects.list()
         assert any(key.startswith("uploads/") for key in keys)
         assert f"results/{job_id}/privacy_report.json" in keys
+        cached = [key for key in keys if key.startswith(f"datasets/{dataset_id}/embeddings/")]
+        assert len(cached) == (3 if fanout else 0)
+        assert not [key for key in keys if "/votes/" in key]  # partials go once released
         # No private record anywhere in the service's home: objects, work folder, database.
         for record in planted:
             assert files_holding(tmp_path, record) == []
