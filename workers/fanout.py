@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,7 +77,11 @@ from workers.jobs import JobContext, cached_embedder, job_spec, load_job, load_p
 logger = logging.getLogger(__name__)
 
 VOTE_SHARD_TASK: Final = "privevo.vote_shard"
-POLL_S: Final = 0.1
+# The coordinator reads the shard rows again after 10 ms, doubling the wait while nothing
+# changes up to 0.1 s: a quick vote is not held up by a long poll, and a long vote costs the
+# database one small read per job every 0.1 s.
+FIRST_POLL_S: Final = 0.01
+MAX_POLL_S: Final = 0.1
 
 Send = Callable[[str, int, int, str], None]
 """Sends the shard task of (job id, iteration, shard) to a queue."""
@@ -174,6 +178,7 @@ class ShardedVotes:
         # Counted here from the coordinator's own copy: what each shard must report holding.
         self.sizes = np.bincount(shard_of(private, shards, spec.privacy_unit), minlength=shards)
         self.backends: set[str] = set()
+        self.kept: dict[int, PrivateVectors] = {}  # the shards counted here, for later ones
 
     @property
     def backend_name(self) -> str | None:
@@ -195,12 +200,13 @@ class ShardedVotes:
         for row in rows:
             if row.done_at is None:
                 self.fanout.send(self.job.id, iteration, row.shard, self.job.queue)
+        wait = FIRST_POLL_S
         while not all(row.done_at is not None for row in rows):
             self.check()
-            for row in rows:
-                if self._may_take(row):
-                    self._take_over(row)
-            time.sleep(POLL_S)
+            taken = [row for row in rows if self._may_take(row) and self._take_over(row)]
+            if not taken:
+                time.sleep(wait)
+            wait = FIRST_POLL_S if taken else min(2 * wait, MAX_POLL_S)
             with sessions() as session:
                 rows = shard_rows(session, self.job.id, iteration)
         return self._sum(rows, len(synthetic))
@@ -215,8 +221,9 @@ class ShardedVotes:
             return row.opened_at < now - timedelta(seconds=self.fanout.claim_after_s)
         return row.claimed_at < now - timedelta(seconds=self.fanout.stale_after_s)
 
-    def _take_over(self, row: VoteShard) -> None:
-        """Counts ``row``'s shard here if no worker took it in time or its worker died."""
+    def _take_over(self, row: VoteShard) -> bool:
+        """Counts ``row``'s shard here if no worker took it in time or its worker died;
+        returns whether it did."""
         now = utcnow()
         with self.context.sessions() as session:
             claimed = claim_shard(
@@ -228,8 +235,10 @@ class ShardedVotes:
                 stale_before=now - timedelta(seconds=self.fanout.stale_after_s),
                 unclaimed_since=now - timedelta(seconds=self.fanout.claim_after_s),
             )
-        if claimed is not None:
-            count_claimed(self.context, self.fanout, self.job, claimed)
+        if claimed is None:
+            return False
+        count_claimed(self.context, self.fanout, self.job, claimed, self.kept)
+        return True
 
     def _sum(self, rows: list[VoteShard], m: int) -> NDArray[np.int64]:
         """The exact sum of the shards' partials, after checking they cover the records once.
@@ -282,8 +291,19 @@ def count_shard(
     return count_claimed(context, fanout, job, row)
 
 
-def count_claimed(context: JobContext, fanout: Fanout, job: Job, row: VoteShard) -> str:
-    """Counts a shard this process has claimed and stores its partial; returns a status word."""
+def count_claimed(
+    context: JobContext,
+    fanout: Fanout,
+    job: Job,
+    row: VoteShard,
+    kept: dict[int, PrivateVectors] | None = None,
+) -> str:
+    """Counts a shard this process has claimed and stores its partial; returns a status word.
+
+    ``kept`` holds the shards' embeddings this process has read during the job, by shard: the
+    coordinator's own, so that the shards it counts are read from storage once per job (it
+    holds the whole dataset anyway). A shard task keeps nothing between tasks: no job's data
+    stays in a worker after its task."""
     worker = worker_name()
 
     def renew() -> None:
@@ -296,13 +316,18 @@ def count_claimed(context: JobContext, fanout: Fanout, job: Job, row: VoteShard)
     try:
         with periodically(renew, fanout.renew_s, f"claim-{job.id}-{row.iteration}-{row.shard}"):
             spec = job_spec(job)
-            private = _shard_vectors(context, job, spec, row.shards, row.shard)
+            if kept is not None and row.shard in kept:
+                private = kept[row.shard]
+            else:
+                private = _shard_vectors(context, job, spec, row.shards, row.shard)
+                if kept is not None:
+                    kept[row.shard] = private
             prefix = _iteration_prefix(job, row.iteration, row.synthetic_sha256)
             arrays = _read_npz(storage, f"{prefix}/synthetic.npz")
             synthetic, labels = arrays["synthetic"], arrays["labels"]
             backend = backend_for(spec, private, synthetic)
             counts = count_votes(private, synthetic, labels, job=spec, backend=backend)
-            _write_npz(storage, key, {"counts": counts, "records": np.int64(private.records)})
+            _write_npz(storage, key, {"counts": counts, "records": np.array(private.records)})
             del counts
     except BaseException:
         # Not left claimed until it goes stale: the coordinator counts it (or fails alike).
@@ -362,25 +387,23 @@ def _shard_vectors(
     prepared = prepare_private(
         mine, embedder.embed, metric=spec.metric, privacy_unit=spec.privacy_unit
     )
-    cached: dict[str, NDArray[np.generic]] = {"labels": np.int64(len(prepared.by_label))}
+    cached: dict[str, NDArray[Any]] = {"labels": np.array(len(prepared.by_label))}
     for c, vectors in enumerate(prepared.by_label):
         cached[f"vectors_{c}"] = vectors
-    for c, users in enumerate(prepared.users_by_label or []):
-        cached[f"users_{c}"] = users
+    for c, label_users in enumerate(prepared.users_by_label or []):
+        cached[f"users_{c}"] = label_users
     _write_npz(storage, key, cached)
     return prepared
 
 
-def _write_npz(
-    storage: Storage, key: str, arrays: Mapping[str, NDArray[np.generic] | np.generic]
-) -> None:
+def _write_npz(storage: Storage, key: str, arrays: Mapping[str, NDArray[Any]]) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     with storage.open_write(key) as handle:
         handle.write(buffer.getvalue())
 
 
-def _read_npz(storage: Storage, key: str) -> dict[str, NDArray[np.generic]]:
+def _read_npz(storage: Storage, key: str) -> dict[str, NDArray[Any]]:
     with storage.open_read(key) as handle:
         data = handle.read()
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:

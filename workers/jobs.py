@@ -234,6 +234,7 @@ def run_job(
             out of resources): worth retrying later; the job stays resumable.
     """
     deadline = time.monotonic() + context.time_limit_s
+    stops: tuple[type[BaseException], ...] = (JobTimedOut, *timeouts)
     job = load_job(context.sessions, job_id)
     if job is None:
         logger.warning("job %s does not exist; its message is dropped", job_id)
@@ -252,7 +253,7 @@ def run_job(
                 _run(context, job, prefix, folder, deadline)
         except JobFinished:
             status = "canceled"
-        except (JobTimedOut, *timeouts):
+        except stops:
             status, error = "failed", str(JobTimedOut(context.time_limit_s))
         except OperationalError:
             raise

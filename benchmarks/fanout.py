@@ -1,0 +1,252 @@
+"""The fanned-out vote's overhead per iteration, against counting every vote in one process.
+
+One iteration's vote of n private records (random 28 x 28 images, 10 labels, raw pixels) among
+m random synthetic embeddings, counted three ways in each round, in turn:
+
+* ``local``: :class:`pe_core.votes.LocalVotes`, the single-worker path (the peer);
+* ``shards here``: :class:`workers.fanout.ShardedVotes` in S shards, all counted by the
+  coordinator itself (no worker takes them): the fan-out's own cost, the storage round trips
+  of the synthetic set and the partials, the database rows and the exact sum, without any
+  parallel gain;
+* ``shards on N workers``: the same with N real ``celery worker`` processes taking the shard
+  tasks through Redis (skipped when none answers at ``--broker-url``): adds the dispatch and
+  the claims, and whatever parallelism the machine's cores allow.
+
+The shards' private embeddings are cached before the rounds, as after a job's first
+iteration. Each round is timed end to end, partial deletion included, on a SQLite database and
+a local storage folder in a temporary directory. The table gives each way's median seconds per
+iteration, its median per-round ratio to ``local`` in the same round, and the difference of the
+medians: the overhead per iteration.
+
+Usage:
+    python benchmarks/fanout.py                      # n 20,000, m 2,000, 4 shards, 2 workers
+    python benchmarks/fanout.py --records 100000 --shards 8 --workers 2 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from pe_core.config import PeJob
+from pe_core.samples import Samples
+from pe_core.votes import LocalVotes, prepare_private
+from service.broker import make_celery
+from service.db import (
+    JobMessage,
+    create_dataset,
+    create_tenant,
+    make_engine,
+    make_session_factory,
+    reserve,
+    update_progress,
+    write_transaction,
+)
+from service.db import upgrade as upgrade_database
+from service.settings import Settings
+from service.storage import LocalStorage
+from workers import fanout, jobs
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = tuple(str(digit) for digit in range(10))
+
+
+def private_records(n: int, rng: np.random.Generator) -> Samples:
+    return Samples(
+        ids=np.array([f"r{i}" for i in range(n)]),
+        labels=rng.integers(0, len(LABELS), n),
+        label_names=LABELS,
+        images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+    )
+
+
+def make_home(root: Path, private: Samples, broker_url: str) -> tuple[jobs.JobContext, str]:
+    """A service home with the records as a dataset and one queued job on it."""
+    url = f"sqlite:///{root / 'privevo.sqlite3'}"
+    upgrade_database(url)
+    sessions = make_session_factory(make_engine(url))
+    storage = LocalStorage(root / "storage")
+    assert private.images is not None
+    buffer = io.BytesIO()
+    np.savez(buffer, images=private.images, labels=private.labels, label_names=np.array(LABELS))
+    key = "uploads/benchmark.npz"
+    with storage.open_write(key) as handle:
+        handle.write(buffer.getvalue())
+    # One backend on both sides (auto chooses by the sizes, which shards change).
+    spec = PeJob(
+        iterations=1, num_samples=2, epsilon=1.0, delta=1e-5, k=1, nn_backend="numpy-blocked"
+    )
+    with sessions() as session:
+        tenant = create_tenant(session, "bench").id
+        dataset = create_dataset(
+            session, tenant, name="records.npz", modality="image", record_count=len(private),
+            labels=list(LABELS), sha256="0" * 64, storage_path=key, epsilon_cap=10.0,
+            delta_cap=1e-3,
+        )  # fmt: skip
+        body = {**spec.model_dump(mode="json"), "dataset_id": dataset.id}
+        job_id = reserve(session, tenant, dataset.id, 1.0, 1e-5, None, body, iterations=1).id
+        # Running, and its message void: no worker's sweeper or courier sends the job itself
+        # (a run of it would end by deleting its votes' files under the benchmark).
+        update_progress(session, job_id, iteration=0, phase="benchmark")
+        with write_transaction(session):
+            session.get_one(JobMessage, job_id).state = "void"
+    context = jobs.JobContext(sessions, storage, time_limit_s=3600.0, heartbeat_s=30.0)
+    return context, job_id
+
+
+def counter(
+    context: jobs.JobContext, job_id: str, private: Samples, shards: int, send: fanout.Send | None
+) -> fanout.ShardedVotes:
+    """The coordinator's counter: ``send`` None leaves every shard to the coordinator at once;
+    otherwise shards wait up to a minute for the workers."""
+    plan = fanout.Fanout(
+        shard_records=-(-len(private) // shards),
+        claim_after_s=0.0 if send is None else 60.0,
+        stale_after_s=600.0,
+        renew_s=30.0,
+        send=send or (lambda *message: None),
+    )
+    job = jobs.load_job(context.sessions, job_id)
+    assert job is not None
+    made = plan.counter(context, job, jobs.job_spec(job), private, check=lambda: None)
+    assert made is not None and made.shards == shards
+    return made
+
+
+def start_workers(root: Path, count: int, broker_url: str) -> list[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "PRIVEVO_HOME": str(root),
+        "PRIVEVO_DATABASE_URL": f"sqlite:///{root / 'privevo.sqlite3'}",
+        "PRIVEVO_STORAGE_ROOT": str(root / "storage"),
+        "PRIVEVO_BROKER_URL": broker_url,
+        "PRIVEVO_STALE_AFTER_S": str(24 * 3600),  # the job's heartbeat is not renewed here
+    }
+    command = [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-P", "solo",
+        "-Q", "cpu", "--loglevel", "warning", "--without-mingle", "--without-gossip",
+        "--without-heartbeat",
+    ]  # fmt: skip
+    log = (root / "workers.log").open("ab")
+    return [
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(count)
+    ]
+
+
+def vote(
+    counter: fanout.ShardedVotes,
+    synthetic: np.ndarray,
+    labels: np.ndarray,
+    iteration: int,
+) -> None:
+    """One iteration's vote as the engine makes it: counted, then dropped once released."""
+    counter.counts(iteration, synthetic, labels)
+    counter.released(iteration)
+
+
+def timed(count: Callable[[int], object], iteration: int) -> float:
+    started = time.perf_counter()
+    count(iteration)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20_000, help="private records n")
+    parser.add_argument("--synthetic", type=int, default=2_000, help="synthetic samples m")
+    parser.add_argument("--shards", type=int, default=4, help="shards S")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (0: none)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/8")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    private = private_records(args.records, rng)
+    synthetic = rng.random((args.synthetic, 28 * 28), dtype=np.float32)
+    labels = np.arange(args.synthetic, dtype=np.int64) % len(LABELS)
+    with tempfile.TemporaryDirectory(prefix="privevo-fanout-") as scratch:
+        root = Path(scratch)
+        context, job_id = make_home(root, private, args.broker_url)
+        job = jobs.load_job(context.sessions, job_id)
+        assert job is not None
+        spec = jobs.job_spec(job)
+        embed = jobs.cached_embedder(spec.embedding, spec.embedding_config).embed
+        prepared = prepare_private(private, embed, metric="l2", privacy_unit="record")
+        local = LocalVotes(spec, prepared)
+        here = counter(context, job_id, private, args.shards, None)
+        ways: dict[str, Callable[[int], object]] = {
+            "local": lambda t: local.counts(t, synthetic, labels),
+            f"{args.shards} shards here": partial(vote, here, synthetic, labels),
+        }
+        workers: list[subprocess.Popen[bytes]] = []
+        if args.workers and _redis_answers(args.broker_url):
+            app = make_celery(Settings(home=root, broker_url=args.broker_url))
+
+            def send(job_id: str, iteration: int, shard: int, queue: str) -> None:
+                app.send_task(fanout.VOTE_SHARD_TASK, args=[job_id, iteration, shard], queue=queue)
+
+            remote = counter(context, job_id, private, args.shards, send)
+            ways[f"{args.shards} shards on {args.workers} workers"] = partial(
+                vote, remote, synthetic, labels
+            )
+            workers = start_workers(root, args.workers, args.broker_url)
+        elif args.workers:
+            print(f"no Redis at {args.broker_url}: the workers' row is skipped")
+        try:
+            # Each vote is a new iteration (its own shard rows), as in a job.
+            iterations = itertools.count(1)
+            expected = local.counts(0, synthetic, labels)
+            for count in ways.values():  # warm-up: embeddings cached, workers ready
+                count(next(iterations))
+            times: dict[str, list[float]] = {name: [] for name in ways}
+            for round_ in range(args.rounds):
+                load = os.getloadavg()[0]
+                for name, count in ways.items():
+                    times[name].append(timed(count, next(iterations)))
+                print(f"round {round_ + 1}: load {load:.1f}, "
+                      + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))  # fmt: skip
+            # The fan-out must count what the single process does.
+            assert np.array_equal(here.counts(next(iterations), synthetic, labels), expected)
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait(timeout=30)
+    base = statistics.median(times["local"])
+    print(
+        f"\nn {args.records:,}, m {args.synthetic:,}, d 784, k 1, {args.rounds} rounds, "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print("| way | median s / iteration | x local (median of rounds) | overhead s / iteration |")
+    print("| --- | --- | --- | --- |")
+    for name, seconds in times.items():
+        ratio = statistics.median(s / b for s, b in zip(seconds, times["local"], strict=True))
+        median = statistics.median(seconds)
+        print(f"| {name} | {median:.3f} | {ratio:.2f} | {median - base:+.3f} |")
+
+
+def _redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
