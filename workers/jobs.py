@@ -521,6 +521,9 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         )
         if context.staged:
             _copy_tree(context.storage, layout.eval, evaluation_prefix(job.dataset_id, job.id))
+            # The copy is what the gateway serves (encrypted at rest where that is on); the
+            # one made here shows private records in the clear, so it goes now.
+            shutil.rmtree(layout.eval)
         _drop_orphaned_evaluation(context, job, layout)
     progress.on_phase(job.iterations, "publish")
     _publish(context.storage, layout, result_prefix(job.id))

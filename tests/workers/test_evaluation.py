@@ -5,10 +5,13 @@ result; overlapping or vanished held-out data fails the job before any release."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 from pe_core.policy import PrivacyPolicy
 from service.db import delete_dataset
 from service.keys import evaluation_prefix
+from service.storage import LocalStorage
 from tests.conftest import digits_28
 from tests.workers.support import ITERATIONS, Home
 from workers import jobs
@@ -56,6 +59,27 @@ def test_an_evaluated_job_scores_every_iteration_apart_from_its_result(home: Hom
     assert published and not [k for k in published if "eval" in k or "not-dp" in k]
     phases = [event["phase"] for event in home.events(job_id, "progress")]
     assert phases.index("evaluate") < phases.index("publish")
+
+
+def test_an_evaluation_made_apart_from_the_storage_leaves_no_copy_behind(
+    home: Home, tmp_path: Path
+) -> None:
+    # A remote or encrypted storage: the job works in a local folder of its own.
+    work = LocalStorage(tmp_path / "work")
+    staged = replace(context(home), work=work)
+    job_id = home.new_job(
+        insecure_test_noise=True,
+        seed=3,
+        heldout=digits_28(5, offset=40),
+        embedding_config={"size": 14},
+    )
+    assert jobs.run_job(staged, job_id) == "succeeded", home.job(job_id).error
+    job = home.job(job_id)
+    prefix = evaluation_prefix(job.dataset_id, job.id)
+    names = {key.removeprefix(f"{prefix}/") for key in home.storage.list(prefix)}
+    assert {"metrics.json", "memorisation.json", "report-not-dp.html"} <= names
+    assert work.list(prefix) == []  # the page of private records is not left in the clear
+    assert work.list(jobs.job_prefix(job.dataset_id, job.id))  # its state stays
 
 
 def test_held_out_records_that_are_private_fail_the_job_before_any_release(home: Home) -> None:
