@@ -23,9 +23,10 @@ use probe products check model (M) of ``pe_kernels.certify`` where a wrong build
 fp32 output and accumulator (1 + 2^-20 comes out exact) and the binding's strides.
 
 ``pe_kernels.dispatch`` picks this backend for ``auto`` on CPUs whose flags include
-``avx512_bf16`` or ``amx_bf16`` and for votes big enough to repay loading the library.
-Elsewhere MKL has no bfloat16 instructions to use and computes through fp32, so the wider bound
-would cost re-ranking without a faster GEMM; the backend still gives exact answers there.
+``amx_bf16`` and for votes big enough to repay loading the library. Elsewhere MKL's bfloat16
+GEMM is no faster than fp32 (measured on AVX512-BF16 without AMX, see
+``dispatch.BF16_CPU_FLAGS``), so the wider bound would cost re-ranking without a faster GEMM;
+the backend still gives exact answers there.
 """
 
 from __future__ import annotations

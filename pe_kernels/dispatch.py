@@ -68,9 +68,12 @@ m 2e3, d 430) takes about 0.15 s with ``numpy-blocked``, a third less with the b
 (here: 0.164 against 0.112 s at (1e4, 2e3, 512), 0.057 against 0.039 s at (2e3, 2e3, 784)), so
 a run of a few iterations repays the load from about there."""
 
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-"""/proc/cpuinfo flags of bfloat16 dot-product instructions (AVX512-BF16, AMX-BF16); without
-either, MKL emulates bfloat16 GEMMs through fp32 and gains nothing."""
+BF16_CPU_FLAGS = ("amx_bf16",)
+"""/proc/cpuinfo flags under which MKL's bfloat16 GEMM is fast: AMX-BF16, where the numbers
+above were measured. AVX512-BF16 alone is not enough: on an AMD EPYC (Zen 4: ``avx512_bf16``,
+no AMX) numpy-blocked-bf16 took 1.57x plain FAISS's time at (3e4, 1e4, 512) against 0.93x for
+numpy-blocked (2026-12-07, 3 rounds), and 3.8x numpy-blocked's at n 1e5, m 2e3, d 784 in
+``benchmarks/fanout.py``. Without AMX, MKL's bfloat16 path gains nothing here."""
 
 DEVICE_BACKEND = "triton"
 """The pick on CUDA where triton is installed: the fused kernel at its default precision,
