@@ -123,7 +123,8 @@ class Fanout:
     ) -> ShardedVotes | None:
         """The counter of a job whose records the size rule splits, else None (count locally).
 
-        ``check`` is called while the coordinator waits, and raises to stop it (time limit)."""
+        ``check`` is called while the coordinator waits, and raises to stop it (past the time
+        limit, or once the job is canceled)."""
         shards = shard_count(len(private), self.shard_records)
         if shards == 1:
             return None
@@ -172,7 +173,6 @@ class ShardedVotes:
         self.context = context
         self.fanout = fanout
         self.job = job
-        self.spec = spec
         self.shards = shards
         self.check = check
         # Counted here from the coordinator's own copy: what each shard must report holding.
