@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,20 @@ def test_upload_get_list_budget_delete(alice: Client, tmp_path: Path):
         alice.datasets.get(second.id)
     assert missing.value.status == 404
     assert second.id not in {d.id for d in alice.datasets.list()}
+
+
+def test_an_upload_may_carry_its_expiry(alice: Client, tmp_path: Path):
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+    dataset = alice.datasets.upload(
+        write_digits_npz(tmp_path / "expiring.npz", 2, offset=30), epsilon_cap=1.0, expires_at=when
+    )
+    assert dataset.expires_at == when
+    assert alice.datasets.get(dataset.id).expires_at == when
+    data = tmp_path / "expiring.npz"
+    with pytest.raises(ValueError, match="time zone"):  # said before anything is sent
+        alice.datasets.upload(data, epsilon_cap=1.0, expires_at=when.replace(tzinfo=None))
+    with pytest.raises(InvalidRequest, match="future"):
+        alice.datasets.upload(data, epsilon_cap=1.0, expires_at=when - timedelta(days=60))
 
 
 def test_folder_upload_is_zipped_on_the_fly(alice: Client, tmp_path: Path):

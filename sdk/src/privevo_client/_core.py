@@ -158,12 +158,14 @@ def upload_form(
     label_column: str,
     user_column: str | None,
     role: Role = "private",
+    expires_at: datetime | None = None,
 ) -> dict[str, str]:
     """The form fields of an upload of ``path``: name and modality default from the path.
 
     Raises:
-        ValueError: private data without ``epsilon_cap``, or held-out data with a cap or a
-            user column (held-out data has no budget); said before anything is sent.
+        ValueError: private data without ``epsilon_cap``, held-out data with a cap or a user
+            column (held-out data has no budget), or an ``expires_at`` without a time zone;
+            said before anything is sent.
     """
     if role == "private" and epsilon_cap is None:
         raise ValueError("private data needs its budget cap: pass epsilon_cap")
@@ -172,6 +174,8 @@ def upload_form(
             "held-out data has no privacy budget and names no users: leave out epsilon_cap, "
             "delta_cap and user_column"
         )
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise ValueError("expires_at needs a time zone, e.g. datetime(2030, 1, 31, tzinfo=UTC)")
     caps = {"epsilon_cap": epsilon_cap, "delta_cap": delta_cap}
     return {
         "name": name or (path.resolve().name if path.is_dir() else path.stem),
@@ -181,6 +185,7 @@ def upload_form(
         "text_column": text_column,
         "label_column": label_column,
         **({} if user_column is None else {"user_column": user_column}),
+        **({} if expires_at is None else {"expires_at": expires_at.isoformat()}),
     }
 
 

@@ -7,6 +7,7 @@ import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -105,6 +106,7 @@ class AsyncDatasets:
         label_column: str = "label",
         user_column: str | None = None,
         role: Literal["private", "heldout"] = "private",
+        expires_at: datetime | None = None,
     ) -> Dataset:
         """Uploads a private dataset, or held-out data; see ``Datasets.upload``."""
         path = Path(path)
@@ -118,6 +120,7 @@ class AsyncDatasets:
             label_column=label_column,
             user_column=user_column,
             role=role,
+            expires_at=expires_at,
         )
         if not path.is_dir():
             return Dataset.model_validate(await self._client._json(_core.upload_call(path, form)))

@@ -6,6 +6,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -119,6 +120,7 @@ class Datasets:
         label_column: str = "label",
         user_column: str | None = None,
         role: Literal["private", "heldout"] = "private",
+        expires_at: datetime | None = None,
     ) -> Dataset:
         """Uploads a private dataset, streaming it from disk, with its privacy budget cap; or,
         with ``role="heldout"``, held-out data to evaluate jobs on.
@@ -141,10 +143,12 @@ class Datasets:
                 private data, which only scores jobs that name it (``jobs.create(...,
                 eval_dataset=...)``, NOT DP, for you only). Held-out data has no budget and
                 is never a job's input.
+            expires_at: when the server purges the dataset as a delete does (an aware
+                datetime in the future); the budget and its history stay.
 
         Raises:
-            ValueError: private data without ``epsilon_cap``, or held-out data with a cap or
-                a user column (nothing is sent).
+            ValueError: private data without ``epsilon_cap``, held-out data with a cap or a
+                user column, or a naive ``expires_at`` (nothing is sent).
             InvalidRequest: the file is unreadable, of an unsupported type, or (with
                 ``user_column``) a record names no user.
             PayloadTooLarge: it exceeds the server's upload limit.
@@ -162,6 +166,7 @@ class Datasets:
             label_column=label_column,
             user_column=user_column,
             role=role,
+            expires_at=expires_at,
         )
         if not path.is_dir():
             return Dataset.model_validate(self._client._json(_core.upload_call(path, form)))
