@@ -2,8 +2,9 @@
 
 Run as ``celery -A tests.workers.stopping_app worker ...`` with ``PRIVEVO_TEST_STOP_AT`` set to
 ``before-start`` (the message is taken, the job not yet marked running), ``before-record`` (the
-noisy vector is drawn and stored, not yet recorded in the database) or ``after-record``
-(recorded, not yet used). The process sends itself SIGSTOP there, so a test can kill it, or
+noisy vector is drawn and stored, not yet recorded in the database), ``after-record``
+(recorded, not yet used) or ``in-shard`` (a shard of a fanned-out vote is claimed, its votes
+not yet counted). The process sends itself SIGSTOP there, so a test can kill it, or
 cancel the job and let it go on, at a known point of the run.
 """
 
@@ -13,7 +14,7 @@ import os
 import signal
 from typing import Any
 
-from workers import jobs
+from workers import fanout, jobs
 from workers.celery_app import worker_app
 from workers.ledger import DbLedger
 
@@ -22,6 +23,7 @@ app = worker_app()
 STOP_AT = os.environ["PRIVEVO_TEST_STOP_AT"]
 _record = DbLedger.append
 _start = jobs._run
+_count = fanout.count_votes
 _stopped = False
 
 
@@ -47,3 +49,11 @@ def _run(*args: Any, **kwargs: Any) -> None:
 
 
 jobs._run = _run
+
+
+def _count_votes(*args: Any, **kwargs: Any) -> Any:
+    _stop("in-shard")
+    return _count(*args, **kwargs)
+
+
+fanout.count_votes = _count_votes

@@ -6,6 +6,7 @@ equal noisy vectors, so equal release digests mean equal counts, bit for bit.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,14 @@ from service.db import (
 )
 from service.db.models import utcnow
 from service.storage import ObjectNotFoundError
-from tests.workers.support import Home, start_worker, stop_worker, wait_for, worker_logs
+from tests.workers.support import (
+    Home,
+    is_stopped,
+    start_worker,
+    stop_worker,
+    wait_for,
+    worker_logs,
+)
 from workers import fanout, jobs
 
 SHARD_RECORDS = 60  # Home.new_job's 200 records: 4 shards
@@ -205,6 +213,48 @@ def test_three_workers_run_one_job_as_one_worker_does(tmp_path: Path, redis_db: 
     pids = {str(worker.pid) for worker in workers}
     assert counted_by <= pids and len(counted_by) >= 2, counted_by
     assert "Traceback" not in worker_logs(spread)
+
+
+@pytest.mark.slow
+def test_a_shard_whose_worker_dies_is_counted_again_once(tmp_path: Path, redis_db: object) -> None:
+    alone, spread = two_homes(tmp_path)
+    reference = alone.new_job(**SPEC)
+    assert jobs.run_job(one_worker(alone), reference) == "succeeded"
+
+    job_id = spread.new_job(**SPEC)
+    # The job's worker waits 20 s for workers to take shards, and takes a shard over once its
+    # claim is 3 s old: the doomed worker, started after the job, stops inside the first shard
+    # it takes, and is killed there; a third worker then takes the shards left.
+    env = {
+        "PRIVEVO_VOTE_SHARD_RECORDS": str(SHARD_RECORDS),
+        "PRIVEVO_VOTE_CLAIM_AFTER_S": "20",
+        "PRIVEVO_STALE_AFTER_S": "3",
+    }
+    coordinator = start_worker(spread, **env)
+    doomed = helper = None
+    try:
+        spread.courier().deliver()
+        wait_for("the job to start", lambda: spread.job(job_id).status == "running")
+        doomed = start_worker(
+            spread, "tests.workers.stopping_app", PRIVEVO_TEST_STOP_AT="in-shard", **env
+        )
+        wait_for("a worker to stop inside a shard", lambda: is_stopped(doomed.pid))
+        held = [row for row in shards(spread, job_id) if row.claimed_by and row.done_at is None]
+        assert [row.claimed_by.rsplit(":", 1)[1] for row in held] == [str(doomed.pid)]
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        helper = start_worker(spread, **env)
+        job = wait_for("the job to end", lambda: final(spread, job_id), timeout_s=300)
+    finally:
+        for worker in (coordinator, doomed, helper):
+            if worker is not None:
+                stop_worker(worker)
+    assert job.status == "succeeded", worker_logs(spread)
+    assert digests(spread, job_id) == digests(alone, reference)  # counted once, not twice
+    (redone,) = [row for row in shards(spread, job_id) if row.iteration == held[0].iteration
+                 and row.shard == held[0].shard]  # fmt: skip
+    assert redone.done_at is not None
+    assert redone.claimed_by is not None and not redone.claimed_by.endswith(f":{doomed.pid}")
 
 
 def final(home: Home, job_id: str) -> Job | None:
