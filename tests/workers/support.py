@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pe_core.config import PeJob
+from pe_core.policy import PrivacyPolicy
 from pe_core.privacy import release_digest
 from pe_core.samples import Samples
 from service.app import celery_sender
@@ -38,6 +39,7 @@ from service.outbox import Courier
 from service.settings import Settings
 from service.storage import LocalStorage
 from tests.conftest import digits_28
+from workers import jobs
 
 T = TypeVar("T")
 
@@ -189,6 +191,17 @@ class Home:
         )
         send, finder = celery_sender(settings)
         return Courier(self.sessions, send, finder)
+
+
+def worker_context(home: Home, **fields: Any) -> jobs.JobContext:
+    """A worker's context on ``home``: seeded test noise allowed, quick heartbeats, an hour's
+    time limit; ``fields`` change any of them or add others (``work``, ``fanout``)."""
+    defaults: dict[str, Any] = {
+        "time_limit_s": 3600.0,
+        "heartbeat_s": 0.05,
+        "policy": PrivacyPolicy(allow_insecure_test_noise=True),
+    }
+    return jobs.JobContext(home.sessions, home.storage, **(defaults | fields))
 
 
 def stored_digest(path: Path) -> str:

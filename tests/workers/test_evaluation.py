@@ -5,26 +5,14 @@ result; overlapping or vanished held-out data fails the job before any release."
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
-from pe_core.policy import PrivacyPolicy
 from service.db import delete_dataset
 from service.keys import evaluation_prefix
 from service.storage import LocalStorage
 from tests.conftest import digits_28
-from tests.workers.support import ITERATIONS, Home
+from tests.workers.support import ITERATIONS, Home, worker_context
 from workers import jobs
-
-
-def context(home: Home) -> jobs.JobContext:
-    return jobs.JobContext(
-        home.sessions,
-        home.storage,
-        time_limit_s=3600.0,
-        heartbeat_s=0.05,
-        policy=PrivacyPolicy(allow_insecure_test_noise=True),
-    )
 
 
 def test_an_evaluated_job_scores_every_iteration_apart_from_its_result(home: Home) -> None:
@@ -35,7 +23,7 @@ def test_an_evaluated_job_scores_every_iteration_apart_from_its_result(home: Hom
         heldout=digits_28(5, offset=40),
         embedding_config={"size": 14},  # 196 dimensions: the scores' eigensolves stay quick
     )
-    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded", home.job(job_id).error
     job = home.job(job_id)
     prefix = evaluation_prefix(job.dataset_id, job.id)
 
@@ -66,7 +54,7 @@ def test_an_evaluation_made_apart_from_the_storage_leaves_no_copy_behind(
 ) -> None:
     # A remote or encrypted storage: the job works in a local folder of its own.
     work = LocalStorage(tmp_path / "work")
-    staged = replace(context(home), work=work)
+    staged = worker_context(home, work=work)
     job_id = home.new_job(
         insecure_test_noise=True,
         seed=3,
@@ -85,7 +73,7 @@ def test_an_evaluation_made_apart_from_the_storage_leaves_no_copy_behind(
 def test_held_out_records_that_are_private_fail_the_job_before_any_release(home: Home) -> None:
     # The first 2 digits of each label are among the job's own 20 per label.
     job_id = home.new_job(insecure_test_noise=True, seed=3, heldout=digits_28(2))
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error is not None
     assert job.error.startswith("20 evaluation record(s) also appear in the private data")
@@ -101,7 +89,7 @@ def test_a_held_out_dataset_deleted_before_the_job_runs_fails_it_with_a_message(
     assert job.eval_dataset_id is not None
     with home.sessions() as session:
         delete_dataset(session, job.tenant_id, job.eval_dataset_id)
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error is not None
     assert job.error.startswith(f"the evaluation dataset {job.eval_dataset_id} was deleted")

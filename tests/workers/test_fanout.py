@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from pe_core.policy import PrivacyPolicy
 from pe_core.samples import Samples
 from pe_core.votes import LocalVotes, prepare_private
 from service.db import (
@@ -34,6 +33,7 @@ from tests.workers.support import (
     start_worker,
     stop_worker,
     wait_for,
+    worker_context,
     worker_logs,
 )
 from workers import fanout, jobs
@@ -53,24 +53,7 @@ def context(home: Home, sent: list[tuple[str, int, int, str]] | None = None) -> 
         renew_s=0.05,
         send=lambda *message: None if sent is None else sent.append(message),
     )
-    return jobs.JobContext(
-        home.sessions,
-        home.storage,
-        time_limit_s=3600.0,
-        heartbeat_s=0.05,
-        policy=PrivacyPolicy(allow_insecure_test_noise=True),
-        fanout=plan,
-    )
-
-
-def one_worker(home: Home) -> jobs.JobContext:
-    return jobs.JobContext(
-        home.sessions,
-        home.storage,
-        time_limit_s=3600.0,
-        heartbeat_s=0.05,
-        policy=PrivacyPolicy(allow_insecure_test_noise=True),
-    )
+    return worker_context(home, fanout=plan)
 
 
 def digests(home: Home, job_id: str) -> list[tuple[str, str]]:
@@ -114,7 +97,7 @@ def test_shards_release_what_one_worker_releases(tmp_path: Path, unit: dict) -> 
     first = alone.new_job(**unit, **SPEC)
     second = spread.new_job(**unit, **SPEC)
     sent: list[tuple[str, int, int, str]] = []
-    assert jobs.run_job(one_worker(alone), first) == "succeeded", alone.job(first).error
+    assert jobs.run_job(worker_context(alone), first) == "succeeded", alone.job(first).error
     assert jobs.run_job(context(spread, sent), second) == "succeeded", spread.job(second).error
     assert digests(spread, second) == digests(alone, first)
     assert len(digests(alone, first)) == 2
@@ -192,7 +175,7 @@ def test_a_shard_counted_twice_is_summed_once(home: Home) -> None:
 def test_three_workers_run_one_job_as_one_worker_does(tmp_path: Path, redis_db: object) -> None:
     alone, spread = two_homes(tmp_path)
     reference = alone.new_job(**SPEC)
-    assert jobs.run_job(one_worker(alone), reference) == "succeeded"
+    assert jobs.run_job(worker_context(alone), reference) == "succeeded"
 
     job_id = spread.new_job(**SPEC)
     # Shards wait 60 s for a worker before the job's own worker counts them: here the two
@@ -219,7 +202,7 @@ def test_three_workers_run_one_job_as_one_worker_does(tmp_path: Path, redis_db: 
 def test_a_shard_whose_worker_dies_is_counted_again_once(tmp_path: Path, redis_db: object) -> None:
     alone, spread = two_homes(tmp_path)
     reference = alone.new_job(**SPEC)
-    assert jobs.run_job(one_worker(alone), reference) == "succeeded"
+    assert jobs.run_job(worker_context(alone), reference) == "succeeded"
 
     job_id = spread.new_job(**SPEC)
     # The job's worker waits 20 s for workers to take shards, and takes a shard over once its

@@ -16,7 +16,6 @@ import yaml
 
 from pe_core.config import PeJob
 from pe_core.job import read_run_record
-from pe_core.policy import PrivacyPolicy
 from service.db import (
     append_event,
     cancel,
@@ -26,19 +25,8 @@ from service.db import (
     reserve,
     update_progress,
 )
-from tests.workers.support import ITERATIONS, Home, wait_for
+from tests.workers.support import ITERATIONS, Home, wait_for, worker_context
 from workers import jobs
-
-
-def context(home: Home, time_limit_s: float = 3600.0) -> jobs.JobContext:
-    """A worker's context on a test server: seeded test noise allowed."""
-    return jobs.JobContext(
-        home.sessions,
-        home.storage,
-        time_limit_s=time_limit_s,
-        heartbeat_s=0.05,
-        policy=PrivacyPolicy(allow_insecure_test_noise=True),
-    )
 
 
 def job_folder(home: Home, job_id: str):
@@ -48,7 +36,7 @@ def job_folder(home: Home, job_id: str):
 
 def test_a_job_publishes_its_dp_outputs_only(home: Home) -> None:
     job_id = home.new_job(insecure_test_noise=True, seed=3)
-    assert jobs.run_job(context(home), job_id) == "succeeded"
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded"
     job = home.job(job_id)
     assert (job.status, job.iteration, job.error) == ("succeeded", ITERATIONS, None)
     keys = home.storage.list(jobs.result_prefix(job_id))
@@ -71,14 +59,14 @@ def test_a_job_publishes_its_dp_outputs_only(home: Home) -> None:
     assert [e["iteration"] for e in home.events(job_id, "iteration")] == [0, 1, 2]
     assert home.events(job_id, "started") == [{"seed": 3}]
     # A repeated delivery of a finished job does nothing.
-    assert jobs.run_job(context(home), job_id) == "succeeded"
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded"
     assert home.events(job_id, "started") == [{"seed": 3}]
 
 
 def test_the_seed_is_drawn_once_and_recorded(home: Home) -> None:
     job_id = home.new_job(insecure_test_noise=True)
     folder = job_folder(home, job_id)
-    assert jobs.run_job(context(home), job_id) == "succeeded"
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded"
     (started,) = home.events(job_id, "started")
     recorded = read_run_record(folder / "state")
     assert recorded is not None
@@ -92,7 +80,7 @@ def test_a_job_held_by_another_worker_is_left_to_it(home: Home) -> None:
     job_id = home.new_job(insecure_test_noise=True, seed=3)
     with jobs.job_lock(job_folder(home, job_id) / "state") as held:
         assert held
-        assert jobs.run_job(context(home), job_id) == "running"
+        assert jobs.run_job(worker_context(home), job_id) == "running"
     job = home.job(job_id)
     assert job.status == "queued"
     assert home.events(job_id, "started") == []
@@ -102,7 +90,7 @@ def test_a_job_canceled_before_it_starts_does_not_run(home: Home) -> None:
     job_id = home.new_job(insecure_test_noise=True, seed=3)
     with home.sessions() as session:
         cancel(session, home.job(job_id).tenant_id, job_id)
-    assert jobs.run_job(context(home), job_id) == "canceled"
+    assert jobs.run_job(worker_context(home), job_id) == "canceled"
     assert home.releases(job_id) == []
     assert home.storage.list(jobs.result_prefix(job_id)) == []
 
@@ -112,7 +100,7 @@ def test_unreadable_data_fails_the_job_with_a_message_for_its_owner(home: Home) 
     dataset_key = home.storage.list("uploads")[0]
     with home.storage.open_write(dataset_key) as handle:
         handle.write(b"not an npz")
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error is not None and job.error.startswith("digits.npz: not a readable .npz")
     assert str(home.storage.root) not in job.error
@@ -121,7 +109,7 @@ def test_unreadable_data_fails_the_job_with_a_message_for_its_owner(home: Home) 
 
 def test_a_job_without_privacy_is_refused(home: Home) -> None:
     job_id = home.new_job(no_privacy=True, seed=3)
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error == "the service runs private jobs only; no_privacy is not accepted"
     assert home.releases(job_id) == []
@@ -144,7 +132,7 @@ def test_an_internal_error_is_logged_and_reported_generically(
             iterations=ITERATIONS,
         )
     with caplog.at_level(logging.ERROR, logger="workers.jobs"):
-        assert jobs.run_job(context(home), job.id) == "failed"
+        assert jobs.run_job(worker_context(home), job.id) == "failed"
     assert home.job(job.id).error == jobs.INTERNAL_ERROR
     (record,) = caplog.records
     assert "RuntimeError" in record.getMessage()
@@ -154,7 +142,7 @@ def test_an_internal_error_is_logged_and_reported_generically(
 def test_a_job_past_its_time_limit_fails_naming_the_limit_and_is_refunded(home: Home) -> None:
     job_id = home.new_job(insecure_test_noise=True, seed=3)
     # The solo pool enforces no Celery limit: the job loop itself stops at its first phase.
-    assert jobs.run_job(context(home, time_limit_s=1e-6), job_id) == "failed"
+    assert jobs.run_job(worker_context(home, time_limit_s=1e-6), job_id) == "failed"
     job = home.job(job_id)
     assert job.error is not None
     assert "time limit of 1e-06 s" in job.error
@@ -182,7 +170,7 @@ def test_a_job_whose_worker_keeps_dying_is_failed(home: Home) -> None:
     with home.sessions() as session:
         for _ in range(jobs.MAX_STARTS):
             append_event(session, job_id, "started", {"seed": 3})
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error is not None
     assert job.error.startswith(f"the job was started {jobs.MAX_STARTS} times")
@@ -214,7 +202,7 @@ def test_a_text_dataset_is_loaded_with_the_columns_it_was_uploaded_with(home: Ho
             session, tenant.id, dataset.id, 4.0, 1e-5, None,
             {**spec, "dataset_id": dataset.id}, iterations=1,
         ).id  # fmt: skip
-    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded", home.job(job_id).error
     assert len(home.releases(job_id)) == 1
 
 
@@ -230,7 +218,7 @@ def test_the_cli_and_a_worker_run_one_job_the_same_way(
     synthetic data and the same report, whether the CLI or a worker runs it; at the user level
     too, the worker loading each record's user from the dataset's user column."""
     job_id = home.new_job(insecure_test_noise=True, seed=3, **unit, **users)
-    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded", home.job(job_id).error
     job = home.job(job_id)
     with home.sessions() as session:
         data = home.storage.path(get_dataset(session, job.tenant_id, job.dataset_id).storage_path)
@@ -273,7 +261,7 @@ def test_a_record_level_spec_on_user_level_data_fails_before_any_release(home: H
     spec that did not come through the gateway is refused before any noise, and refunded."""
     job_id = home.new_job(insecure_test_noise=True, seed=3, user_column="patient")
     assert home.job(job_id).spec["privacy_unit"] == "record"
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error is not None
     assert "the records name their users, so the unit of privacy is one user" in job.error
