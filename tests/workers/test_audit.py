@@ -17,8 +17,8 @@ from pe_core.datasets import load_dataset
 from pe_core.embedders import create_embedder
 from pe_core.job import read_run_record
 from service.db import get_dataset
-from tests.workers.support import ITERATIONS, Home
-from tests.workers.test_jobs import context, job_folder
+from tests.workers.support import ITERATIONS, Home, worker_context
+from tests.workers.test_jobs import job_folder
 from workers import jobs
 
 AUDIT = {"canaries": 60, "guesses": 20, "seed": 11}
@@ -35,7 +35,7 @@ def audit_report(home: Home, job_id: str) -> dict[str, Any]:
 
 def test_an_audit_job_reports_its_bound_and_pays_its_reservation(home: Home) -> None:
     job_id = home.new_job(insecure_test_noise=True, seed=3, audit={**AUDIT, "seed": None})
-    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded", home.job(job_id).error
     job = home.job(job_id)
     report = audit_report(home, job_id)
     # The canaries' seed was drawn at the first start, recorded, and named everywhere.
@@ -87,10 +87,10 @@ def test_an_audit_interrupted_after_a_release_fails_charged_on_its_next_delivery
     with monkeypatch.context() as patch:
         patch.setattr(jobs.JobProgress, "on_iteration", die_after_the_first_release)
         with pytest.raises(WorkerDied):
-            jobs.run_job(context(home), job_id)
+            jobs.run_job(worker_context(home), job_id)
     assert home.job(job_id).status == "running"
     assert len(home.releases(job_id)) == 1
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error == jobs.AUDIT_INTERRUPTED
     assert (job.epsilon_charged, job.delta_charged) == (4.0, 1e-5)
@@ -110,14 +110,14 @@ def test_an_audit_interrupted_before_any_release_runs_again_from_its_start(
     with monkeypatch.context() as patch:
         patch.setattr(jobs.JobProgress, "on_phase", die_at_the_first_vote)
         with pytest.raises(WorkerDied):
-            jobs.run_job(context(home), job_id)
+            jobs.run_job(worker_context(home), job_id)
     assert home.releases(job_id) == []
     assert any((job_folder(home, job_id) / "state" / "checkpoints").iterdir())
-    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded", home.job(job_id).error
     assert [e["iteration"] for e in home.events(job_id, "iteration")] == [0, 0, 1, 2]
     # The same audit as one uninterrupted delivery of the same job makes.
     again = home.new_job(insecure_test_noise=True, seed=3, audit=AUDIT)
-    assert jobs.run_job(context(home), again) == "succeeded"
+    assert jobs.run_job(worker_context(home), again) == "succeeded"
     first, second = audit_report(home, job_id), audit_report(home, again)
     for report in (first, second):
         del report["job_id"], report["dataset_id"]
@@ -130,7 +130,7 @@ def test_a_worker_audits_a_job_as_the_cli_does(home: Home, tmp_path: Path) -> No
     progress, publishing) give the report that ``run_audit`` (``privevo audit``) gives for the
     same job, data and seeds."""
     job_id = home.new_job(insecure_test_noise=True, seed=3, audit=AUDIT)
-    assert jobs.run_job(context(home), job_id) == "succeeded", home.job(job_id).error
+    assert jobs.run_job(worker_context(home), job_id) == "succeeded", home.job(job_id).error
     job = home.job(job_id)
     recorded = read_run_record(job_folder(home, job_id) / "state")
     assert recorded is not None
@@ -156,7 +156,7 @@ def test_an_audit_of_user_level_data_fails_before_any_release(home: Home) -> Non
     """A spec that did not come through the gateway (which refuses it with 422): the canaries
     are single records, so the worker refuses to add them to user-level data, refunded."""
     job_id = home.new_job(insecure_test_noise=True, seed=3, user_column="patient", audit=AUDIT)
-    assert jobs.run_job(context(home), job_id) == "failed"
+    assert jobs.run_job(worker_context(home), job_id) == "failed"
     job = home.job(job_id)
     assert job.error == (
         "cannot audit this job: the records name their users; an audit tests record-level data"
