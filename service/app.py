@@ -759,24 +759,47 @@ def _purge_dataset(s: Session, stores: Stores, owner: str, dataset_id: str) -> N
     Raises:
         NotFound: no such undeleted dataset of ``owner``.
     """
-    dataset = db.delete_dataset(s, owner, dataset_id)
+    _purge_files(s, stores, db.delete_dataset(s, owner, dataset_id))
+
+
+def _purge_files(s: Session, stores: Stores, dataset: db.Dataset) -> None:
+    """Shreds a deleted dataset's data key and deletes its files (see :func:`_purge_dataset`),
+    then records the purge as finished; run again by the expiry sweep when a store failure
+    cut it short (every step may be repeated)."""
     if stores.keys is not None:
         # Before the files: a purge cut short still leaves nothing readable.
         stores.keys.shred(dataset.id)
     _delete_everywhere(stores, dataset.storage_path.rsplit("/", 1)[0])
     _delete_everywhere(stores, f"datasets/{dataset.id}")
-    for job in db.jobs_evaluated_on(s, owner, dataset.id):
+    for job in db.jobs_evaluated_on(s, dataset.tenant_id, dataset.id):
         _delete_everywhere(stores, evaluation_prefix(job.dataset_id, job.id))
+    db.mark_purged(s, dataset.id)
 
 
 def sweep_expired_datasets(sessions: sessionmaker[Session], stores: Stores) -> list[str]:
-    """Purges every dataset past its ``expires_at``, as a delete would; returns their ids.
+    """Purges every dataset past its ``expires_at``, as a delete would, and finishes the purges
+    a store failure cut short (a delete's or an expiry's); returns the ids of the datasets it
+    purged, either way.
 
-    One dataset failing does not stop the others: one whose database work failed is tried
-    again at the next sweep; one whose store failed after its key was shredded is unreadable
-    already, and its files are left, as a failed delete leaves them, to the operator.
+    One dataset failing does not stop the others: it is tried again at the next sweep. One
+    whose store failed after its key was shredded is unreadable already; its files go when the
+    store answers again.
     """
     purged = []
+    with sessions() as s:
+        unfinished = db.unfinished_purges(s)
+    for dataset in unfinished:
+        with sessions() as s:
+            try:
+                _purge_files(s, stores, dataset)
+            except (PrivevoError, OSError) as exc:
+                logger.warning(
+                    "could not finish purging dataset %s (%s); retrying at the next sweep",
+                    dataset.id,
+                    type(exc).__name__,
+                )
+                continue
+        purged.append(dataset.id)
     with sessions() as s:
         expired = db.expired_datasets(s)
     for owner, dataset_id in expired:

@@ -1,11 +1,12 @@
-"""Rows of ``data_keys`` (wrapped data keys) and of datasets past their expiry: the queries of
-encryption at rest (:mod:`service.crypto`) and of the purge that crypto-shreds a dataset."""
+"""Rows of ``data_keys`` (wrapped data keys) and of datasets past their expiry or with a purge
+to finish: the queries of encryption at rest (:mod:`service.crypto`) and of the purge that
+crypto-shreds a dataset."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -75,3 +76,18 @@ def expired_datasets(session: Session, now: datetime | None = None) -> list[tupl
             .order_by(Dataset.expires_at)
         )
         return [(row[0], row[1]) for row in session.execute(statement)]
+
+
+def mark_purged(session: Session, dataset_id: str) -> None:
+    """Records that the deleted dataset's files are gone."""
+    with write_transaction(session):
+        session.execute(update(Dataset).where(Dataset.id == dataset_id).values(purged_at=utcnow()))
+
+
+def unfinished_purges(session: Session) -> list[Dataset]:
+    """The deleted datasets whose files a store failure kept from being deleted."""
+    with read_transaction(session):
+        statement = select(Dataset).where(
+            Dataset.deleted_at.is_not(None), Dataset.purged_at.is_(None)
+        )
+        return list(session.scalars(statement.order_by(Dataset.deleted_at)))

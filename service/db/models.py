@@ -240,6 +240,9 @@ class Dataset(Base):
             record-level dataset.
         size_bytes: of the stored upload, counted against the tenant's storage quota while
             the dataset is not deleted (0 for uploads stored before it was recorded).
+        purged_at: when a delete or expiry finished deleting the dataset's files; None on a
+            deleted dataset means a store failure cut the purge short, and the expiry sweep
+            finishes it.
     """
 
     __tablename__ = "datasets"
@@ -293,6 +296,7 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
 
 
 class DataKey(Base):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ from service.crypto import (
 from service.db.models import new_id
 from service.settings import Settings, open_storage
 from service.storage import LocalStorage, ObjectNotFoundError, local_copy
+from tests.servers import S3Server
 from tests.service.db.support import new_tenant
 
 CHUNK = 64
@@ -325,3 +328,87 @@ def test_expired_dataset_is_purged_by_one_sweep(
     with pytest.raises(NoDataKeyError):
         read(storage, f"{expired_upload}/data.csv")
     assert expired not in sweep_expired_datasets(db_factory, encrypted_stores)
+
+
+class StoreOutage(ThreadingHTTPServer):
+    """An S3 endpoint on loopback that is down: it finds the bucket (HEAD), so a storage can be
+    made on it, and answers every other request 503 ServiceUnavailable, as a store in an outage
+    does."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _OutageHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _OutageHandler(BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _down(self) -> None:
+        body = b"<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = _down
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("s3_credentials")
+def test_a_purge_a_store_outage_cut_short_is_finished_by_the_sweep(
+    s3_server: S3Server, tmp_path: Path, db_factory: sessionmaker[Session], db_session: Session
+) -> None:
+    bucket = s3_server.new_bucket()
+    settings = Settings(
+        home=tmp_path,
+        master_key=master_key(),
+        storage_backend="s3",
+        s3_bucket=bucket,
+        s3_endpoint_url=s3_server.url,
+    )
+    live = open_storage(settings, db_factory)
+    assert live.keys is not None
+    tenant = new_tenant(db_session, new_id("t"))
+    dataset_id, upload = new_id("ds"), f"uploads/{os.urandom(16).hex()}"
+    live.keys.create_for_upload(dataset_id, upload)
+    put(live.storage, f"{upload}/data.csv", SECRET)
+    new_dataset(db_session, tenant, upload, dataset_id)
+    put(live.storage, f"datasets/{dataset_id}/embeddings/plan/0.npz", SECRET)
+    with db.write_transaction(db_session):
+        db_session.execute(
+            update(db.Dataset)
+            .where(db.Dataset.id == dataset_id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+
+    outage = StoreOutage()
+    try:
+        down = open_storage(settings.model_copy(update={"s3_endpoint_url": outage.url}), db_factory)
+        assert sweep_expired_datasets(db_factory, down) == []  # the store failed mid-purge
+    finally:
+        outage.close()
+    with db.read_transaction(db_session):
+        row = db_session.get_one(db.Dataset, dataset_id)
+    assert row.deleted_at is not None and row.purged_at is None
+    assert db.wrapped_key(db_session, dataset_id) is None  # shredded first: unreadable already
+    assert len(s3_server.objects(bucket)) == 2  # but still there
+
+    assert sweep_expired_datasets(db_factory, live) == [dataset_id]  # the store is back
+    assert s3_server.objects(bucket) == []
+    with db.read_transaction(db_session):
+        assert db_session.get_one(db.Dataset, dataset_id).purged_at is not None
+    assert sweep_expired_datasets(db_factory, live) == []
