@@ -199,7 +199,7 @@ class ShardedVotes:
             rows = shard_rows(session, self.job.id, iteration)
         for row in rows:
             if row.done_at is None:
-                self.fanout.send(self.job.id, iteration, row.shard, self.job.queue)
+                self._send(iteration, row.shard)
         wait = FIRST_POLL_S
         while not all(row.done_at is not None for row in rows):
             self.check()
@@ -210,6 +210,22 @@ class ShardedVotes:
             with sessions() as session:
                 rows = shard_rows(session, self.job.id, iteration)
         return self._sum(rows, len(synthetic))
+
+    def _send(self, iteration: int, shard: int) -> None:
+        """Sends a shard's task; a broker that does not take it only slows the vote, since the
+        job's worker counts the shard itself once it has waited for a worker."""
+        try:
+            self.fanout.send(self.job.id, iteration, shard, self.job.queue)
+        except Exception as exc:
+            logger.warning(
+                "job %s: the task of shard %d of iteration %d was not sent (%s); the job's "
+                "worker counts it after %g s",
+                self.job.id,
+                shard,
+                iteration,
+                type(exc).__name__,
+                self.fanout.claim_after_s,
+            )
 
     def _may_take(self, row: VoteShard) -> bool:
         """Whether ``row`` looks free to take (the claim decides): not done, and left unclaimed

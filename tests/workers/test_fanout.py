@@ -7,6 +7,7 @@ equal noisy vectors, so equal release digests mean equal counts, bit for bit.
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,22 @@ def test_shards_release_what_one_worker_releases(tmp_path: Path, unit: dict) -> 
     assert spread.storage.list(f"{prefix}/votes") == []  # partials go once released
     cached = spread.storage.list(f"datasets/{job.dataset_id}/embeddings")
     assert len(cached) == 4  # one embedding per shard, made once for both iterations
+
+
+def test_a_broker_that_takes_no_shard_task_only_slows_the_vote(tmp_path: Path) -> None:
+    alone, spread = two_homes(tmp_path)
+    reference = alone.new_job(**SPEC)
+    job_id = spread.new_job(**SPEC)
+    assert jobs.run_job(worker_context(alone), reference) == "succeeded"
+
+    def refused(*message: object) -> None:
+        raise ConnectionError("the broker is down")
+
+    plan = context(spread).fanout
+    assert plan is not None
+    down = worker_context(spread, fanout=replace(plan, send=refused))
+    assert jobs.run_job(down, job_id) == "succeeded", spread.job(job_id).error
+    assert digests(spread, job_id) == digests(alone, reference)
 
 
 def test_each_users_records_stay_in_one_shard(home: Home) -> None:
