@@ -41,7 +41,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
 
@@ -178,7 +178,7 @@ class ShardedVotes:
         # Counted here from the coordinator's own copy: what each shard must report holding.
         self.sizes = np.bincount(shard_of(private, shards, spec.privacy_unit), minlength=shards)
         self.backends: set[str] = set()
-        self.kept: dict[int, PrivateVectors] = {}  # the shards counted here, for later ones
+        self.held = Held()
 
     @property
     def backend_name(self) -> str | None:
@@ -194,6 +194,7 @@ class ShardedVotes:
         key = f"{_iteration_prefix(self.job, iteration, digest)}/synthetic.npz"
         if not storage.exists(key):
             _write_npz(storage, key, {"synthetic": synthetic, "labels": labels})
+        self.held.synthetic = (digest, synthetic, labels)
         with sessions() as session:
             open_shards(session, self.job.id, iteration, self.shards, digest)
             rows = shard_rows(session, self.job.id, iteration)
@@ -253,7 +254,7 @@ class ShardedVotes:
             )
         if claimed is None:
             return False
-        count_claimed(self.context, self.fanout, self.job, claimed, self.kept)
+        count_claimed(self.context, self.fanout, self.job, claimed, self.held)
         return True
 
     def _sum(self, rows: list[VoteShard], m: int) -> NDArray[np.int64]:
@@ -282,6 +283,7 @@ class ShardedVotes:
 
     def released(self, iteration: int) -> None:
         # The release is in the ledger: the clean partials are no longer needed by anyone.
+        self.held.synthetic = None
         self.context.storage.delete_prefix(f"{votes_prefix(self.job)}/{iteration}")
 
 
@@ -307,19 +309,24 @@ def count_shard(
     return count_claimed(context, fanout, job, row)
 
 
+@dataclass
+class Held:
+    """What the job's own worker holds in memory for the shards it counts itself, so that it
+    reads neither back from storage: the shards' embeddings it has read during the job (it
+    holds the whole dataset anyway), by shard, and the current iteration's synthetic set as
+    (digest, embeddings, labels). A shard task holds nothing: no job's data stays in a worker
+    after its task."""
+
+    shards: dict[int, PrivateVectors] = field(default_factory=dict)
+    synthetic: tuple[str, NDArray[np.float32], NDArray[np.int64]] | None = None
+
+
 def count_claimed(
-    context: JobContext,
-    fanout: Fanout,
-    job: Job,
-    row: VoteShard,
-    kept: dict[int, PrivateVectors] | None = None,
+    context: JobContext, fanout: Fanout, job: Job, row: VoteShard, held: Held | None = None
 ) -> str:
     """Counts a shard this process has claimed and stores its partial; returns a status word.
 
-    ``kept`` holds the shards' embeddings this process has read during the job, by shard: the
-    coordinator's own, so that the shards it counts are read from storage once per job (it
-    holds the whole dataset anyway). A shard task keeps nothing between tasks: no job's data
-    stays in a worker after its task."""
+    ``held``: the coordinator's :class:`Held`; None in a shard task."""
     worker = worker_name()
 
     def renew() -> None:
@@ -332,15 +339,18 @@ def count_claimed(
     try:
         with periodically(renew, fanout.renew_s, f"claim-{job.id}-{row.iteration}-{row.shard}"):
             spec = job_spec(job)
-            if kept is not None and row.shard in kept:
-                private = kept[row.shard]
+            if held is not None and row.shard in held.shards:
+                private = held.shards[row.shard]
             else:
                 private = _shard_vectors(context, job, spec, row.shards, row.shard)
-                if kept is not None:
-                    kept[row.shard] = private
-            prefix = _iteration_prefix(job, row.iteration, row.synthetic_sha256)
-            arrays = _read_npz(storage, f"{prefix}/synthetic.npz")
-            synthetic, labels = arrays["synthetic"], arrays["labels"]
+                if held is not None:
+                    held.shards[row.shard] = private
+            if held is not None and held.synthetic and held.synthetic[0] == row.synthetic_sha256:
+                _, synthetic, labels = held.synthetic
+            else:
+                prefix = _iteration_prefix(job, row.iteration, row.synthetic_sha256)
+                arrays = _read_npz(storage, f"{prefix}/synthetic.npz")
+                synthetic, labels = arrays["synthetic"], arrays["labels"]
             backend = backend_for(spec, private, synthetic)
             counts = count_votes(private, synthetic, labels, job=spec, backend=backend)
             _write_npz(storage, key, {"counts": counts, "records": np.array(private.records)})
