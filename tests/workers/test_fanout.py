@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,11 +68,18 @@ def shards(home: Home, job_id: str) -> list[VoteShard]:
         return list(session.scalars(statement.order_by(VoteShard.iteration, VoteShard.shard)))
 
 
-def two_homes(root: Path) -> tuple[Home, Home]:
-    """Two installations: one whose worker counts alone, one that fans out."""
+def one_worker_and_a_fleet(root: Path, **unit: Any) -> tuple[list[tuple[str, str]], Home, str]:
+    """The job of ``SPEC`` (and ``unit``) run by one worker counting alone, and the same job
+    queued in a second installation: (the first run's releases, the second installation, its
+    job)."""
     (root / "alone").mkdir()
     (root / "spread").mkdir()
-    return Home.create(root / "alone"), Home.create(root / "spread")
+    alone, spread = Home.create(root / "alone"), Home.create(root / "spread")
+    reference = alone.new_job(**unit, **SPEC)
+    assert jobs.run_job(worker_context(alone), reference) == "succeeded", alone.job(reference).error
+    released = digests(alone, reference)
+    assert len(released) == 2
+    return released, spread, spread.new_job(**unit, **SPEC)
 
 
 def shard_rows_of(home: Home, job_id: str) -> list[VoteShard]:
@@ -94,14 +102,10 @@ def test_the_size_rule() -> None:
 
 @pytest.mark.parametrize("unit", [{}, USERS], ids=["record", "user"])
 def test_shards_release_what_one_worker_releases(tmp_path: Path, unit: dict) -> None:
-    alone, spread = two_homes(tmp_path)
-    first = alone.new_job(**unit, **SPEC)
-    second = spread.new_job(**unit, **SPEC)
+    released, spread, second = one_worker_and_a_fleet(tmp_path, **unit)
     sent: list[tuple[str, int, int, str]] = []
-    assert jobs.run_job(worker_context(alone), first) == "succeeded", alone.job(first).error
     assert jobs.run_job(context(spread, sent), second) == "succeeded", spread.job(second).error
-    assert digests(spread, second) == digests(alone, first)
-    assert len(digests(alone, first)) == 2
+    assert digests(spread, second) == released
     rows = shards(spread, second)
     assert [(row.iteration, row.shard) for row in rows] == [
         (t, s) for t in (1, 2) for s in range(4)
@@ -116,10 +120,7 @@ def test_shards_release_what_one_worker_releases(tmp_path: Path, unit: dict) -> 
 
 
 def test_a_broker_that_takes_no_shard_task_only_slows_the_vote(tmp_path: Path) -> None:
-    alone, spread = two_homes(tmp_path)
-    reference = alone.new_job(**SPEC)
-    job_id = spread.new_job(**SPEC)
-    assert jobs.run_job(worker_context(alone), reference) == "succeeded"
+    released, spread, job_id = one_worker_and_a_fleet(tmp_path)
 
     def refused(*message: object) -> None:
         raise ConnectionError("the broker is down")
@@ -128,7 +129,7 @@ def test_a_broker_that_takes_no_shard_task_only_slows_the_vote(tmp_path: Path) -
     assert plan is not None
     down = worker_context(spread, fanout=replace(plan, send=refused))
     assert jobs.run_job(down, job_id) == "succeeded", spread.job(job_id).error
-    assert digests(spread, job_id) == digests(alone, reference)
+    assert digests(spread, job_id) == released
 
 
 def test_each_users_records_stay_in_one_shard(home: Home) -> None:
@@ -190,11 +191,7 @@ def test_a_shard_counted_twice_is_summed_once(home: Home) -> None:
 
 @pytest.mark.slow
 def test_three_workers_run_one_job_as_one_worker_does(tmp_path: Path, redis_db: object) -> None:
-    alone, spread = two_homes(tmp_path)
-    reference = alone.new_job(**SPEC)
-    assert jobs.run_job(worker_context(alone), reference) == "succeeded"
-
-    job_id = spread.new_job(**SPEC)
+    released, spread, job_id = one_worker_and_a_fleet(tmp_path)
     # Shards wait 60 s for a worker before the job's own worker counts them: here the two
     # other workers take them all.
     env = {"PRIVEVO_VOTE_SHARD_RECORDS": str(SHARD_RECORDS), "PRIVEVO_VOTE_CLAIM_AFTER_S": "60"}
@@ -206,7 +203,7 @@ def test_three_workers_run_one_job_as_one_worker_does(tmp_path: Path, redis_db: 
         for worker in workers:
             stop_worker(worker)
     assert job.status == "succeeded", worker_logs(spread)
-    assert digests(spread, job_id) == digests(alone, reference)
+    assert digests(spread, job_id) == released
     rows = shards(spread, job_id)
     assert len(rows) == 8 and all(row.done_at is not None for row in rows)
     counted_by = {row.claimed_by.rsplit(":", 1)[1] for row in rows if row.claimed_by}
@@ -217,11 +214,7 @@ def test_three_workers_run_one_job_as_one_worker_does(tmp_path: Path, redis_db: 
 
 @pytest.mark.slow
 def test_a_shard_whose_worker_dies_is_counted_again_once(tmp_path: Path, redis_db: object) -> None:
-    alone, spread = two_homes(tmp_path)
-    reference = alone.new_job(**SPEC)
-    assert jobs.run_job(worker_context(alone), reference) == "succeeded"
-
-    job_id = spread.new_job(**SPEC)
+    released, spread, job_id = one_worker_and_a_fleet(tmp_path)
     # The job's worker waits 20 s for workers to take shards, and takes a shard over once its
     # claim is 3 s old: the doomed worker, started after the job, stops inside the first shard
     # it takes, and is killed there; a third worker then takes the shards left.
@@ -250,7 +243,7 @@ def test_a_shard_whose_worker_dies_is_counted_again_once(tmp_path: Path, redis_d
             if worker is not None:
                 stop_worker(worker)
     assert job.status == "succeeded", worker_logs(spread)
-    assert digests(spread, job_id) == digests(alone, reference)  # counted once, not twice
+    assert digests(spread, job_id) == released  # counted once, not twice
     (redone,) = [row for row in shards(spread, job_id) if row.iteration == held[0].iteration
                  and row.shard == held[0].shard]  # fmt: skip
     assert redone.done_at is not None
