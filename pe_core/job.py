@@ -164,7 +164,9 @@ def run_job(
         label_source: where the public label set came from, for the report.
         policy: the edge's privacy policy: checked again here (a worker meets jobs queued
             under an older one), and the report says DP only within it.
-        callbacks: the edge's progress callbacks, called before the sample grids are written.
+        callbacks: the edge's progress callbacks, called after each iteration's sample grid is
+            written, so that a callback stopping the run (a time limit, a cancel) loses none:
+            a resumed run starts after its last checkpoint.
         ledger: builds the release ledger for each run of this call (a worker's database
             ledger); None: the JSON-lines ledger in ``state_dir``.
         resume: continue from the latest checkpoint where there is one.
@@ -184,7 +186,7 @@ def run_job(
     check_job(job, DataShape.of(private), policy=policy)
     check_modalities(api, embedder, private)
     noise, sampler = noise_factory(job, job.seed)
-    everything = CallbackList([*callbacks, SampleWriter(layout)])
+    everything = CallbackList([SampleWriter(layout), *callbacks])
     for attempt in range(1, MAX_RESUMES + 1):
         engine = PrivateEvolution(
             job,

@@ -9,7 +9,7 @@ and every noisy release is recorded exactly once (see :mod:`workers.ledger`).
 
 The visibility timeout must outlast the longest task: Redis redelivers any message still
 unacknowledged after it, even one whose worker is alive and busy, and two workers would then run
-one job (the job lock in :mod:`workers.jobs` makes the second stop at once, but its message is
+one job (the job's lease in :mod:`workers.lease` makes the second stop at once, but its message is
 then acknowledged). It is therefore derived from the hard time limit, which is the longest a task
 can run.
 

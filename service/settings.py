@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         None,
         gt=0,
         description="Redis redelivers a dead worker's job after this; default: the task time "
-        "limit + 10%. Shorter is safe (a job's file lock keeps a second delivery from running "
+        "limit + 10%. Shorter is safe (a job's lease keeps a second delivery from running "
         "it twice) and recovers sooner",
     )
     sweep_interval_s: int = Field(
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         ge=2,
         description="A running job whose heartbeat is older than this, or a message a worker "
         "took this long ago for a job that never ran, is taken for lost and sent again when the "
-        "broker no longer holds it elsewhere (its file lock keeps it from running twice); "
+        "broker no longer holds it elsewhere (its lease keeps it from running twice); "
         "workers beat every stale_after_s / 4 s, at most 30 s",
     )
     vote_shard_records: int = Field(
@@ -222,6 +222,12 @@ class Settings(BaseSettings):
         return self.encrypt_at_rest
 
     @property
+    def stages_work(self) -> bool:
+        """Whether the work folder (``PRIVEVO_STORAGE_ROOT``) is apart from the storage, as
+        :func:`open_storage` makes it: with a remote backend, or encryption at rest."""
+        return self.storage_backend != "local" or self.encrypts_at_rest
+
+    @property
     def master_key_bytes(self) -> bytes:
         """The master key's 32 bytes (checked when the settings were read)."""
         if self.master_key is None:
@@ -290,8 +296,8 @@ class Stores:
 
     @property
     def staged(self) -> bool:
-        """Whether objects made in ``work`` (uploads, evaluations) are copied to a separate
-        ``storage``; when False they are in it already."""
+        """Whether objects made in ``work`` (uploads, jobs' files) are kept in a separate
+        ``storage`` (:attr:`Settings.stages_work`); when False they are in it already."""
         return self.storage is not self.work
 
     @property

@@ -97,10 +97,12 @@ def server(tmp_path_factory) -> Iterator[Server]:
     server.stop()
 
 
-def start_worker(server: Server, log: str = "worker.log", **env: str) -> subprocess.Popen[bytes]:
-    """A real Celery worker (solo pool, queue cpu) on the server's settings and ``env``, its
-    output appended to ``log`` in the server's home."""
-    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+def start_worker(
+    server: Server, log: str = "worker.log", app: str = "workers.celery_app", **env: str
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker of ``app`` (solo pool, queue cpu) on the server's settings and
+    ``env``, its output appended to ``log`` in the server's home."""
+    command = [sys.executable, "-m", "celery", "-A", app, "worker",
                "-P", "solo", "-Q", "cpu", "--loglevel", "warning",
                "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
     with (server.home / log).open("ab") as sink:

@@ -36,9 +36,7 @@ import io
 import json
 import logging
 import math
-import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,7 +70,8 @@ from service.db import (
 from service.db.models import utcnow
 from service.keys import job_prefix
 from service.storage import ObjectNotFoundError, Storage
-from workers.jobs import JobContext, cached_embedder, job_spec, load_job, load_private, periodically
+from workers.jobs import JobContext, cached_embedder, job_spec, load_job, load_private
+from workers.lease import periodically, process_name
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +149,6 @@ def _iteration_prefix(job: Job, iteration: int, digest: str) -> str:
 
 def _partial_key(job: Job, row: VoteShard, token: str) -> str:
     return f"{_iteration_prefix(job, row.iteration, row.synthetic_sha256)}/{row.shard}-{token}.npz"
-
-
-def worker_name() -> str:
-    """This worker process, as a shard's claim names it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ShardedVotes:
@@ -248,7 +242,7 @@ class ShardedVotes:
                 self.job.id,
                 row.iteration,
                 row.shard,
-                worker_name(),
+                process_name(),
                 stale_before=now - timedelta(seconds=self.fanout.stale_after_s),
                 unclaimed_since=now - timedelta(seconds=self.fanout.claim_after_s),
             )
@@ -301,7 +295,7 @@ def count_shard(
             job_id,
             iteration,
             shard,
-            worker_name(),
+            process_name(),
             stale_before=utcnow() - timedelta(seconds=fanout.stale_after_s),
         )
     if row is None:
@@ -327,7 +321,7 @@ def count_claimed(
     """Counts a shard this process has claimed and stores its partial; returns a status word.
 
     ``held``: the coordinator's :class:`Held`; None in a shard task."""
-    worker = worker_name()
+    worker = process_name()
 
     def renew() -> None:
         with context.sessions() as session:

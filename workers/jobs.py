@@ -6,8 +6,8 @@ reads like a web view: decode the job id, call ``pe_core``, persist what comes o
 Where a job's files live, as storage keys:
 
 * ``datasets/<dataset>/jobs/<job>/state/``: PRIVATE working state: checkpoints, the noisy
-  release vectors, the run record (seed) and the job lock. Under the dataset's prefix, so
-  deleting the dataset deletes it.
+  release vectors and the run record (seed). Under the dataset's prefix, so deleting the
+  dataset deletes it.
 * ``datasets/<dataset>/jobs/<job>/out/``: the output layout while it is being made.
 * ``datasets/<dataset>/jobs/<job>/out/eval/``: a job with a held-out dataset
   (``eval_dataset_id``): its NOT DP evaluation, which the gateway serves to the owner only;
@@ -19,16 +19,17 @@ Where a job's files live, as storage keys:
 (:mod:`service.keys` names these prefixes for the gateway and the workers alike.)
 
 The engine works on files: ``state/`` and ``out/`` are folders in the local work folder
-(:attr:`JobContext.folders`), which is the storage itself when that is local. With a remote
-storage (S3) they stay there, since the job lock is an ``flock`` and checkpoints are resumed
-from files, and only what the gateway serves leaves: the result, and the evaluation copied to
-its key. The dataset is read from a private scratch copy (:func:`service.storage.local_copy`).
+(:attr:`JobContext.folders`), which is the storage itself when that is local. With a storage
+apart from it (S3, or encryption at rest) the storage is where a job's files live between
+deliveries (:class:`workers.jobfiles.JobFiles`): a delivery restores them into its own work
+folder, saves them at every phase, and deletes its local copy when it ends, so workers share no
+file system. The dataset is read from a private scratch copy (:func:`service.storage.local_copy`).
 
 A task may be delivered more than once (a worker died, Redis redelivered, Celery retried). Every
 delivery resumes from the latest checkpoint with the seed recorded by the first, and every noisy
 release is recorded exactly once in the database (:class:`workers.ledger.DbLedger`), so the
-repeated work draws no new noise and costs no extra privacy. A lock on the job's state folder
-keeps a second delivery from running while the first is alive.
+repeated work draws no new noise and costs no extra privacy. The job's lease in the database
+(:mod:`workers.lease`) keeps a second delivery from running while the first is alive.
 
 An audit job (the gateway's ``audit`` option, :mod:`pe_core.audit`) runs the same path on the
 dataset's records plus the canaries its recorded seed includes, with the canaries pinned in
@@ -38,26 +39,23 @@ already made a release fails, charged all it reserved like any job that released
 made none starts again from nothing with the recorded seeds (nothing was released, so nothing
 was spent or shown, and the canaries and coins come out the same).
 
-While a delivery runs, the job's heartbeat is renewed at every phase and, in between, by a
-thread (:func:`heartbeat`), so the stale-job sweeper (:mod:`workers.sweeper`) sends a job
-again only once its worker has stopped. Each delivery also keeps to the time limit: the job fails at
-the first phase boundary past it, whatever the pool (the solo pool enforces no Celery limits).
+While a delivery runs, the job's heartbeat is renewed at every phase and, in between, by its
+lease's thread (:func:`workers.lease.job_lease`), so the stale-job sweeper
+(:mod:`workers.sweeper`) sends a job again only once its worker has stopped. Each delivery
+also keeps to the time limit: the job fails at the first phase boundary past it, whatever the
+pool (the solo pool enforces no Celery limits).
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
-import os
 import secrets
 import shutil
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast, get_args
@@ -94,7 +92,6 @@ from service.db import (
     ReleaseConflict,
     ReservationExceeded,
     append_event,
-    beat,
     finalize,
     get_dataset,
     read_transaction,
@@ -102,7 +99,6 @@ from service.db import (
 )
 from service.keys import AUDIT_REPORT, JOB_OUTPUT, evaluation_prefix, job_prefix, result_prefix
 from service.storage import (
-    PRIVATE_FOLDER_MODE,
     InvalidKeyError,
     LocalStorage,
     ObjectNotFoundError,
@@ -111,6 +107,8 @@ from service.storage import (
     check_key,
     local_copy,
 )
+from workers.jobfiles import JobFiles
+from workers.lease import Lease, LeaseLost, job_lease
 from workers.ledger import DbLedger
 
 if TYPE_CHECKING:
@@ -119,7 +117,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODALITIES: Final = frozenset(get_args(Modality))
-LOCK_FILE: Final = ".lock"
 INTERNAL_ERROR: Final = (
     "the job stopped on an internal error; a job that made any release is charged all it "
     "reserved. Contact the operator, quoting the job id"
@@ -162,6 +159,8 @@ class JobContext:
         time_limit_s: the most seconds one delivery of a job may run
             (``PRIVEVO_TASK_TIME_LIMIT_S``).
         heartbeat_s: seconds between the heartbeats of a running job.
+        stale_after_s: a job whose heartbeat is older than this is taken for dead, and another
+            delivery may take it over (``PRIVEVO_STALE_AFTER_S``).
         policy: the operator's privacy policy (``Settings.policy``), which the engine checks
             each job against again before it draws any noise: a job queued under an older
             policy, or written by anything but the gateway, meets this worker's. The default
@@ -177,6 +176,7 @@ class JobContext:
     storage: Storage
     time_limit_s: float
     heartbeat_s: float
+    stale_after_s: float = 600.0
     policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     work: LocalStorage | None = None
     fanout: Fanout | None = None
@@ -192,7 +192,7 @@ class JobContext:
 
     @property
     def staged(self) -> bool:
-        """Whether what the gateway reads must be copied from ``folders`` to ``storage``."""
+        """Whether jobs' files must be kept in ``storage``, apart from ``folders``."""
         return self.folders is not self.storage
 
 
@@ -243,14 +243,27 @@ def run_job(
         return job.status
     prefix = job_prefix(job.dataset_id, job.id)
     folder = context.folders.make_folder(prefix)
-    with job_lock(folder / "state") as held:
-        if not held:
+    lease = job_lease(
+        context.sessions,
+        job_id,
+        stale_after_s=context.stale_after_s,
+        every_s=context.heartbeat_s,
+    )
+    with lease as held:
+        if held is None:
             logger.info("job %s is being run by another worker; this delivery stops", job_id)
             return "running"
+        files = None
+        if context.staged:
+            files = JobFiles(context.sessions, context.storage, prefix, folder, job.dataset_id)
         status, error = "succeeded", None
         try:
-            with heartbeat(context.sessions, job_id, context.heartbeat_s):
-                _run(context, job, prefix, folder, deadline)
+            if files is not None:
+                files.restore()
+            _run(context, job, prefix, folder, deadline, held, files)
+        except LeaseLost:
+            logger.warning("job %s was taken over by another delivery; this one stops", job_id)
+            return "running"
         except JobFinished:
             status = "canceled"
         except stops:
@@ -259,6 +272,9 @@ def run_job(
             raise
         except Exception as exc:
             status, error = "failed", _failure(job_id, exc)
+        finally:
+            if files is not None:
+                files.remove()
         with context.sessions() as session:
             final = finalize(session, job_id, status, error).status
         # A fanned-out vote cut short leaves clean partials: they go with the run.
@@ -272,67 +288,6 @@ def run_job(
 def local_folder(storage: LocalStorage, prefix: str) -> Path:
     """The local folder holding the objects under ``prefix`` (which need not exist yet)."""
     return storage.root.joinpath(*check_key(prefix).split("/"))
-
-
-@contextmanager
-def job_lock(folder: Path) -> Iterator[bool]:
-    """Tries to lock a job's state folder for this process; yields whether it got the lock.
-
-    An advisory ``flock`` on a file in the folder: the kernel releases it when the holder exits,
-    however it exits, so a killed worker never leaves a job locked. The folder holds private
-    state: it is made 0700 (its parents too, where missing) and the lock file 0600.
-    """
-    folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
-    descriptor = os.open(folder / LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(descriptor, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def heartbeat(sessions: sessionmaker[Session], job_id: str, every_s: float) -> Iterator[None]:
-    """Renews the job's heartbeat every ``every_s`` seconds from a thread while the block runs.
-
-    Progress updates renew it too, but one phase (a generation pass of a large model) can
-    outlast the sweeper's threshold; this keeps a live job from looking dead. The thread stops
-    with the process, however it ends, which is what lets the sweeper find a dead worker's job.
-    """
-
-    def renew() -> None:
-        with sessions() as session:
-            beat(session, job_id)
-
-    with periodically(renew, every_s, f"heartbeat-{job_id}"):
-        yield
-
-
-@contextmanager
-def periodically(renew: Callable[[], object], every_s: float, name: str) -> Iterator[None]:
-    """Calls ``renew`` every ``every_s`` seconds from a daemon thread while the block runs; a
-    failed call is logged (by its exception type) and the next one tries again."""
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(every_s):
-            try:
-                renew()
-            except Exception as exc:  # the next call retries; the work itself must go on
-                logger.warning("%s failed with %s", name, type(exc).__name__)
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def cached_api(name: str, label_names: Sequence[str], config: dict[str, Any]) -> VariationApi:
@@ -358,12 +313,12 @@ def _embedder(key: str) -> Embedder:
 
 
 class JobProgress:
-    """Run callbacks that record progress and stop the run once the job is final (canceled) or
-    past its time limit.
+    """Run callbacks that record progress and stop the run once the job is final (canceled),
+    past its time limit, or taken over by another delivery.
 
-    ``update_progress`` raises :class:`~service.db.JobFinished` for a final job, and the time
-    check :class:`JobTimedOut`; raised from a callback, either stops the engine between phases
-    with its state resumable.
+    ``update_progress`` raises :class:`~service.db.JobFinished` for a final job, the time
+    check :class:`JobTimedOut`, and the lease's :class:`~workers.lease.LeaseLost`; raised from a
+    callback, each stops the engine between phases with its state resumable.
 
     Args:
         sessions: sessions on the service database.
@@ -371,6 +326,7 @@ class JobProgress:
         iterations: the job's iterations T.
         deadline: the ``time.monotonic()`` value past which the run stops.
         time_limit_s: the limit that ``deadline`` enforces, for the message.
+        lease: the delivery's lease on the job.
     """
 
     def __init__(
@@ -381,18 +337,22 @@ class JobProgress:
         *,
         deadline: float,
         time_limit_s: float,
+        lease: Lease,
     ) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.iterations = iterations
         self.deadline = deadline
         self.time_limit_s = time_limit_s
+        self.lease = lease
         self.last: tuple[int, str] | None = None
 
     def check_time(self) -> None:
-        """Raises :class:`JobTimedOut` once the deadline has passed."""
+        """Raises :class:`JobTimedOut` once the deadline has passed, and
+        :class:`~workers.lease.LeaseLost` once another delivery has taken the job over."""
         if time.monotonic() >= self.deadline:
             raise JobTimedOut(self.time_limit_s)
+        self.lease.check()
 
     def check_running(self) -> None:
         """Raises :class:`JobTimedOut` past the deadline, and
@@ -424,7 +384,15 @@ class JobProgress:
         self.check_time()  # after the event: the iteration is done and checkpointed
 
 
-def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: float) -> None:
+def _run(
+    context: JobContext,
+    job: Job,
+    prefix: str,
+    folder: Path,
+    deadline: float,
+    lease: Lease,
+    files: JobFiles | None,
+) -> None:
     sessions = context.sessions
     with sessions() as session:
         update_progress(session, job.id, iteration=job.iteration, phase="starting")
@@ -436,6 +404,8 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
             "seed": secrets.randbits(32) if option["seed"] is None else option["seed"]
         }
     spec = record_run(state, job_spec(job), fresh_seed=secrets.randbits(62), source=source)
+    if files is not None:  # before any release: every delivery must run with this seed
+        files.save()
     plan = None if option is None else _audit_plan(state, option)
     with sessions() as session:
         dataset = get_dataset(session, job.tenant_id, job.dataset_id)
@@ -456,19 +426,30 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
     if isinstance(api, PerJobState):  # caps and the like are per job, the loaded model is not
         api = api.for_new_job()
     progress = JobProgress(
-        sessions, job.id, job.iterations, deadline=deadline, time_limit_s=context.time_limit_s
+        sessions,
+        job.id,
+        job.iterations,
+        deadline=deadline,
+        time_limit_s=context.time_limit_s,
+        lease=lease,
     )
     layout = OutputLayout(folder / JOB_OUTPUT)
     audit: AuditSetup | None = None
     if plan is not None:
         _start_afresh(state, layout)
+        if files is not None:
+            context.storage.delete_prefix(f"{prefix}/state/{CHECKPOINTS}")
+            context.storage.delete_prefix(f"{prefix}/state/releases")
+            context.storage.delete_prefix(f"{prefix}/{JOB_OUTPUT}")
         progress.on_phase(0, "canaries")
         audit = prepare_audit(spec, private, api=api, plan=plan)
     embedder = cached_embedder(spec.embedding, spec.embedding_config)
     counter = None
     if context.fanout is not None and audit is None:  # an audit's records include its canaries
         counter = context.fanout.counter(context, job, spec, private, progress.check_running)
-    callbacks: list[RunCallbacks] = [progress]
+    # The job's files are saved first, so an iteration's checkpoint is stored before anything
+    # else may stop the run, and last, so what the other callbacks wrote is stored too.
+    callbacks: list[RunCallbacks] = [progress] if files is None else [files, progress]
     evaluation = evaluator = None
     # Its own cache: held-out records are embedded once, not once per iteration.
     features = CachedEmbedder(embedder).embed
@@ -485,6 +466,8 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
             layout, functools.partial(evaluate, evaluation=evaluation, features=features)
         )
         callbacks.append(evaluator)
+    if files is not None:
+        callbacks.append(files)
     outcome = run_job_parts(
         spec,
         private if audit is None else audit.private,
@@ -503,6 +486,7 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
             delta=job.delta_reserved,
             directory=state / "releases",
             key_prefix=f"{prefix}/state/releases",
+            storage=None if files is None else context.storage,
         ),
         run_info={"job_id": job.id}
         if audit is None
@@ -519,12 +503,9 @@ def _run(context: JobContext, job: Job, prefix: str, folder: Path, deadline: flo
         write_eval_report(
             layout, evaluator, outcome.result.population, private, evaluation, features
         )
-        if context.staged:
-            _copy_tree(context.storage, layout.eval, evaluation_prefix(job.dataset_id, job.id))
-            # The copy is what the gateway serves (encrypted at rest where that is on); the
-            # one made here shows private records in the clear, so it goes now.
-            shutil.rmtree(layout.eval)
         _drop_orphaned_evaluation(context, job, layout)
+    if files is not None:  # the evaluation's stored copy is what the gateway serves
+        files.save()
     progress.on_phase(job.iterations, "publish")
     _publish(context.storage, layout, result_prefix(job.id))
 

@@ -37,6 +37,7 @@ from pe_core.privacy import (
     release_digest,
 )
 from service.db import Release, read_transaction, record_release
+from service.storage import Storage
 
 
 class DbLedger:
@@ -54,6 +55,10 @@ class DbLedger:
         directory: the release store's folder, where the vectors are files.
         key_prefix: the storage key of ``directory``; rows record the storage key of each
             vector (``<key_prefix>/<file>``).
+        storage: where each kept vector is also stored, before its row is recorded, when
+            ``directory`` is a worker's local copy (:mod:`workers.jobfiles`): a later delivery
+            on another worker must find every recorded release. None when ``directory`` is in
+            the storage itself.
     """
 
     def __init__(
@@ -64,12 +69,14 @@ class DbLedger:
         delta: float,
         directory: Path,
         key_prefix: str,
+        storage: Storage | None = None,
     ) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.delta = delta
         self.directory = Path(directory)
         self.key_prefix = key_prefix.rstrip("/")
+        self.storage = storage
 
     def entries(self) -> list[LedgerEntry]:
         return [self._entry(row) for row in self._rows()]
@@ -157,7 +164,11 @@ class DbLedger:
         kept = self.directory / name
         if not kept.exists():
             atomic_write_bytes(kept, data)
-        return f"{self.key_prefix}/{name}"
+        key = f"{self.key_prefix}/{name}"
+        if self.storage is not None:
+            with self.storage.open_write(key) as handle:
+                handle.write(data)
+        return key
 
 
 def _digest(data: bytes) -> str | None:

@@ -26,8 +26,8 @@ So a job waiting in a long queue gets no second message, and a job gets one agai
 has none. Redis's own redelivery (after the visibility timeout, which must outlast the longest
 job) would come a day late; the file-system broker has none.
 
-Sending a job twice would still be safe (a delivery runs only while it holds the job's file
-lock, and each release is recorded exactly once), but it is wasted work and used to happen:
+Sending a job twice would still be safe (a delivery runs only while it holds the job's lease,
+and each release is recorded exactly once), but it is wasted work and used to happen:
 the sweeper sent again jobs whose earlier message was still waiting in the queue.
 
 One look per interval: :meth:`~service.broker.MessageFinder.claim_sweep` lets one worker of

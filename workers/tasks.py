@@ -1,6 +1,8 @@
 """The Celery tasks: one that runs a PE job, a thin shell around :func:`workers.jobs.run_job`;
-one that counts a shard of a large job's vote (:mod:`workers.fanout`); and the stale-job
-sweeper every worker runs beside them (:mod:`workers.sweeper`).
+one that counts a shard of a large job's vote (:mod:`workers.fanout`); and what every worker
+runs beside them: the stale-job sweeper (:mod:`workers.sweeper`) and, where the work folder is
+the worker's own, the sweep of job files a killed delivery left there
+(:func:`workers.jobfiles.clear_orphans`).
 
 The gateway creates the job with :func:`service.db.reserve`, which commits its message to the
 outbox; a courier sends this task by name to the queue stored on the job row
@@ -20,15 +22,17 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from pe_core.apis.llm_backends import register_openai_backend
 from service.broker import JOB_TASK, message_finder, send_job
 from service.db import finalize, make_engine, make_session_factory
-from service.outbox import Courier
+from service.outbox import Courier, Periodic
 from service.settings import open_storage
 from workers import fanout, jobs
 from workers.celery_app import WorkerApp
+from workers.jobfiles import clear_orphans
 from workers.sweeper import Sweeper
 
 logger = get_task_logger(__name__)
@@ -66,6 +70,7 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
         stores.storage,
         time_limit_s=settings.task_time_limit_s,
         heartbeat_s=settings.heartbeat_interval_s,
+        stale_after_s=settings.stale_after_s,
         policy=settings.policy,
         work=stores.work,
         fanout=fanout.Fanout(
@@ -79,14 +84,18 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
 
 
 @functools.cache
-def sweeper(app: WorkerApp) -> Sweeper:
-    """This worker's stale-job sweeper and outbox courier, sending through the worker's app.
+def main_sessions(app: WorkerApp) -> sessionmaker[Session]:
+    """Sessions for the worker's main process. Its engine keeps no connection between uses, so
+    pool processes forked after it starts (prefork replaces them) inherit none."""
+    url = app.settings.resolved_database_url
+    return make_session_factory(make_engine(url, poolclass=NullPool))
 
-    Its engine keeps no connection between sweeps, so pool processes forked after it starts
-    (prefork replaces them) inherit none.
-    """
+
+@functools.cache
+def sweeper(app: WorkerApp) -> Sweeper:
+    """This worker's stale-job sweeper and outbox courier, sending through the worker's app."""
     settings = app.settings
-    sessions = make_session_factory(make_engine(settings.resolved_database_url, poolclass=NullPool))
+    sessions = main_sessions(app)
     finder = message_finder(app)
     courier = Courier(
         sessions, lambda job_id, queue, task_id: send_job(app, job_id, queue, task_id), finder
@@ -100,15 +109,37 @@ def sweeper(app: WorkerApp) -> Sweeper:
     )
 
 
+@functools.cache
+def files_sweeper(app: WorkerApp) -> Periodic | None:
+    """Deletes the job folders a killed delivery left in this worker's own work folder, every
+    sweep interval; None where the work folder is the storage itself (its job folders are the
+    jobs' files)."""
+    settings = app.settings
+    if not settings.stages_work:
+        return None
+    sessions, root = main_sessions(app), settings.resolved_storage_root
+
+    def clear() -> None:
+        clear_orphans(sessions, root, idle_s=settings.stale_after_s)
+
+    return Periodic("job-files-sweeper", clear, settings.sweep_interval_s)
+
+
 @worker_ready.connect
 def _start_sweeper(sender: Any, **_: Any) -> None:
     # Sent once, in the main worker process, when it is ready to consume.
     sweeper(sender.app).start()
+    files = files_sweeper(sender.app)
+    if files is not None:
+        files.start()
 
 
 @worker_shutdown.connect
 def _stop_sweeper(sender: Any, **_: Any) -> None:
     sweeper(sender.app).stop()
+    files = files_sweeper(sender.app)
+    if files is not None:
+        files.stop()
 
 
 @shared_task(bind=True, name=JOB_TASK, max_retries=DB_RETRIES)

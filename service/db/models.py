@@ -364,6 +364,10 @@ class Job(Base):
     progress update and release, and periodically in between); a running job whose heartbeat
     is old may have lost its worker, and is re-enqueued if its message is gone too
     (:mod:`workers.sweeper`).
+
+    ``lease_holder`` names the worker process whose delivery runs the job
+    (:func:`workers.lease.process_name`); another delivery takes the job only once that holder
+    has released it, stopped beating, or is known to be gone (:func:`service.db.take_lease`).
     """
 
     __tablename__ = "jobs"
@@ -409,6 +413,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime | None]
+    lease_holder: Mapped[str | None] = mapped_column(String(200))
 
 
 class VoteShard(Base):
@@ -425,7 +430,8 @@ class VoteShard(Base):
         synthetic_sha256: digest of the synthetic embeddings and labels the shard counts
             against; a redelivered coordinator with another synthetic set opens fresh rows.
         opened_at: when the coordinator opened the shard.
-        claimed_by: the worker process counting it (host and pid), while it is claimed.
+        claimed_by: the worker process counting it (:func:`workers.lease.process_name`), while
+            it is claimed.
         claimed_at: when that worker last showed it is alive; an old claim is taken over.
         done_at: when its partial histogram was stored.
         partial: the token naming the stored partial of the worker that finished it (a worker

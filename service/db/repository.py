@@ -3,7 +3,7 @@
 Every function runs one transaction of its own on a session that is not in a transaction
 (see :mod:`service.db.engine`). Functions taking a ``tenant_id`` see only that tenant's rows;
 another tenant's resource raises :class:`~service.db.errors.NotFound`, exactly like a missing
-one. Functions without one (:func:`update_progress`, :func:`append_event`, :func:`beat`, and
+one. Functions without one (:func:`update_progress`, :func:`append_event`, the job leases, and
 those of :mod:`service.db.outbox`) are for workers, which get job ids from the queue, never from
 users.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -546,20 +546,64 @@ def update_progress(session: Session, job_id: str, *, iteration: int, phase: str
         return job
 
 
-def beat(session: Session, job_id: str) -> bool:
-    """Records that the worker running a job is alive; returns False if the job is not running.
+def take_lease(
+    session: Session,
+    job_id: str,
+    holder: str,
+    *,
+    stale_before: datetime,
+    gone: Callable[[str], bool],
+) -> bool:
+    """Makes ``holder`` the one worker process running the job; returns whether it is.
 
-    Workers call this between progress updates, so that a long phase is not taken for a dead
-    worker. It records no event.
+    The job is free when nobody holds it, when ``holder`` does already, when its holder's
+    heartbeat is older than ``stale_before`` (taken for dead: the stale-job sweeper sends such
+    a job again), or when ``gone(its holder)`` says that process no longer exists (a worker
+    killed on this machine: its job is taken over at once, not a stale interval later). Taking
+    it renews the heartbeat.
 
     Raises:
         NotFound: no such job.
     """
     with write_transaction(session):
         job = lock_job(session, job_id)
-        if job.status != "running":
+        current = job.lease_holder
+        if not (
+            current is None
+            or current == holder
+            or job.heartbeat_at is None
+            or job.heartbeat_at < stale_before
+            or gone(current)
+        ):
             return False
-        job.heartbeat_at = utcnow()
+        job.lease_holder, job.heartbeat_at = holder, utcnow()
+        return True
+
+
+def release_lease(session: Session, job_id: str, holder: str) -> None:
+    """Gives the job up, if ``holder`` still holds it (a delivery that took it over keeps it)."""
+    with write_transaction(session):
+        job = lock_job(session, job_id)
+        if job.lease_holder == holder:
+            job.lease_holder = None
+
+
+def beat(session: Session, job_id: str, holder: str) -> bool:
+    """Records that ``holder``, the worker running a job, is alive; returns False once another
+    delivery has taken the job over (``holder`` should then stop: its work is being redone).
+
+    Workers call this between progress updates, so that a long phase is not taken for a dead
+    worker. Only a running job's heartbeat is renewed. It records no event.
+
+    Raises:
+        NotFound: no such job.
+    """
+    with write_transaction(session):
+        job = lock_job(session, job_id)
+        if job.lease_holder != holder:
+            return False
+        if job.status == "running":
+            job.heartbeat_at = utcnow()
         return True
 
 

@@ -89,6 +89,14 @@ def test_nothing_private_is_readable_at_rest_and_a_delete_shreds(
         cached = [key for key in keys if key.startswith(f"datasets/{dataset_id}/embeddings/")]
         assert len(cached) == (3 if fanout else 0)
         assert not [key for key in keys if "/votes/" in key]  # partials go once released
+        # The job's checkpoints and noisy releases are stored encrypted, and none stays in the
+        # worker's work folder (the root), whose copies are plaintext while the job runs.
+        state = [key for key in keys if key.startswith(f"datasets/{dataset_id}/jobs/{job_id}/")]
+        assert any("/state/checkpoints/" in key for key in state)
+        assert any("/state/releases/" in key for key in state)
+        for key in state:
+            assert not (objects.root / key).read_bytes().startswith((b"PK", b"{"))
+        assert not [p for p in (root / "datasets").rglob("*") if p.is_file()]
         # No private record anywhere in the service's home: objects, work folder, database.
         for record in planted:
             assert files_holding(tmp_path, record) == []

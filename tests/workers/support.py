@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +35,9 @@ from service.db import (
     read_transaction,
     reserve,
     upgrade,
+    write_transaction,
 )
+from service.db.models import utcnow
 from service.outbox import Courier
 from service.settings import Settings
 from service.storage import LocalStorage
@@ -47,7 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("PRIVEVO_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 # Redis hands the message of a killed worker out again this long after its delivery. Shorter
 # than a job here: a live worker's message is then handed out again too, and that delivery
-# stops at the job's lock (or finds the job ended).
+# stops at the job's lease (or finds the job ended).
 VISIBILITY_TIMEOUT_S = 4
 TASK_TIME_LIMIT_S = 600
 ITERATIONS = 2
@@ -208,6 +211,26 @@ def stored_digest(path: Path) -> str:
     """The release digest of a stored noisy vector."""
     with np.load(path, allow_pickle=False) as npz:
         return release_digest(npz["values"])
+
+
+ELSEWHERE = "another-host/boot/4026531836/7/123#token"
+"""A job lease holder on another machine: alive as far as anyone here can tell."""
+
+
+def hold(home: Home, job_id: str, holder: str, *, heartbeat_age_s: float = 0.0) -> None:
+    """Records ``holder`` as the job's lease holder, which last beat ``heartbeat_age_s`` ago."""
+    with home.sessions() as session, write_transaction(session):
+        job = session.get_one(Job, job_id)
+        job.lease_holder = holder
+        job.heartbeat_at = utcnow() - timedelta(seconds=heartbeat_age_s)
+
+
+def exited_process() -> str:
+    """The process name of a Python process that has exited."""
+    code = "from workers.lease import process_name; print(process_name())"
+    return subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 Worker = subprocess.Popen[bytes]

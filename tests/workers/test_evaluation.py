@@ -49,7 +49,7 @@ def test_an_evaluated_job_scores_every_iteration_apart_from_its_result(home: Hom
     assert phases.index("evaluate") < phases.index("publish")
 
 
-def test_an_evaluation_made_apart_from_the_storage_leaves_no_copy_behind(
+def test_an_evaluation_made_apart_from_the_storage_is_stored_and_leaves_no_copy_behind(
     home: Home, tmp_path: Path
 ) -> None:
     # A remote or encrypted storage: the job works in a local folder of its own.
@@ -66,8 +66,8 @@ def test_an_evaluation_made_apart_from_the_storage_leaves_no_copy_behind(
     prefix = evaluation_prefix(job.dataset_id, job.id)
     names = {key.removeprefix(f"{prefix}/") for key in home.storage.list(prefix)}
     assert {"metrics.json", "memorisation.json", "report-not-dp.html"} <= names
-    assert work.list(prefix) == []  # the page of private records is not left in the clear
-    assert work.list(jobs.job_prefix(job.dataset_id, job.id))  # its state stays
+    # The page of private records is not left in the clear, nor is anything of the job.
+    assert work.list(jobs.job_prefix(job.dataset_id, job.id)) == []
 
 
 def test_held_out_records_that_are_private_fail_the_job_before_any_release(home: Home) -> None:

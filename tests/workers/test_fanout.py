@@ -39,6 +39,7 @@ from tests.workers.support import (
     worker_logs,
 )
 from workers import fanout, jobs
+from workers.lease import process_name
 
 SHARD_RECORDS = 60  # Home.new_job's 200 records: 4 shards
 SPEC = {"insecure_test_noise": True, "seed": 11}
@@ -171,7 +172,7 @@ def test_a_shard_counted_twice_is_summed_once(home: Home) -> None:
     # A shard that fails gives its claim back and leaves no partial.
     home.storage.delete_prefix(f"{fanout.votes_prefix(job)}/1/{digest[:32]}/synthetic.npz")
     with home.sessions() as session:
-        claimed = claim_shard(session, job_id, 1, 3, fanout.worker_name(), stale_before=utcnow())
+        claimed = claim_shard(session, job_id, 1, 3, process_name(), stale_before=utcnow())
     assert claimed is not None
     with pytest.raises(ObjectNotFoundError):
         fanout.count_claimed(plan, plan.fanout, job, claimed)
@@ -206,7 +207,7 @@ def test_three_workers_run_one_job_as_one_worker_does(tmp_path: Path, redis_db: 
     assert digests(spread, job_id) == released
     rows = shards(spread, job_id)
     assert len(rows) == 8 and all(row.done_at is not None for row in rows)
-    counted_by = {row.claimed_by.rsplit(":", 1)[1] for row in rows if row.claimed_by}
+    counted_by = {row.claimed_by.split("/")[-2] for row in rows if row.claimed_by}
     pids = {str(worker.pid) for worker in workers}
     assert counted_by <= pids and len(counted_by) >= 2, counted_by
     assert "Traceback" not in worker_logs(spread)
@@ -233,7 +234,7 @@ def test_a_shard_whose_worker_dies_is_counted_again_once(tmp_path: Path, redis_d
         )
         wait_for("a worker to stop inside a shard", lambda: is_stopped(doomed.pid))
         held = [row for row in shards(spread, job_id) if row.claimed_by and row.done_at is None]
-        assert [row.claimed_by.rsplit(":", 1)[1] for row in held] == [str(doomed.pid)]
+        assert [row.claimed_by.split("/")[-2] for row in held] == [str(doomed.pid)]
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
         helper = start_worker(spread, **env)

@@ -23,9 +23,8 @@ from service.db import (
     create_tenant,
     get_dataset,
     reserve,
-    update_progress,
 )
-from tests.workers.support import ITERATIONS, Home, wait_for, worker_context
+from tests.workers.support import ITERATIONS, Home, worker_context
 from workers import jobs
 
 
@@ -74,16 +73,6 @@ def test_the_seed_is_drawn_once_and_recorded(home: Home) -> None:
     assert recorded.source == {"dataset_id": home.job(job_id).dataset_id}
     report = json.loads(home.file(f"results/{job_id}/privacy_report.json").read_text())
     assert report["run"]["seed"] == started["seed"]
-
-
-def test_a_job_held_by_another_worker_is_left_to_it(home: Home) -> None:
-    job_id = home.new_job(insecure_test_noise=True, seed=3)
-    with jobs.job_lock(job_folder(home, job_id) / "state") as held:
-        assert held
-        assert jobs.run_job(worker_context(home), job_id) == "running"
-    job = home.job(job_id)
-    assert job.status == "queued"
-    assert home.events(job_id, "started") == []
 
 
 def test_a_job_canceled_before_it_starts_does_not_run(home: Home) -> None:
@@ -152,17 +141,6 @@ def test_a_job_past_its_time_limit_fails_naming_the_limit_and_is_refunded(home: 
     (finished,) = home.events(job_id, "finished")
     assert (finished["epsilon_refunded"], finished["delta_refunded"]) == (4.0, 1e-5)
     assert home.storage.list(jobs.result_prefix(job_id)) == []
-
-
-def test_a_running_job_beats_between_phases(home: Home) -> None:
-    job_id = home.new_job(insecure_test_noise=True, seed=3)
-    with home.sessions() as session:
-        update_progress(session, job_id, iteration=0, phase="starting")
-    first = home.job(job_id).heartbeat_at
-    assert first is not None
-    with jobs.heartbeat(home.sessions, job_id, every_s=0.01):
-        wait_for("a heartbeat", lambda: home.job(job_id).heartbeat_at != first)
-    assert home.events(job_id, "progress") == [{"iteration": 0, "phase": "starting"}]
 
 
 def test_a_job_whose_worker_keeps_dying_is_failed(home: Home) -> None:

@@ -16,6 +16,7 @@ from service.db import (
     list_events,
     read_transaction,
     reserve,
+    take_lease,
     update_progress,
     write_transaction,
 )
@@ -137,7 +138,7 @@ def test_a_sweep_looks_for_queued_jobs_sent_long_ago_and_silent_running_ones(
     sent_long_ago(db_session, queued)
     sent_long_ago(db_session, running)
     update_progress(db_session, running, iteration=0, phase="starting")
-    assert beat(db_session, running)
+    assert take_lease(db_session, running, "worker", stale_before=utcnow(), gone=lambda _: False)
     assert watched(db_session, queued, running) == [queued]  # the running one is alive
     silence(db_session, running, 2 * HOUR)
     assert set(watched(db_session, queued, running)) == {queued, running}
@@ -192,11 +193,12 @@ def test_a_lost_message_is_replaced_once_with_a_new_generation(
 def test_a_running_job_that_came_back_to_life_is_not_replaced(db_session: Session) -> None:
     job_id = new_job(db_session)
     mark_sent(db_session, claim_outgoing(db_session, job_id=job_id)[0])
+    assert take_lease(db_session, job_id, "worker", stale_before=utcnow(), gone=lambda _: False)
     update_progress(db_session, job_id, iteration=0, phase="starting")
     silence(db_session, job_id, 2 * HOUR)
     w = watch(db_session, job_id)
     assert w == Watched(job_id, "cpu", 1, "running", None)
-    assert beat(db_session, job_id)  # its worker was slow, not dead
+    assert beat(db_session, job_id, "worker")  # its worker was slow, not dead
     assert replace_message(db_session, w, reason="worker lost", stale_after_s=HOUR) is None
     # A queued job that a worker started meanwhile is not replaced either.
     other = new_job(db_session)
