@@ -159,7 +159,12 @@ def create_app(settings: Settings | None = None, *, enqueue: Send | None = None)
 
     janitor = Periodic(
         "orphan-upload-sweeper",
-        lambda: sweep_orphan_uploads(stores.work, in_use, store=storage if stores.staged else None),
+        lambda: sweep_orphan_uploads(
+            stores.work,
+            in_use,
+            store=storage if stores.staged else None,
+            forget=None if stores.keys is None else stores.keys.forget_upload,
+        ),
         UPLOAD_SWEEP_S,
     )
     reaper = Periodic(

@@ -309,8 +309,9 @@ class DatabaseKeyRing:
     ``uploads/<token>/``        a dataset's upload            the dataset (found by the upload
                                                               folder; made by the upload route
                                                               before the dataset is committed)
-    ``datasets/<dataset>/``     its jobs' NOT DP evaluations  the dataset (made on first write
-                                (private records in clear)    while the dataset is not deleted)
+    ``datasets/<dataset>/``     its jobs' files (checkpoints, the dataset (made on first write
+                                releases, NOT DP evaluations) while the dataset is not deleted)
+                                and its cached embeddings
     ``results/<job>/``          the job's DP result           the job (made on first write)
     anything else               nothing the service writes    refused (NoDataKeyError)
     =========================== ============================= ==================================
@@ -349,6 +350,13 @@ class DatabaseKeyRing:
         with self._sessions() as s:
             wrapped = wrap_key(self._master, new_data_key(), dataset_id)
             db.add_data_key(s, dataset_id, wrapped, upload_prefix=upload_prefix)
+
+    def forget_upload(self, upload_prefix: str) -> bool:
+        """Deletes the data key made for an upload under ``upload_prefix`` whose dataset was
+        never committed (its gateway died mid-upload); whether there was one. The key of a
+        committed dataset is left to its purge."""
+        with self._sessions() as s:
+            return db.delete_orphan_upload_key(s, upload_prefix)
 
     def shred(self, scope: str) -> bool:
         """Deletes the data key of ``scope``: its objects, wherever copies are, are unreadable

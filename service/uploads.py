@@ -392,6 +392,7 @@ def sweep_orphan_uploads(
     in_use: Callable[[Collection[str]], Collection[str]],
     *,
     store: Storage | None = None,
+    forget: Callable[[str], object] | None = None,
     grace_s: float = ORPHAN_GRACE_S,
 ) -> list[str]:
     """Deletes the upload folders that no request holds and no dataset keeps.
@@ -411,6 +412,9 @@ def sweep_orphan_uploads(
             (:func:`service.db.uploads_in_use` on a session).
         store: where committed uploads are copied when that is not ``storage`` (a remote
             backend); None when they stay in ``storage``.
+        forget: called with the prefix of each upload no dataset keeps, before its copy in
+            ``store`` is deleted: deletes the data key made for it (encryption at rest) if
+            its dataset was never committed.
         grace_s: how long a folder without a lock file is left alone since it last changed.
 
     Returns:
@@ -435,6 +439,8 @@ def sweep_orphan_uploads(
             if kept and store is None:
                 continue
             if store is not None and not kept:
+                if forget is not None:
+                    forget(prefix)
                 store.delete_prefix(prefix)
             storage.delete_prefix(prefix)
             if not kept:

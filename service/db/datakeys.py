@@ -52,6 +52,17 @@ def delete_data_key(session: Session, scope: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
+def delete_orphan_upload_key(session: Session, upload_prefix: str) -> bool:
+    """Deletes the data key of the upload under ``upload_prefix`` if no dataset row has its
+    scope (the upload's dataset was never committed); whether it did."""
+    with write_transaction(session):
+        committed = select(Dataset.id).where(Dataset.id == DataKey.scope)
+        result = session.execute(
+            delete(DataKey).where(DataKey.upload_prefix == upload_prefix, ~committed.exists())
+        )
+    return bool(getattr(result, "rowcount", 0))
+
+
 def dataset_is_live(session: Session, dataset_id: str) -> bool:
     """Whether the dataset exists and is not deleted: only such a dataset may get a data key
     on a write, so that a write racing with a purge cannot make a key the purge never sees."""

@@ -34,6 +34,7 @@ from service.crypto import (
 from service.db.models import new_id
 from service.settings import Settings, open_storage
 from service.storage import LocalStorage, ObjectNotFoundError, local_copy
+from service.uploads import sweep_orphan_uploads
 from tests.servers import S3Server
 from tests.service.db.support import new_tenant
 
@@ -284,6 +285,27 @@ def test_database_key_ring_scopes_and_shredding(encrypted_stores, db_session: Se
     files = [p for p in root.rglob("*") if p.is_file()]
     assert files and all(p.is_relative_to(root / "encrypted") for p in files)
     assert not [p for p in files if SECRET in p.read_bytes()]
+
+    # A gateway that died mid-upload left its staging copy and the stored one: the sweep of
+    # its folder deletes the key made for the dataset it never committed.
+    orphan, orphan_upload = new_id("ds"), f"uploads/{os.urandom(16).hex()}"
+    keys.create_for_upload(orphan, orphan_upload)
+    with encrypted_stores.work.open_write(f"{orphan_upload}/data.csv") as handle:
+        handle.write(SECRET)
+    put(storage, f"{orphan_upload}/data.csv", SECRET)
+    swept = sweep_orphan_uploads(
+        encrypted_stores.work,
+        lambda names: set(),
+        store=storage,
+        forget=keys.forget_upload,
+        grace_s=0.0,
+    )
+    assert swept == [orphan_upload]
+    assert db.wrapped_key(db_session, orphan) is None
+    assert storage.list(orphan_upload) == []
+    # A committed dataset's key is left to its purge.
+    assert not keys.forget_upload(upload)
+    assert db.wrapped_key(db_session, dataset_id) is not None
 
     assert keys.shred(dataset_id)
     assert db.wrapped_key(db_session, dataset_id) is None
