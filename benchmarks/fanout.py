@@ -1,7 +1,8 @@
-"""The fanned-out vote's overhead per iteration, against counting every vote in one process.
+"""The fan-out's overhead per iteration, against doing the same work in one process.
 
-One iteration's vote of n private records (random 28 x 28 images, 10 labels, raw pixels) among
-m random synthetic embeddings, counted three ways in each round, in turn:
+``--part vote`` (the default): one iteration's vote of n private records (random 28 x 28
+images, 10 labels, raw pixels) among m random synthetic embeddings, counted three ways in each
+round, in turn:
 
 * ``local``: :class:`pe_core.votes.LocalVotes`, the single-worker path (the peer);
 * ``shards here``: :class:`workers.fanout.ShardedVotes` in S shards, all counted by the
@@ -12,6 +13,14 @@ m random synthetic embeddings, counted three ways in each round, in turn:
   tasks through Redis (skipped when none answers at ``--broker-url``): adds the dispatch and
   the claims, and whatever parallelism the machine's cores allow.
 
+``--part generation``: one iteration's generation of m drawtext samples (the lookahead: L
+variations of each sample, embedded and averaged; then one variation of each label's samples),
+made three ways in each round: ``direct`` (:class:`pe_core.generation.Direct`, the
+single-worker path: the peer), ``chunks here`` (:class:`workers.chunks.ShardedGeneration` in
+chunks of ``--chunk`` samples, all made by the coordinator: storage, database rows, no
+parallel gain) and ``chunks on N workers`` (with N real workers taking chunk tasks beside the
+coordinator). drawtext is fast, so the overhead shows; a diffusion model's chunks take seconds.
+
 The shards' private embeddings are cached before the rounds, as after a job's first
 iteration. Each round is timed end to end, partial deletion included, on a SQLite database and
 a local storage folder in a temporary directory. The table gives each way's median seconds per
@@ -21,6 +30,7 @@ medians: the overhead per iteration.
 Usage:
     python benchmarks/fanout.py                      # n 20,000, m 2,000, 4 shards, 2 workers
     python benchmarks/fanout.py --records 100000 --shards 8 --workers 2 --rounds 5
+    python benchmarks/fanout.py --part generation  # m 2,000, L 2, chunks of 500, 2 workers
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import numpy as np
 import redis
 
 from pe_core.config import PeJob
+from pe_core.generation import Direct, Generation
 from pe_core.samples import Samples
 from pe_core.votes import LocalVotes, prepare_private
 from service.broker import make_celery
@@ -59,6 +70,7 @@ from service.db import upgrade as upgrade_database
 from service.settings import Settings
 from service.storage import LocalStorage
 from workers import fanout, jobs
+from workers.chunks import ShardedGeneration
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = tuple(str(digit) for digit in range(10))
@@ -166,13 +178,19 @@ def timed(count: Callable[[int], object], iteration: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("vote", "generation"), default="vote")
     parser.add_argument("--records", type=int, default=20_000, help="private records n")
     parser.add_argument("--synthetic", type=int, default=2_000, help="synthetic samples m")
     parser.add_argument("--shards", type=int, default=4, help="shards S")
+    parser.add_argument("--chunk", type=int, default=500, help="samples per generation chunk")
+    parser.add_argument("--lookahead", type=int, default=2, help="lookahead L (generation)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (0: none)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/8")
     args = parser.parse_args()
+    if args.part == "generation":
+        generation(args)
+        return
 
     rng = np.random.default_rng(0)
     private = private_records(args.records, rng)
@@ -196,8 +214,8 @@ def main() -> None:
         if args.workers and _redis_answers(args.broker_url):
             app = make_celery(Settings(home=root, broker_url=args.broker_url))
 
-            def send(job_id: str, iteration: int, shard: int, queue: str) -> None:
-                app.send_task(fanout.VOTE_SHARD_TASK, args=[job_id, iteration, shard], queue=queue)
+            def send(task: str, args: tuple[object, ...], queue: str) -> None:
+                app.send_task(task, args=list(args), queue=queue)
 
             remote = counter(context, job_id, private, args.shards, send)
             ways[f"{args.shards} shards on {args.workers} workers"] = partial(
@@ -225,15 +243,97 @@ def main() -> None:
             for worker in workers:
                 worker.terminate()
                 worker.wait(timeout=30)
-    base = statistics.median(times["local"])
     print(
         f"\nn {args.records:,}, m {args.synthetic:,}, d 784, k 1, {args.rounds} rounds, "
         f"{os.cpu_count()} CPUs\n"
     )
-    print("| way | median s / iteration | x local (median of rounds) | overhead s / iteration |")
+    table(times, "local")
+
+
+def generation(args: argparse.Namespace) -> None:
+    """The ``--part generation`` rounds (see the module)."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="privevo-fanout-") as scratch:
+        root = Path(scratch)
+        context, job_id = make_home(root, private_records(10, rng), args.broker_url)
+        job = jobs.load_job(context.sessions, job_id)
+        assert job is not None
+        spec = jobs.job_spec(job)
+        api = jobs.cached_api(spec.api, LABELS, spec.api_config)
+        embed = jobs.cached_embedder(spec.embedding, spec.embedding_config).embed
+        population = api.variation(
+            Samples.concat([api.random(c, args.synthetic // 10, rng) for c in range(10)]),
+            0.5,
+            rng,
+        )
+
+        def iteration(made: Generation, seed: int) -> None:
+            draws = np.random.default_rng(seed)
+            made.lookahead(population, count=args.lookahead, degree=0.5, rng=draws, embed=embed)
+            for c in range(len(LABELS)):
+                made.variation(population.with_label(c), 0.5, draws)
+
+        def chunked(send: fanout.Send | None) -> Callable[[int], None]:
+            plan = fanout.Fanout(
+                shard_records=0,
+                claim_after_s=10.0,
+                stale_after_s=600.0,
+                renew_s=30.0,
+                send=send or (lambda *message: None),
+                chunk_samples=args.chunk,
+            )
+            coordinator = ShardedGeneration(context, plan, job, spec, api, check=lambda: None)
+
+            def run(seed: int) -> None:
+                coordinator.on_phase(seed, "embed")  # each round is an iteration of its own
+                iteration(coordinator.generation(), seed)
+
+            return run
+
+        ways: dict[str, Callable[[int], object]] = {
+            "direct": partial(iteration, Direct(api)),
+            f"chunks of {args.chunk} here": chunked(None),
+        }
+        workers: list[subprocess.Popen[bytes]] = []
+        if args.workers and _redis_answers(args.broker_url):
+            app = make_celery(Settings(home=root, broker_url=args.broker_url))
+
+            def send(task: str, task_args: tuple[object, ...], queue: str) -> None:
+                app.send_task(task, args=list(task_args), queue=queue)
+
+            ways[f"chunks of {args.chunk} on {args.workers} workers + here"] = chunked(send)
+            workers = start_workers(root, args.workers, args.broker_url)
+        elif args.workers:
+            print(f"no Redis at {args.broker_url}: the workers' row is skipped")
+        try:
+            seeds = itertools.count(1)
+            for make in ways.values():  # warm-up: models loaded, workers ready
+                make(next(seeds))
+            times: dict[str, list[float]] = {name: [] for name in ways}
+            for round_ in range(args.rounds):
+                load = os.getloadavg()[0]
+                for name, make in ways.items():
+                    times[name].append(timed(make, next(seeds)))
+                print(f"round {round_ + 1}: load {load:.1f}, "
+                      + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))  # fmt: skip
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait(timeout=30)
+    print(
+        f"\nm {args.synthetic:,} drawtext samples, L {args.lookahead}, raw pixels, "
+        f"{args.rounds} rounds, {os.cpu_count()} CPUs\n"
+    )
+    table(times, "direct")
+
+
+def table(times: dict[str, list[float]], peer: str) -> None:
+    """Each way's median seconds, median per-round ratio to ``peer``, and overhead."""
+    base = statistics.median(times[peer])
+    print(f"| way | median s / iteration | x {peer} (median of rounds) | overhead s / iteration |")
     print("| --- | --- | --- | --- |")
     for name, seconds in times.items():
-        ratio = statistics.median(s / b for s, b in zip(seconds, times["local"], strict=True))
+        ratio = statistics.median(s / b for s, b in zip(seconds, times[peer], strict=True))
         median = statistics.median(seconds)
         print(f"| {name} | {median:.3f} | {ratio:.2f} | {median - base:+.3f} |")
 

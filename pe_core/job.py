@@ -30,6 +30,7 @@ from pe_core.checks import DataShape, check_job
 from pe_core.config import PeJob
 from pe_core.embedders.base import Embedder
 from pe_core.fileio import private_directory
+from pe_core.generation import Generation
 from pe_core.outputs import CallbackList, OutputLayout, SampleWriter, write_json, write_result
 from pe_core.policy import PrivacyPolicy
 from pe_core.privacy import DuplicateReleaseError, Ledger
@@ -151,6 +152,7 @@ def run_job(
     run_info: Mapping[str, Any] | None = None,
     pinned: Samples | None = None,
     votes: VoteCounterFactory | None = None,
+    generation: Generation | None = None,
 ) -> JobOutcome:
     """Runs (or resumes) a recorded job and writes its DP result into ``layout``.
 
@@ -175,6 +177,9 @@ def run_job(
             cannot resume, so it is never retried here.
         votes: builds the counter of the clean votes (``pe_core.votes``); None: in this
             process.
+        generation: how ``api`` makes samples (``pe_core.generation``); None: directly, in
+            this process. A chunked one changes the samples (they depend on its chunk size):
+            the edge records it in ``run_info``.
 
     Raises:
         JobRefused: the job does not fit its data (see ``pe_core.checks.check_job``).
@@ -198,6 +203,7 @@ def run_job(
             ledger=None if ledger is None else ledger(),
             pinned=pinned,
             votes=votes,
+            generation=generation,
         )
         try:
             result = engine.run(private, callbacks=everything, resume=resume or attempt > 1)

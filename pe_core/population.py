@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from pe_core.apis.base import VariationApi
 from pe_core.samples import Samples
 
 
@@ -93,8 +92,16 @@ def _systematic(p: NDArray[np.float64], n: int, rng: np.random.Generator) -> NDA
     return rng.permutation(chosen)
 
 
+class Varies(Protocol):
+    """What makes variations: a variation API, or the engine's ``pe_core.generation``."""
+
+    def variation(self, samples: Samples, degree: float, rng: np.random.Generator) -> Samples:
+        """One variation of each sample, in order."""
+        ...
+
+
 def next_population(
-    api: VariationApi,
+    api: Varies,
     selected: Samples,
     n_target: int,
     *,

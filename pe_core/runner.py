@@ -31,7 +31,8 @@ from pe_core.config import PeJob
 from pe_core.embedders.base import CachedEmbedder, Embedder
 from pe_core.errors import PrivevoError
 from pe_core.fileio import private_directory
-from pe_core.histogram import lookahead_embeddings, prepare_embeddings, user_label_counts
+from pe_core.generation import Direct, Generation
+from pe_core.histogram import prepare_embeddings, user_label_counts
 from pe_core.nn import AUTO, ResolvedBackend, resolve_backend
 from pe_core.population import (
     allocate,
@@ -175,6 +176,9 @@ class PrivateEvolution:
             vote to each of at most k distinct bins. None: the plain run.
         votes: builds the counter of the clean votes from the private records
             (``pe_core.votes``); None: :class:`~pe_core.votes.LocalVotes`, in this process.
+        generation: how ``api`` is asked for samples and lookahead embeddings
+            (``pe_core.generation``); None: :class:`~pe_core.generation.Direct`, in this
+            process.
 
     Callbacks may raise to stop the run between phases (cancellation): the state stays
     resumable and every recorded release stays recorded.
@@ -192,9 +196,11 @@ class PrivateEvolution:
         ledger: Ledger | None = None,
         pinned: Samples | None = None,
         votes: VoteCounterFactory | None = None,
+        generation: Generation | None = None,
     ) -> None:
         self.job = job
         self.api = api
+        self.generation = Direct(api) if generation is None else generation
         self.embedder = CachedEmbedder(embedder)
         # A named backend is built now, so a wrong name or device fails before any generation;
         # "auto" waits for the sizes (the first vote).
@@ -285,7 +291,7 @@ class PrivateEvolution:
     def _initial(self, targets: NDArray[np.int64], callbacks: RunCallbacks) -> Samples:
         callbacks.on_phase(0, "generate")
         rng = np.random.default_rng([self.seed, 0])
-        parts = [self.api.random(label, int(n), rng) for label, n in enumerate(targets)]
+        parts = [self.generation.random(label, int(n), rng) for label, n in enumerate(targets)]
         return Samples.concat(parts)
 
     def _iterate(
@@ -302,8 +308,8 @@ class PrivateEvolution:
         callbacks.on_phase(t, "embed")
         embed = self.embedder.inner.embed if job.lookahead else self.embedder.embed
         synthetic = prepare_embeddings(
-            lookahead_embeddings(
-                self.api, embed, population, lookahead=job.lookahead, degree=degree, rng=rng
+            self.generation.lookahead(
+                population, count=job.lookahead, degree=degree, rng=rng, embed=embed
             ),
             job.metric,
         )
@@ -337,7 +343,7 @@ class PrivateEvolution:
             callbacks.on_phase(t, "vary")
             parts.append(
                 next_population(
-                    self.api,
+                    self.generation,
                     population.take(members[chosen.indices]),
                     n_target,
                     folds=job.folds,

@@ -135,6 +135,15 @@ class Settings(BaseSettings):
         "each, on as many workers of the job's queue as are free; a smaller one counts them in "
         "its own worker. 0 never fans out. Audits never fan out",
     )
+    generation_chunk_samples: int = Field(
+        2_000,
+        ge=0,
+        description="The size rule of the generation's fan-out: a job with a population larger "
+        "than this makes each generation call in chunks of at most this many samples, one "
+        "Celery task each, on as many workers of the job's queue as are free (its own worker "
+        "makes chunks too). The samples depend on this size, never on the number of workers; "
+        "the job's report records it. 0 never fans out. Audits and llm jobs never fan out",
+    )
     vote_claim_after_s: float = Field(
         10.0,
         ge=0,

@@ -7,7 +7,7 @@ coordinator, :class:`ShardedVotes`):
 
 1. stores the synthetic embeddings the records vote among (public: they are made from earlier
    DP releases and the public generator) under ``votes/<t>/<digest>/``;
-2. opens one ``vote_shards`` row per shard in the database and sends one
+2. opens one ``shards`` row per shard in the database (step 0) and sends one
    ``privevo.vote_shard`` task per shard on the job's queue. The message and the task's return
    value carry ids and a status word only, never counts: Celery logs both;
 3. waits for every row to be done. A shard no worker took within ``PRIVEVO_VOTE_CLAIM_AFTER_S``,
@@ -38,14 +38,16 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
+from pe_core.apis.base import VariationApi
 from pe_core.config import PeJob
 from pe_core.samples import Samples
 from pe_core.votes import (
@@ -58,7 +60,7 @@ from pe_core.votes import (
 from service.db import (
     FINAL_STATUSES,
     Job,
-    VoteShard,
+    Shard,
     claim_shard,
     finish_shard,
     get_dataset,
@@ -68,10 +70,14 @@ from service.db import (
     shard_rows,
 )
 from service.db.models import utcnow
+from service.db.shards import VOTE
 from service.keys import job_prefix
 from service.storage import ObjectNotFoundError, Storage
 from workers.jobs import JobContext, cached_embedder, job_spec, load_job, load_private
-from workers.lease import periodically, process_name
+from workers.lease import is_gone, periodically, process_name
+
+if TYPE_CHECKING:
+    from workers.chunks import ShardedGeneration
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +88,8 @@ VOTE_SHARD_TASK: Final = "privevo.vote_shard"
 FIRST_POLL_S: Final = 0.01
 MAX_POLL_S: Final = 0.1
 
-Send = Callable[[str, int, int, str], None]
-"""Sends the shard task of (job id, iteration, shard) to a queue."""
+Send = Callable[[str, tuple[object, ...], str], None]
+"""Sends a task by name, with its arguments (ids and numbers only), to a queue."""
 
 
 def shard_count(records: int, shard_records: int) -> int:
@@ -100,10 +106,12 @@ class Fanout:
 
     Attributes:
         shard_records: the size rule's records per shard (0: never fan out).
-        claim_after_s: how long a shard waits for a worker before the coordinator counts it.
+        claim_after_s: how long a shard waits for a worker before the coordinator takes it.
         stale_after_s: how old a claim may be before its worker is taken for dead.
-        renew_s: how often a worker renews its claim while it counts.
+        renew_s: how often a worker renews its claim while it works.
         send: sends a shard's task.
+        chunk_samples: the generation's size rule (:mod:`workers.chunks`): the most samples
+            one chunk makes (0: never fan generation out).
     """
 
     shard_records: int
@@ -111,6 +119,7 @@ class Fanout:
     stale_after_s: float
     renew_s: float
     send: Send
+    chunk_samples: int = 0
 
     def counter(
         self,
@@ -128,6 +137,22 @@ class Fanout:
         if shards == 1:
             return None
         return ShardedVotes(context, self, job, spec, private, shards, check)
+
+    def generation(
+        self,
+        context: JobContext,
+        job: Job,
+        spec: PeJob,
+        api: VariationApi,
+        check: Callable[[], None],
+    ) -> ShardedGeneration | None:
+        """The generation of a job whose populations the size rule splits, else None (the
+        engine asks ``api`` directly). ``check`` as for :meth:`counter`."""
+        from workers.chunks import ShardedGeneration, chunked  # it builds on this module
+
+        if not chunked(spec, api, self.chunk_samples):
+            return None
+        return ShardedGeneration(context, self, job, spec, api, check)
 
 
 def votes_prefix(job: Job) -> str:
@@ -147,7 +172,7 @@ def _iteration_prefix(job: Job, iteration: int, digest: str) -> str:
     return f"{votes_prefix(job)}/{iteration}/{digest[:32]}"
 
 
-def _partial_key(job: Job, row: VoteShard, token: str) -> str:
+def _partial_key(job: Job, row: Shard, token: str) -> str:
     return f"{_iteration_prefix(job, row.iteration, row.synthetic_sha256)}/{row.shard}-{token}.npz"
 
 
@@ -187,71 +212,28 @@ class ShardedVotes:
         digest = synthetic_digest(synthetic, labels)
         key = f"{_iteration_prefix(self.job, iteration, digest)}/synthetic.npz"
         if not storage.exists(key):
-            _write_npz(storage, key, {"synthetic": synthetic, "labels": labels})
+            write_npz(storage, key, {"synthetic": synthetic, "labels": labels})
         self.held.synthetic = (digest, synthetic, labels)
         with sessions() as session:
             open_shards(session, self.job.id, iteration, self.shards, digest)
             rows = shard_rows(session, self.job.id, iteration)
         for row in rows:
             if row.done_at is None:
-                self._send(iteration, row.shard)
-        wait = FIRST_POLL_S
-        while not all(row.done_at is not None for row in rows):
-            self.check()
-            taken = [row for row in rows if self._may_take(row) and self._take_over(row)]
-            if not taken:
-                time.sleep(wait)
-            wait = FIRST_POLL_S if taken else min(2 * wait, MAX_POLL_S)
-            with sessions() as session:
-                rows = shard_rows(session, self.job.id, iteration)
+                send_task(
+                    self.fanout, VOTE_SHARD_TASK, (self.job.id, iteration, row.shard), self.job
+                )
+        rows = await_shards(
+            self.context,
+            self.fanout,
+            self.job,
+            rows,
+            self.check,
+            lambda row: count_claimed(self.context, self.fanout, self.job, row, self.held),
+            claim_after_s=self.fanout.claim_after_s,
+        )
         return self._sum(rows, len(synthetic))
 
-    def _send(self, iteration: int, shard: int) -> None:
-        """Sends a shard's task; a broker that does not take it only slows the vote, since the
-        job's worker counts the shard itself once it has waited for a worker."""
-        try:
-            self.fanout.send(self.job.id, iteration, shard, self.job.queue)
-        except Exception as exc:
-            logger.warning(
-                "job %s: the task of shard %d of iteration %d was not sent (%s); the job's "
-                "worker counts it after %g s",
-                self.job.id,
-                shard,
-                iteration,
-                type(exc).__name__,
-                self.fanout.claim_after_s,
-            )
-
-    def _may_take(self, row: VoteShard) -> bool:
-        """Whether ``row`` looks free to take (the claim decides): not done, and left unclaimed
-        or with its claim unrenewed too long."""
-        if row.done_at is not None:
-            return False
-        now = utcnow()
-        if row.claimed_at is None:
-            return row.opened_at < now - timedelta(seconds=self.fanout.claim_after_s)
-        return row.claimed_at < now - timedelta(seconds=self.fanout.stale_after_s)
-
-    def _take_over(self, row: VoteShard) -> bool:
-        """Counts ``row``'s shard here if no worker took it in time or its worker died;
-        returns whether it did."""
-        now = utcnow()
-        with self.context.sessions() as session:
-            claimed = claim_shard(
-                session,
-                self.job.id,
-                row.iteration,
-                row.shard,
-                process_name(),
-                stale_before=now - timedelta(seconds=self.fanout.stale_after_s),
-                unclaimed_since=now - timedelta(seconds=self.fanout.claim_after_s),
-            )
-        if claimed is None:
-            return False
-        count_claimed(self.context, self.fanout, self.job, claimed, self.held)
-        return True
-
-    def _sum(self, rows: list[VoteShard], m: int) -> NDArray[np.int64]:
+    def _sum(self, rows: list[Shard], m: int) -> NDArray[np.int64]:
         """The exact sum of the shards' partials, after checking they cover the records once.
 
         Raises:
@@ -263,7 +245,7 @@ class ShardedVotes:
         total = np.zeros(m, dtype=np.int64)
         for row in rows:
             assert row.partial is not None
-            arrays = _read_npz(self.context.storage, _partial_key(self.job, row, row.partial))
+            arrays = read_npz(self.context.storage, _partial_key(self.job, row, row.partial))
             counts, records = arrays["counts"], int(arrays["records"])
             if counts.shape != (m,) or records != self.sizes[row.shard]:
                 raise AssertionError(
@@ -281,11 +263,112 @@ class ShardedVotes:
         self.context.storage.delete_prefix(f"{votes_prefix(self.job)}/{iteration}")
 
 
+def send_task(fanout: Fanout, task: str, args: tuple[object, ...], job: Job) -> None:
+    """Sends a shard's task on the job's queue; a broker that does not take it only slows the
+    job, since the job's worker takes the shard itself once it has waited for a worker."""
+    try:
+        fanout.send(task, args, job.queue)
+    except Exception as exc:
+        logger.warning(
+            "job %s: the %s task %s was not sent (%s); the job's worker takes it after %g s",
+            job.id,
+            task,
+            args[1:],
+            type(exc).__name__,
+            fanout.claim_after_s,
+        )
+
+
+def await_shards(
+    context: JobContext,
+    fanout: Fanout,
+    job: Job,
+    rows: list[Shard],
+    check: Callable[[], None],
+    work_here: Callable[[Shard], object],
+    *,
+    claim_after_s: float,
+) -> list[Shard]:
+    """Waits until every shard of ``rows`` (one step of one iteration) is done and returns
+    their rows. A shard no worker took within ``claim_after_s`` of its opening, or whose
+    worker stopped renewing its claim for ``fanout.stale_after_s``, is claimed here and done
+    by ``work_here``. ``check`` is called between looks and raises to stop waiting."""
+    iteration, step = rows[0].iteration, rows[0].step
+    wait = FIRST_POLL_S
+    while not all(row.done_at is not None for row in rows):
+        check()
+        taken = [
+            row
+            for row in rows
+            if _may_take(fanout, row, claim_after_s)
+            and _take_over(context, fanout, job, row, work_here, claim_after_s)
+        ]
+        if not taken:
+            time.sleep(wait)
+        wait = FIRST_POLL_S if taken else min(2 * wait, MAX_POLL_S)
+        with context.sessions() as session:
+            rows = shard_rows(session, job.id, iteration, step=step)
+    return rows
+
+
+def _may_take(fanout: Fanout, row: Shard, claim_after_s: float) -> bool:
+    """Whether ``row`` looks free to take (the claim decides): not done, and left unclaimed,
+    or claimed by a process that stopped renewing its claim too long ago or has exited."""
+    if row.done_at is not None:
+        return False
+    now = utcnow()
+    if row.claimed_at is None:
+        return row.opened_at <= now - timedelta(seconds=claim_after_s)
+    assert row.claimed_by is not None
+    stale = row.claimed_at < now - timedelta(seconds=fanout.stale_after_s)
+    return stale or is_gone(row.claimed_by)
+
+
+def _take_over(
+    context: JobContext,
+    fanout: Fanout,
+    job: Job,
+    row: Shard,
+    work_here: Callable[[Shard], object],
+    claim_after_s: float,
+) -> bool:
+    """Does ``row``'s shard here if no worker took it in time or its worker died; returns
+    whether it did."""
+    now = utcnow()
+    with context.sessions() as session:
+        claimed = claim_shard(
+            session,
+            job.id,
+            row.iteration,
+            row.shard,
+            process_name(),
+            stale_before=now - timedelta(seconds=fanout.stale_after_s),
+            unclaimed_since=now - timedelta(seconds=claim_after_s),
+            step=row.step,
+            gone=is_gone,
+        )
+    if claimed is None:
+        return False
+    work_here(claimed)
+    return True
+
+
 def count_shard(
     context: JobContext, fanout: Fanout, job_id: str, iteration: int, shard: int
 ) -> str:
     """The body of the shard task: counts the shard unless it is done, claimed by a live worker
     or its job has ended. Returns a status word (never counts: Celery logs return values)."""
+    claimed = claim_in_task(context, fanout, job_id, iteration, VOTE, shard)
+    if isinstance(claimed, str):
+        return claimed
+    return count_claimed(context, fanout, *claimed)
+
+
+def claim_in_task(
+    context: JobContext, fanout: Fanout, job_id: str, iteration: int, step: int, shard: int
+) -> tuple[Job, Shard] | str:
+    """A shard task's claim: the job and its claimed row, or the status word saying why the
+    task does nothing: "job-ended", or "not-claimed" (done, or claimed by a live worker)."""
     job = load_job(context.sessions, job_id)
     if job is None or job.status in FINAL_STATUSES:
         return "job-ended"
@@ -297,10 +380,31 @@ def count_shard(
             shard,
             process_name(),
             stale_before=utcnow() - timedelta(seconds=fanout.stale_after_s),
+            step=step,
+            gone=is_gone,
         )
-    if row is None:
-        return "not-claimed"
-    return count_claimed(context, fanout, job, row)
+    return "not-claimed" if row is None else (job, row)
+
+
+@contextmanager
+def holding(context: JobContext, fanout: Fanout, row: Shard) -> Iterator[None]:
+    """Renews this process's claim on ``row`` while the block runs, and gives the claim back
+    when the block fails, so that the coordinator takes the shard at once rather than when the
+    claim goes stale."""
+    worker = process_name()
+    where = (row.job_id, row.iteration, row.shard, worker)
+
+    def renew() -> None:
+        with context.sessions() as session:
+            renew_claim(session, *where, step=row.step)
+
+    try:
+        with periodically(renew, fanout.renew_s, f"claim-{'-'.join(map(str, where[:3]))}"):
+            yield
+    except BaseException:
+        with context.sessions() as session:
+            release_claim(session, *where, step=row.step)
+        raise
 
 
 @dataclass
@@ -316,22 +420,16 @@ class Held:
 
 
 def count_claimed(
-    context: JobContext, fanout: Fanout, job: Job, row: VoteShard, held: Held | None = None
+    context: JobContext, fanout: Fanout, job: Job, row: Shard, held: Held | None = None
 ) -> str:
     """Counts a shard this process has claimed and stores its partial; returns a status word.
 
     ``held``: the coordinator's :class:`Held`; None in a shard task."""
-    worker = process_name()
-
-    def renew() -> None:
-        with context.sessions() as session:
-            renew_claim(session, job.id, row.iteration, row.shard, worker)
-
     storage = context.storage
     token = secrets.token_hex(8)
     key = _partial_key(job, row, token)
     try:
-        with periodically(renew, fanout.renew_s, f"claim-{job.id}-{row.iteration}-{row.shard}"):
+        with holding(context, fanout, row):
             spec = job_spec(job)
             if held is not None and row.shard in held.shards:
                 private = held.shards[row.shard]
@@ -343,16 +441,13 @@ def count_claimed(
                 _, synthetic, labels = held.synthetic
             else:
                 prefix = _iteration_prefix(job, row.iteration, row.synthetic_sha256)
-                arrays = _read_npz(storage, f"{prefix}/synthetic.npz")
+                arrays = read_npz(storage, f"{prefix}/synthetic.npz")
                 synthetic, labels = arrays["synthetic"], arrays["labels"]
             backend = backend_for(spec, private, synthetic)
             counts = count_votes(private, synthetic, labels, job=spec, backend=backend)
-            _write_npz(storage, key, {"counts": counts, "records": np.array(private.records)})
+            write_npz(storage, key, {"counts": counts, "records": np.array(private.records)})
             del counts
     except BaseException:
-        # Not left claimed until it goes stale: the coordinator counts it (or fails alike).
-        with context.sessions() as session:
-            release_claim(session, job.id, row.iteration, row.shard, worker)
         storage.delete_prefix(key)
         raise
     with context.sessions() as session:
@@ -392,7 +487,7 @@ def _shard_vectors(
     fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:32]
     key = f"datasets/{job.dataset_id}/embeddings/{fingerprint}/{shard}.npz"
     try:
-        arrays = _read_npz(storage, key)
+        arrays = read_npz(storage, key)
     except ObjectNotFoundError:
         pass
     else:
@@ -412,18 +507,18 @@ def _shard_vectors(
         cached[f"vectors_{c}"] = vectors
     for c, label_users in enumerate(prepared.users_by_label or []):
         cached[f"users_{c}"] = label_users
-    _write_npz(storage, key, cached)
+    write_npz(storage, key, cached)
     return prepared
 
 
-def _write_npz(storage: Storage, key: str, arrays: Mapping[str, NDArray[Any]]) -> None:
+def write_npz(storage: Storage, key: str, arrays: Mapping[str, NDArray[Any]]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **arrays)
     with storage.open_write(key) as handle:
         handle.write(buffer.getvalue())
 
 
-def _read_npz(storage: Storage, key: str) -> dict[str, NDArray[Any]]:
+def read_npz(storage: Storage, key: str) -> dict[str, NDArray[Any]]:
     with storage.open_read(key) as handle:
         data = handle.read()
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:

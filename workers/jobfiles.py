@@ -7,7 +7,7 @@ that a job stopped on one worker resumes on any other:
 
 * :meth:`JobFiles.restore`, when a delivery has taken the job's lease, replaces the local job
   folder by what the storage holds under the job's prefix (``state/`` with its latest
-  checkpoint, and ``out/``; the fanned-out vote's ``votes/`` are not the engine's);
+  checkpoint, and ``out/``; the fan-out's ``votes/`` and ``generate/`` are not the engine's);
 * :meth:`JobFiles.save`, after the run record is written and at every phase and iteration,
   copies the files that are new or changed since the last save to the storage, JSON files last:
   a checkpoint's JSON names its npz's digest, so a checkpoint whose JSON is stored is whole.
@@ -47,8 +47,9 @@ from workers.lease import is_gone
 
 logger = logging.getLogger(__name__)
 
-SKIPPED: tuple[str, ...] = ("votes",)
-"""Top-level folders of a job's prefix that are not the engine's files (the fan-out's)."""
+FANNED_OUT: tuple[str, ...] = ("votes", "generate")
+"""Top-level folders of a job's prefix that are not the engine's files but a fan-out's, which
+writes them to the storage itself (:mod:`workers.fanout`, :mod:`workers.chunks`)."""
 
 
 class DatasetDeleted(PrivevoError):
@@ -89,7 +90,7 @@ class JobFiles:
         found = {}
         for key in self.storage.list(self.prefix):
             relative = key.removeprefix(f"{self.prefix}/")
-            if relative != key and relative.split("/", 1)[0] not in SKIPPED:
+            if relative != key and relative.split("/", 1)[0] not in FANNED_OUT:
                 found[relative] = key  # not another job whose id starts with this one's
         checkpoints = f"state/{CHECKPOINTS}/"
         complete = sorted(

@@ -107,7 +107,7 @@ from service.storage import (
     check_key,
     local_copy,
 )
-from workers.jobfiles import JobFiles
+from workers.jobfiles import FANNED_OUT, JobFiles
 from workers.lease import Lease, LeaseLost, job_lease
 from workers.ledger import DbLedger
 
@@ -277,8 +277,10 @@ def run_job(
                 files.remove()
         with context.sessions() as session:
             final = finalize(session, job_id, status, error).status
-        # A fanned-out vote cut short leaves clean partials: they go with the run.
-        context.storage.delete_prefix(f"{prefix}/votes")
+        # A fanned-out vote cut short leaves clean partials, and a fanned-out generation its
+        # chunks: they go with the run.
+        for fanned_out in FANNED_OUT:
+            context.storage.delete_prefix(f"{prefix}/{fanned_out}")
         if final != "succeeded":
             # Canceled while its result was being published: the result is withdrawn.
             context.storage.delete_prefix(result_prefix(job_id))
@@ -444,12 +446,18 @@ def _run(
         progress.on_phase(0, "canaries")
         audit = prepare_audit(spec, private, api=api, plan=plan)
     embedder = cached_embedder(spec.embedding, spec.embedding_config)
-    counter = None
+    counter = generation = None
+    run_info: dict[str, Any] = {"job_id": job.id}
     if context.fanout is not None and audit is None:  # an audit's records include its canaries
         counter = context.fanout.counter(context, job, spec, private, progress.check_running)
+        generation = context.fanout.generation(context, job, spec, api, progress.check_running)
+        if generation is not None:  # its chunk size is part of what the seed makes
+            run_info["generation_chunk_samples"] = context.fanout.chunk_samples
     # The job's files are saved first, so an iteration's checkpoint is stored before anything
     # else may stop the run, and last, so what the other callbacks wrote is stored too.
     callbacks: list[RunCallbacks] = [progress] if files is None else [files, progress]
+    if generation is not None:  # it numbers the engine's calls in each iteration
+        callbacks.append(generation)
     evaluation = evaluator = None
     # Its own cache: held-out records are embedded once, not once per iteration.
     features = CachedEmbedder(embedder).embed
@@ -488,12 +496,11 @@ def _run(
             key_prefix=f"{prefix}/state/releases",
             storage=None if files is None else context.storage,
         ),
-        run_info={"job_id": job.id}
-        if audit is None
-        else {"job_id": job.id, "audit": _plan_record(audit.plan)},
+        run_info=run_info if audit is None else {**run_info, "audit": _plan_record(audit.plan)},
         resume=audit is None,
         pinned=None if audit is None else audit.pinned,
         votes=None if counter is None else lambda _: counter,
+        generation=None if generation is None else generation.generation(),
     )
     if audit is not None:
         progress.on_phase(job.iterations, "audit")

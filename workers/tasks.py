@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any, Final
 
 from celery import Task, shared_task
@@ -30,7 +31,7 @@ from service.broker import JOB_TASK, message_finder, send_job
 from service.db import finalize, make_engine, make_session_factory
 from service.outbox import Courier, Periodic
 from service.settings import open_storage
-from workers import fanout, jobs
+from workers import chunks, fanout, jobs
 from workers.celery_app import WorkerApp
 from workers.jobfiles import clear_orphans
 from workers.sweeper import Sweeper
@@ -62,8 +63,8 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
     sessions = make_session_factory(engine)
     stores = open_storage(settings, sessions)  # the data keys, with encryption at rest
 
-    def send_shard(job_id: str, iteration: int, shard: int, queue: str) -> None:
-        app.send_task(fanout.VOTE_SHARD_TASK, args=[job_id, iteration, shard], queue=queue)
+    def send(task: str, args: tuple[object, ...], queue: str) -> None:
+        app.send_task(task, args=list(args), queue=queue)
 
     return jobs.JobContext(
         sessions,
@@ -78,7 +79,8 @@ def job_context(app: WorkerApp) -> jobs.JobContext:
             claim_after_s=settings.vote_claim_after_s,
             stale_after_s=settings.stale_after_s,
             renew_s=settings.heartbeat_interval_s,
-            send=send_shard,
+            send=send,
+            chunk_samples=settings.generation_chunk_samples,
         ),
     )
 
@@ -161,18 +163,33 @@ def run_job(self: Task, job_id: str) -> str:
 
 @shared_task(bind=True, name=fanout.VOTE_SHARD_TASK, max_retries=DB_RETRIES)
 def vote_shard(self: Task, job_id: str, iteration: int, shard: int) -> str:
-    """Counts one shard of a fanned-out vote (see ``workers.fanout``); returns a status word.
-
-    A database outage is retried like a job's; anything else is logged by type and left to
-    the job's coordinator, which counts a shard itself once its claim goes stale.
-    """
+    """Counts one shard of a fanned-out vote (see ``workers.fanout``); returns a status word."""
     context = job_context(self.app)
     assert context.fanout is not None
+    plan = context.fanout
+    return _shard(self, job_id, lambda: fanout.count_shard(context, plan, job_id, iteration, shard))
+
+
+@shared_task(bind=True, name=chunks.GENERATE_CHUNK_TASK, max_retries=DB_RETRIES)
+def generate_chunk(self: Task, job_id: str, iteration: int, step: int, shard: int) -> str:
+    """Makes one chunk of a fanned-out generation call (see ``workers.chunks``); returns a
+    status word."""
+    context = job_context(self.app)
+    assert context.fanout is not None
+    plan = context.fanout
+    return _shard(
+        self, job_id, lambda: chunks.make_chunk(context, plan, job_id, iteration, step, shard)
+    )
+
+
+def _shard(task: Task, job_id: str, work: Callable[[], str]) -> str:
+    """Runs a shard's ``work``. A database outage is retried like a job's; anything else is
+    left to the job's coordinator, which takes a shard over once its claim goes stale."""
     try:
-        return fanout.count_shard(context, context.fanout, job_id, iteration, shard)
+        return work()
     except OperationalError:
-        retries = self.request.retries
+        retries = task.request.retries
         if retries < DB_RETRIES:
-            logger.warning("vote shard of job %s: database unavailable; retry", job_id)
-            raise self.retry(countdown=DB_RETRY_FIRST_S * 2**retries) from None
+            logger.warning("shard task of job %s: database unavailable; retry", job_id)
+            raise task.retry(countdown=DB_RETRY_FIRST_S * 2**retries) from None
         raise

@@ -58,9 +58,9 @@ from service.db.models import (
     JobMessage,
     RecordDigest,
     Release,
+    Shard,
     Tenant,
     TenantSecret,
-    VoteShard,
 )
 from service.db.repository import (
     EventPage,
@@ -129,9 +129,9 @@ __all__ = [
     "Release",
     "ReleaseConflict",
     "ReservationExceeded",
+    "Shard",
     "Tenant",
     "TenantSecret",
-    "VoteShard",
     "WrongRole",
     "add_data_key",
     "append_event",

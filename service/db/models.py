@@ -416,37 +416,43 @@ class Job(Base):
     lease_holder: Mapped[str | None] = mapped_column(String(200))
 
 
-class VoteShard(Base):
-    """One shard of a job's vote in one iteration, when the vote is fanned out over workers
-    (:mod:`workers.fanout`): which synthetic set it counts against, who claimed it and when it
-    was done. No counts: a shard's partial histogram is private and lives only in encrypted
-    storage until the iteration's release is recorded.
+class Shard(Base):
+    """One shard of a piece of a job's work fanned out over workers (:mod:`workers.fanout`):
+    in an iteration, step 0 is the vote (a shard of the private records) and steps 1, 2, ...
+    are the generation calls in the order the engine makes them (a chunk of the samples). The
+    row says what the shard works on, who claimed it and when it was done; never a count or a
+    sample: a vote shard's partial histogram is private and lives only in encrypted storage
+    until the iteration's release is recorded, and a chunk's samples live in storage too.
 
     The row is the shard's completion record, which a Redis restart cannot lose (a Celery chord
-    could). It is kept after the iteration as a record of which worker counted what.
+    could). It is kept after the iteration as a record of which worker made what.
 
     Attributes:
-        shards: how many shards the iteration's records were split into.
-        synthetic_sha256: digest of the synthetic embeddings and labels the shard counts
-            against; a redelivered coordinator with another synthetic set opens fresh rows.
+        step: 0 for the vote, else the generation call's number in its iteration.
+        shards: how many shards the step was split into.
+        synthetic_sha256: digest of the synthetic data the shard works on (the embeddings a
+            vote counts against; a generation call's inputs and parameters); a redelivered
+            coordinator with other data opens fresh rows.
         opened_at: when the coordinator opened the shard.
-        claimed_by: the worker process counting it (:func:`workers.lease.process_name`), while
-            it is claimed.
+        claimed_by: the worker process working on it (:func:`workers.lease.process_name`),
+            while it is claimed.
         claimed_at: when that worker last showed it is alive; an old claim is taken over.
-        done_at: when its partial histogram was stored.
-        partial: the token naming the stored partial of the worker that finished it (a worker
-            that finds the shard done by another deletes its own).
-        backend: the nearest-neighbour backend it counted with.
+        done_at: when its output was stored.
+        partial: the token naming the stored output of the worker that finished it (a
+            worker that finds the shard done by another deletes its own).
+        backend: the nearest-neighbour backend a vote shard counted with.
     """
 
-    __tablename__ = "vote_shards"
+    __tablename__ = "shards"
     __table_args__ = (
-        CheckConstraint("iteration >= 1", name="iteration"),
+        CheckConstraint("iteration >= 0", name="iteration"),
+        CheckConstraint("step >= 0", name="step"),
         CheckConstraint("shard >= 0 AND shard < shards", name="shard"),
     )
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True)
     shards: Mapped[int] = mapped_column(Integer)
     synthetic_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))

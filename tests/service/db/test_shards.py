@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import (
-    VoteShard,
+    Shard,
     claim_shard,
     finish_shard,
     open_shards,
@@ -32,7 +32,7 @@ def new_job(session: Session) -> str:
     return reserve(session, tenant, dataset.id, 1.0, 1e-6, None, {}, iterations=2).id
 
 
-def claim(session: Session, job_id: str, worker: str, **when: object) -> VoteShard | None:
+def claim(session: Session, job_id: str, worker: str, **when: object) -> Shard | None:
     now = utcnow()
     return claim_shard(
         session, job_id, 1, 0, worker, stale_before=now - timedelta(seconds=60), **when
@@ -50,7 +50,7 @@ def test_one_of_many_racing_workers_claims_a_shard(
     outcomes = run_together(
         db_factory, THREADS, lambda session, index: claim(session, job_id, f"worker-{index}")
     )
-    winners = [outcome for outcome in outcomes if isinstance(outcome, VoteShard)]
+    winners = [outcome for outcome in outcomes if isinstance(outcome, Shard)]
     assert len(winners) == 1 and outcomes.count(None) == THREADS - 1, outcomes
     with db_factory() as session:
         rows = shard_rows(session, job_id, 1)
@@ -68,7 +68,7 @@ def test_a_stale_claim_is_taken_over_and_the_shard_finishes_once(
         assert renew_claim(session, job_id, 1, 0, "a")
         assert not renew_claim(session, job_id, 1, 0, "b")
         with write_transaction(session):
-            session.get_one(VoteShard, (job_id, 1, 0)).claimed_at = utcnow() - timedelta(hours=1)
+            session.get_one(Shard, (job_id, 1, 0, 0)).claimed_at = utcnow() - timedelta(hours=1)
         taken = claim(session, job_id, "b")  # a went silent: its shard is redone
         assert taken is not None and taken.claimed_by == "b"
         assert finish_shard(session, job_id, 1, 0, DIGEST, partial="b1", backend="numpy")
@@ -121,3 +121,33 @@ def test_another_synthetic_set_reopens_the_iterations_shards(
         ]
         # The old set's late result is refused.
         assert not finish_shard(session, job_id, 1, 0, DIGEST, partial="a2", backend="numpy")
+
+
+def test_a_claim_whose_process_has_exited_is_taken_over_at_once(
+    db_factory: sessionmaker[Session],
+) -> None:
+    with db_factory() as session:
+        job_id = new_job(session)
+        open_shards(session, job_id, 1, 1, DIGEST)
+        assert claim(session, job_id, "a") is not None
+        assert claim(session, job_id, "b", gone=lambda holder: holder == "b") is None
+        taken = claim(session, job_id, "b", gone=lambda holder: holder == "a")
+        assert taken is not None and taken.claimed_by == "b"
+
+
+def test_each_step_of_an_iteration_has_shards_of_its_own(
+    db_factory: sessionmaker[Session],
+) -> None:
+    with db_factory() as session:
+        job_id = new_job(session)
+        open_shards(session, job_id, 0, 2, DIGEST, step=1)  # iteration 0: first samples
+        open_shards(session, job_id, 0, 3, sha256_of("call 2"), step=2)
+        assert claim_shard(
+            session, job_id, 0, 1, "a", stale_before=utcnow() - timedelta(seconds=60), step=2
+        )
+        assert finish_shard(
+            session, job_id, 0, 1, sha256_of("call 2"), partial="a", backend=None, step=2
+        )
+        first, second = (shard_rows(session, job_id, 0, step=step) for step in (1, 2))
+    assert [row.shards for row in first] == [2, 2] and all(r.done_at is None for r in first)
+    assert [row.done_at is not None for row in second] == [False, True, False]
