@@ -748,9 +748,9 @@ def _add_routes(
 
 
 def _delete_everywhere(stores: Stores, prefix: str) -> None:
-    """Deletes ``prefix`` in the local work folder (jobs' state, the evaluation as made, an
-    upload's staged copy) and in a separate storage; the local copy first, since it goes even
-    when a remote store is down."""
+    """Deletes ``prefix`` in the gateway's local work folder (an upload's staged copy) and in
+    a separate storage (everything else, jobs' files included); the local copy first, since it
+    goes even when a remote store is down."""
     if stores.staged:
         stores.work.delete_prefix(prefix)
     stores.storage.delete_prefix(prefix)

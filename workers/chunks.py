@@ -17,7 +17,9 @@ embeddings of the population, the variations of a label's selected samples):
 
 A chunk draws from ``default_rng([call seed, chunk index])``, so what a job makes depends on
 its seed and the chunk size, never on how many workers made it: the result equals the one
-worker's that makes every chunk in order. The chunk size is recorded in the job's report.
+worker's that makes every chunk in order, for a generator that is deterministic given its
+seed (drawtext and grammar; a GPU's kernels may differ in the last bits between devices). The
+chunk size is recorded in the job's report.
 
 Only a job's generation is public; nothing here touches a private record. Audits and APIs
 with per-job state (the ``llm`` API's request caps, which one process must count) keep their
