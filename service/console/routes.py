@@ -287,6 +287,7 @@ def console_router(console: Console, upload_limit: int | None = None) -> APIRout
             "iterations": [e for e in events["items"] if e["kind"] == "iteration"],
             "final": job["status"] in FINAL_STATUSES,
             "results": _results(console.storage, job),
+            "evaluation": await _evaluation(api_json, session, job),
             "spec": json.dumps(job["spec"], indent=2, sort_keys=True),
         }
         return console.page(request, "job.html", context, session=session)
@@ -331,6 +332,20 @@ def console_router(console: Console, upload_limit: int | None = None) -> APIRout
             raise _Refused(a.status, _detail(json.loads(content) if content else None))
         disposition = {"Content-Disposition": f'attachment; filename="{job_id}.zip"'}
         return Response(content, media_type="application/zip", headers=disposition)
+
+    @router.get("/jobs/{job_id}/evaluation/report")
+    async def evaluation_report(job_id: str, session: Signed) -> Response:
+        job_id = _id(job_id)
+        path = f"/v1/jobs/{job_id}/evaluation/report"
+        async with console.api.request("GET", path, key=session.key) as answer:
+            content = await answer.read()
+        if answer.status != 200:
+            raise _Refused(answer.status, _detail(json.loads(content) if content else None))
+        headers = {
+            "Content-Disposition": f'attachment; filename="{job_id}-report-not-dp.html"',
+            "Cache-Control": "no-store",
+        }
+        return Response(content, media_type="text/html; charset=utf-8", headers=headers)
 
     @router.get("/jobs/{job_id}/report")
     async def report(job_id: str, session: Signed) -> Response:
@@ -444,9 +459,14 @@ async def _dataset_page(
     dataset = await found(session, f"/v1/datasets/{_id(dataset_id)}")
     _, listing = await api_json(session, "GET", "/v1/jobs", query={"limit": 200})
     history = [j for j in listing["items"] if j["dataset_id"] == dataset["id"]]
+    _, sets = await api_json(session, "GET", "/v1/datasets", query={"limit": 200})
+    heldout = [
+        d for d in sets["items"] if d["role"] == "heldout" and d["modality"] == dataset["modality"]
+    ]
     context = {
         "dataset": dataset,
         "history": history,
+        "heldout": heldout,
         "error": error,
         "idempotency_key": secrets.token_urlsafe(16),
     }
@@ -454,6 +474,7 @@ async def _dataset_page(
 
 
 _JOB_FIELDS = {
+    "eval_dataset_id": str,
     "api": str,
     "embedding": str,
     "epsilon": float,
@@ -521,6 +542,17 @@ def _results(storage: Storage, job: dict[str, Any]) -> _Results | None:
         curves=[n for n in names if n.endswith(".png") and not n.startswith("iter_")],
         texts=texts,
     )
+
+
+async def _evaluation(
+    api_json: ApiJson, session: ConsoleSession, job: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A succeeded job's NOT DP evaluation, or None (no held-out data, not succeeded, or
+    deleted with one of its datasets)."""
+    if job["eval_dataset_id"] is None or job["status"] != "succeeded":
+        return None
+    status, evaluation = await api_json(session, "GET", f"/v1/jobs/{job['id']}/evaluation")
+    return evaluation if status == 200 else None
 
 
 async def _succeeded(

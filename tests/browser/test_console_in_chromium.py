@@ -99,8 +99,8 @@ def sign_out(page: Any) -> None:
     page.wait_for_url(re.compile(r".*/console/sign-in$"))
 
 
-def digits_npz(path: Path) -> Path:
-    digits = digits_28(6, offset=100)
+def digits_npz(path: Path, offset: int = 100) -> Path:
+    digits = digits_28(6, offset=offset)
     np.savez(path, images=digits.images, labels=digits.labels)
     return path
 
@@ -117,6 +117,17 @@ def test_upload_run_watch_and_read_a_job_that_another_tenant_cannot_see(
     assert "HttpOnly" in _cookie_flags(page, "privevo_session")
     assert page.evaluate("document.cookie") == ""  # no script can read the session
 
+    # Held-out data first: it has no budget, so the page turns the budget fields off.
+    page.fill("input[name=name]", "held-out digits")
+    page.select_option("select[name=role]", "heldout")
+    assert page.is_disabled("input[name=epsilon_cap]")
+    page.set_input_files("input[name=file]", str(digits_npz(tmp_path / "heldout.npz", 150)))
+    page.click("button:has-text('Upload')")
+    page.wait_for_url(re.compile(r".*/console/datasets/ds_[A-Za-z0-9_-]+$"))
+    heldout_id = page.url.rsplit("/", 1)[1]
+    assert "Held-out data has no budget" in page.inner_text("main")
+    page.goto(f"{server.url}/console/datasets")
+
     page.fill("input[name=name]", XSS_NAME)
     page.select_option("select[name=modality]", "image")
     page.fill("input[name=epsilon_cap]", "2")
@@ -131,6 +142,7 @@ def test_upload_run_watch_and_read_a_job_that_another_tenant_cannot_see(
     page.fill("input[name=epsilon]", "1")
     page.fill("input[name=iterations]", "2")
     page.fill("input[name=num_samples]", "40")
+    page.select_option("select[name=eval_dataset_id]", heldout_id)
     page.click("button:has-text('Start')")
     page.wait_for_url(re.compile(r".*/console/jobs/job_[A-Za-z0-9_-]+$"))
     job_url = page.url
@@ -145,6 +157,13 @@ def test_upload_run_watch_and_read_a_job_that_another_tenant_cannot_see(
     assert page.locator("img[src$='dp_diagnostics.png']").count() == 1
     for image in page.locator("figure img").all():  # every grid and curve loaded
         assert image.evaluate("i => i.complete && i.naturalWidth > 0")
+    # The NOT DP evaluation against the held-out data: a score per iteration, and its report.
+    assert page.locator("#evaluation tbody tr").count() == 3
+    assert "NOT DP" in page.inner_text("#evaluation h2")
+    page.locator("#evaluation").screenshot(path=str(screenshots / "console-evaluation.png"))
+    with page.expect_download() as evaluation:
+        page.click("a:has-text('Download the NOT DP report')")
+    assert "NOT DP" in Path(evaluation.value.path()).read_text()
     report_frame = page.frame_locator("iframe.report")
     assert "epsilon" in report_frame.locator("body").inner_text().lower()
     save_screenshot(page, screenshots / "console-job.png", full_page=False)
@@ -179,6 +198,7 @@ def test_upload_run_watch_and_read_a_job_that_another_tenant_cannot_see(
         f"{job_url}/samples/iter_02.png",
         f"{job_url}/result",
         f"{job_url}/events",
+        f"{job_url}/evaluation/report",
     ]:
         response = page.request.get(url)
         assert response.status == 404, (url, response.status)

@@ -229,6 +229,36 @@ def test_an_api_error_is_shown_on_the_form_with_its_status(alice: tuple[httpx.Cl
     assert "epsilon_cap" in answer.text and 'role="alert"' in answer.text
 
 
+def test_held_out_data_is_uploaded_and_named_for_a_job_from_the_forms(console: Server):
+    client, token = signed_in(console, "carol")
+    private = upload(client, token, "private digits", offset=20)
+    assert private.status_code == 303, private.text
+    heldout = client.post(
+        "/console/datasets",
+        data={"csrf_token": token, "name": "held-out digits", "modality": "image",
+              "role": "heldout"},  # the page turns the budget fields off for held-out data
+        files={"file": ("digits.npz", npz(40))},
+    )  # fmt: skip
+    assert heldout.status_code == 303, heldout.text
+    heldout_id = heldout.headers["location"].rsplit("/", 1)[1]
+    page = client.get(heldout.headers["location"]).text
+    assert "Held-out data has no budget" in page and "Start a job" not in page
+    page = client.get(private.headers["location"]).text
+    assert f'<option value="{heldout_id}">held-out digits (30 records, NOT DP)</option>' in page
+    dataset_id = private.headers["location"].rsplit("/", 1)[1]
+    started = client.post(
+        f"/console/datasets/{dataset_id}/jobs",
+        data={"csrf_token": token, "epsilon": "0.5", "iterations": "1", "num_samples": "20",
+              "eval_dataset_id": heldout_id},
+    )  # fmt: skip
+    assert started.status_code == 303, started.text
+    job_id = started.headers["location"].rsplit("/", 1)[1]
+    job = client.get(f"/console/jobs/{job_id}").text
+    assert f"&#34;eval_dataset_id&#34;: &#34;{heldout_id}&#34;" in job  # its spec, escaped
+    client.post(f"/console/jobs/{job_id}/cancel", data={"csrf_token": token})
+    client.close()
+
+
 def test_another_tenant_gets_404_on_every_page_and_file(console: Server, alice_job: dict[str, str]):
     bob, token = signed_in(console, "bob")
     with closing(bob):

@@ -58,3 +58,25 @@
     window.location.reload();
   });
 })();
+
+// The upload form: held-out data has no budget and no users, so choosing it turns those
+// fields off (a disabled field is not sent; the API refuses them for held-out data).
+(function () {
+  const role = document.querySelector("select[name=role]");
+  if (!role) {
+    return;
+  }
+  const budgetFields = ["epsilon_cap", "delta_cap", "user_column"].map((name) =>
+    role.form.querySelector(`input[name=${name}]`),
+  );
+  const follow = () => {
+    const heldout = role.value === "heldout";
+    for (const input of budgetFields) {
+      if (input) {
+        input.disabled = heldout;
+      }
+    }
+  };
+  role.addEventListener("change", follow);
+  follow();
+})();
