@@ -34,6 +34,10 @@ privacy_app = typer.Typer(help="Privacy accounting tools.", no_args_is_help=True
 app.add_typer(privacy_app, name="privacy")
 keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+master_key_app = typer.Typer(
+    help="The master key of encryption at rest (docs/storage.md).", no_args_is_help=True
+)
+app.add_typer(master_key_app, name="master-key")
 
 
 def _names(registry: Registry[Any]) -> str:
@@ -653,6 +657,44 @@ def keys_revoke(
         except (db.NotFound, ValueError) as exc:
             raise fail(str(exc)) from None
     typer.echo(f"revoked {row.prefix}")
+
+
+@master_key_app.command("rotate")
+def master_key_rotate() -> None:
+    """Wrap every data key with a new master key, in one transaction (the stored objects do
+    not change).
+
+    The key in use comes from PRIVEVO_MASTER_KEY, the new one from PRIVEVO_NEW_MASTER_KEY
+    (environment variables, never arguments, which other users can see). Stop the gateway and
+    the workers first: they unwrap keys with the master key they started with. Then set
+    PRIVEVO_MASTER_KEY to the new key everywhere and start them again.
+    """
+    import os
+
+    from service.crypto import KeyUnwrapError, WeakMasterKeyError, parse_master_key
+    from service.crypto import rotate_master_key as rotate
+
+    settings = _service_settings()
+    if settings.master_key is None:
+        raise fail("set PRIVEVO_MASTER_KEY to the master key in use: it unwraps the data keys")
+    new_value = os.environ.get("PRIVEVO_NEW_MASTER_KEY")
+    if not new_value:
+        raise fail(
+            "set PRIVEVO_NEW_MASTER_KEY to the new master key (32 random bytes in base64: "
+            "openssl rand -base64 32)"
+        )
+    try:
+        new = parse_master_key(new_value)
+    except WeakMasterKeyError as exc:
+        raise fail(str(exc).replace("PRIVEVO_MASTER_KEY", "PRIVEVO_NEW_MASTER_KEY")) from None
+    try:
+        count = rotate(_key_sessions(), settings.master_key_bytes, new)
+    except (KeyUnwrapError, ValueError) as exc:
+        raise fail(f"{exc}; nothing was changed") from None
+    typer.echo(
+        f"rewrapped {count} data key(s); now set PRIVEVO_MASTER_KEY to the new key for the "
+        "gateway and every worker, and start them"
+    )
 
 
 @app.command()

@@ -132,6 +132,24 @@ def wrap_key(master_key: bytes, data_key: bytes, scope: str) -> bytes:
     return bytes([_WRAP_VERSION]) + nonce + sealed
 
 
+def rotate_master_key(sessions: sessionmaker[Session], old: bytes, new: bytes) -> int:
+    """Wraps every data key with the ``new`` master key instead of ``old``, in one transaction;
+    the objects are untouched (their data keys stay the same). Returns how many keys it
+    rewrapped.
+
+    Raises:
+        KeyUnwrapError: a data key does not unwrap with ``old`` (not the master key in use):
+            nothing was changed.
+        ValueError: ``new`` is ``old``.
+    """
+    if new == old:
+        raise ValueError("the new master key is the one in use; give a new one")
+    with sessions() as s:
+        return db.rewrap_data_keys(
+            s, lambda scope, wrapped: wrap_key(new, unwrap_key(old, wrapped, scope), scope)
+        )
+
+
 def unwrap_key(master_key: bytes, wrapped: bytes, scope: str) -> bytes:
     """The data key of ``scope`` from its wrapped form.
 

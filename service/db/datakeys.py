@@ -4,6 +4,7 @@ crypto-shreds a dataset."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
@@ -61,6 +62,16 @@ def delete_orphan_upload_key(session: Session, upload_prefix: str) -> bool:
             delete(DataKey).where(DataKey.upload_prefix == upload_prefix, ~committed.exists())
         )
     return bool(getattr(result, "rowcount", 0))
+
+
+def rewrap_data_keys(session: Session, rewrap: Callable[[str, bytes], bytes]) -> int:
+    """Replaces every wrapped data key by ``rewrap(scope, wrapped)``, all in one transaction:
+    a ``rewrap`` that raises changes no row. Returns how many rows it rewrapped."""
+    with write_transaction(session):
+        rows = list(session.scalars(select(DataKey).order_by(DataKey.scope).with_for_update()))
+        for row in rows:
+            row.wrapped = rewrap(row.scope, row.wrapped)
+    return len(rows)
 
 
 def dataset_is_live(session: Session, dataset_id: str) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +23,7 @@ from service.crypto import (
     KEY_BYTES,
     NONCE_BYTES,
     TAG_BYTES,
+    DatabaseKeyRing,
     DecryptionError,
     EncryptedStorage,
     KeyUnwrapError,
@@ -28,6 +31,7 @@ from service.crypto import (
     WeakMasterKeyError,
     new_data_key,
     parse_master_key,
+    rotate_master_key,
     unwrap_key,
     wrap_key,
 )
@@ -434,3 +438,73 @@ def test_a_purge_a_store_outage_cut_short_is_finished_by_the_sweep(
     with db.read_transaction(db_session):
         assert db_session.get_one(db.Dataset, dataset_id).purged_at is not None
     assert sweep_expired_datasets(db_factory, live) == []
+
+
+def rotation_sessions(home: Path) -> sessionmaker[Session]:
+    """Sessions on an installation's own database (it holds only that installation's keys)."""
+    url = f"sqlite:///{home / 'privevo.sqlite3'}"
+    db.upgrade(url)
+    return db.make_session_factory(db.make_engine(url))
+
+
+def sealed_under(home: Path, key: str) -> EncryptedStorage:
+    """The installation's storage, encrypted under the master key ``key``."""
+    url = f"sqlite:///{home / 'privevo.sqlite3'}"
+    settings = Settings(home=home, database_url=url, master_key=key)
+    storage = open_storage(settings, rotation_sessions(home)).storage
+    assert isinstance(storage, EncryptedStorage)
+    return storage
+
+
+def stored_upload(home: Path, key: str) -> str:
+    """Stores one upload under the master key ``key``; returns its object's key."""
+    upload = f"uploads/{os.urandom(16).hex()}"
+    DatabaseKeyRing(rotation_sessions(home), parse_master_key(key)).create_for_upload(
+        new_id("ds"), upload
+    )
+    put(sealed_under(home, key), f"{upload}/data.csv", SECRET)
+    return f"{upload}/data.csv"
+
+
+def test_rotating_the_master_key_rewraps_the_data_keys_and_leaves_the_objects(
+    tmp_path: Path,
+) -> None:
+    old, new = master_key(), master_key()
+    key = stored_upload(tmp_path, old)
+    ciphertext = (tmp_path / "storage" / "encrypted" / key).read_bytes()
+    sessions = rotation_sessions(tmp_path)
+    with pytest.raises(KeyUnwrapError):  # not the key in use: nothing changes
+        rotate_master_key(sessions, parse_master_key(master_key()), parse_master_key(new))
+    assert read(sealed_under(tmp_path, old), key) == SECRET
+    assert rotate_master_key(sessions, parse_master_key(old), parse_master_key(new)) == 1
+    assert (tmp_path / "storage" / "encrypted" / key).read_bytes() == ciphertext
+    assert read(sealed_under(tmp_path, new), key) == SECRET
+    with pytest.raises(KeyUnwrapError):
+        read(sealed_under(tmp_path, old), key)
+
+
+def test_the_cli_rotates_the_master_key_from_the_environment(tmp_path: Path) -> None:
+    old, new = master_key(), master_key()
+    key = stored_upload(tmp_path, old)
+    env = {
+        **os.environ,
+        "PRIVEVO_HOME": str(tmp_path),
+        "PRIVEVO_DATABASE_URL": f"sqlite:///{tmp_path / 'privevo.sqlite3'}",
+        "PRIVEVO_MASTER_KEY": old,
+    }
+
+    def rotate(**extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "privevo.cli", "master-key", "rotate"]
+        return subprocess.run(command, env={**env, **extra}, capture_output=True, text=True)
+
+    missing = rotate()
+    assert missing.returncode != 0 and "set PRIVEVO_NEW_MASTER_KEY" in missing.stderr
+    weak = rotate(PRIVEVO_NEW_MASTER_KEY="changeme")
+    assert weak.returncode != 0 and "PRIVEVO_NEW_MASTER_KEY must be 32 bytes" in weak.stderr
+    assert "Traceback" not in missing.stderr + weak.stderr
+    done = rotate(PRIVEVO_NEW_MASTER_KEY=new)
+    assert done.returncode == 0, done.stderr
+    assert "rewrapped 1 data key(s)" in done.stdout
+    assert read(sealed_under(tmp_path, new), key) == SECRET
+    again = rotate(PRIVEVO_NEW_MASTER_KEY=master_key())  # PRIVEVO_MASTER_KEY is now stale
+    assert again.returncode != 0 and "nothing was changed" in again.stderr
