@@ -34,6 +34,8 @@ privacy_app = typer.Typer(help="Privacy accounting tools.", no_args_is_help=True
 app.add_typer(privacy_app, name="privacy")
 keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+tenants_app = typer.Typer(help="Tenants of the service: their own limits.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
 master_key_app = typer.Typer(
     help="The master key of encryption at rest (docs/storage.md).", no_args_is_help=True
 )
@@ -657,6 +659,87 @@ def keys_revoke(
         except (db.NotFound, ValueError) as exc:
             raise fail(str(exc)) from None
     typer.echo(f"revoked {row.prefix}")
+
+
+_LIMITS = {
+    "max_epsilon_cap": ("PRIVEVO_MAX_EPSILON_CAP", float),
+    "max_delta_cap": ("PRIVEVO_MAX_DELTA_CAP", float),
+    "max_queued_jobs": ("PRIVEVO_MAX_QUEUED_JOBS", int),
+    "max_stored_bytes": ("PRIVEVO_MAX_STORED_BYTES", int),
+}
+_LIMIT_HELP = 'a number, or "default" for the server\'s setting'
+
+
+@tenants_app.command("limits")
+def tenants_limits(
+    tenant: Annotated[str, typer.Option(help="Tenant name")],
+    max_epsilon_cap: Annotated[
+        str | None, typer.Option(help=f"Largest epsilon cap of an upload: {_LIMIT_HELP}")
+    ] = None,
+    max_delta_cap: Annotated[
+        str | None, typer.Option(help=f"Largest delta cap of an upload: {_LIMIT_HELP}")
+    ] = None,
+    max_queued_jobs: Annotated[
+        str | None, typer.Option(help=f"Most jobs queued or running at once: {_LIMIT_HELP}")
+    ] = None,
+    max_stored_bytes: Annotated[
+        str | None, typer.Option(help=f"Most bytes of uploads kept: {_LIMIT_HELP}")
+    ] = None,
+) -> None:
+    """Show a tenant's limits, after changing those given (the others keep their value)."""
+    from sqlalchemy import select
+
+    from service import db
+
+    given = {
+        "max_epsilon_cap": max_epsilon_cap,
+        "max_delta_cap": max_delta_cap,
+        "max_queued_jobs": max_queued_jobs,
+        "max_stored_bytes": max_stored_bytes,
+    }
+    changes: dict[str, float | int | None] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        kind = _LIMITS[name][1]
+        try:
+            changes[name] = None if value == "default" else kind(value)
+        except ValueError:
+            flag = "--" + name.replace("_", "-")
+            raise fail(f"{flag} {value!r}: give {_LIMIT_HELP}") from None
+    with _key_sessions()() as session:
+        with db.read_transaction(session):
+            statement = select(db.Tenant).where(db.Tenant.name == tenant)
+            owners = list(session.scalars(statement.order_by(db.Tenant.created_at)))
+        if not owners:
+            raise fail(f"no tenant is called {tenant!r} (privevo keys create makes one)")
+        owner = owners[0]
+        limits = {name: getattr(owner, name) for name in _LIMITS} | changes
+        try:
+            if {"max_epsilon_cap", "max_delta_cap"} & changes.keys():
+                owner = db.set_tenant_limits(
+                    session,
+                    owner.id,
+                    max_epsilon_cap=limits["max_epsilon_cap"],
+                    max_delta_cap=limits["max_delta_cap"],
+                )
+            if {"max_queued_jobs", "max_stored_bytes"} & changes.keys():
+                queued, stored = limits["max_queued_jobs"], limits["max_stored_bytes"]
+                owner = db.set_tenant_quotas(
+                    session,
+                    owner.id,
+                    max_queued_jobs=None if queued is None else int(queued),
+                    max_stored_bytes=None if stored is None else int(stored),
+                )
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    for name, (setting, _) in _LIMITS.items():
+        value = limits[name]
+        if value is None:
+            shown = f"{setting} (the server's setting)"
+        else:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+        typer.echo(f"{name:<18}{shown}")
 
 
 @master_key_app.command("rotate")

@@ -3,13 +3,13 @@ with a lower epsilon cap limit, a lower delta limit and a tenant with limits of 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from service import db
-from service.settings import Settings
 from tests.servers import REDIS, Server, answers
 from tests.service.test_api import npz_bytes, upload
 
@@ -61,15 +61,35 @@ def test_a_tenants_own_cap_limits_take_the_servers_place(
     refused = upload(dave, npz_bytes(1, offset=150), epsilon_cap="5")
     assert refused.status_code == 422, refused.text
     assert "epsilon_cap: 5 is above this installation's maximum of 4" in refused.json()["detail"]
-    engine = db.make_engine(Settings(home=strict.home).resolved_database_url)
-    try:
-        with db.make_session_factory(engine)() as session:
-            tenant = db.tenant_named(session, "dave")
-            db.set_tenant_limits(session, tenant.id, max_epsilon_cap=8.0, max_delta_cap=1e-7)
-    finally:
-        engine.dispose()
+    shown = strict.cli(
+        "tenants", "limits", "--tenant", "dave", "--max-epsilon-cap", "8", "--max-delta-cap", "1e-7"
+    )
+    assert shown.splitlines()[:2] == ["max_epsilon_cap   8", "max_delta_cap     1e-07"]
     raised = upload(dave, npz_bytes(1, offset=150), epsilon_cap="5", delta_cap="1e-7")
     assert raised.status_code == 201, raised.text
     lowered = upload(dave, npz_bytes(1, offset=160), epsilon_cap="5")
     assert lowered.status_code == 422, lowered.text
     assert "delta_cap: 1e-05 is above your maximum of 1e-07" in lowered.json()["detail"]
+
+
+def test_the_cli_shows_and_resets_a_tenants_quotas_and_refuses_bad_values(strict: Server) -> None:
+    strict.cli("keys", "create", "--tenant", "erin")
+    shown = strict.cli("tenants", "limits", "--tenant", "erin", "--max-queued-jobs", "3")
+    assert "max_queued_jobs   3" in shown
+    assert "max_stored_bytes  PRIVEVO_MAX_STORED_BYTES (the server's setting)" in shown
+    reset = strict.cli("tenants", "limits", "--tenant", "erin", "--max-queued-jobs", "default")
+    assert "max_queued_jobs   PRIVEVO_MAX_QUEUED_JOBS (the server's setting)" in reset
+    for args, message in [
+        (("--tenant", "erin", "--max-queued-jobs", "many"), "--max-queued-jobs 'many': give"),
+        (("--tenant", "erin", "--max-epsilon-cap", "-1"), "max_epsilon_cap must be finite"),
+        (("--tenant", "nobody"), "no tenant is called 'nobody'"),
+    ]:
+        refused = subprocess.run(
+            [sys.executable, "-m", "privevo.cli", "tenants", "limits", *args],
+            env=strict.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
