@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pe_kernels.base import check_search_inputs
-from pe_kernels.blocked import default_threads, select_candidates, worker_search
+from pe_kernels.blocked import select_candidates, worker_search, worker_threads
 from pe_kernels.certify import (
     Bfloat16Synthetic,
     bfloat16_gemm_error_bound,
@@ -376,9 +376,7 @@ class Bfloat16BlockedBackend:
         self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES, threads: int | None = None
     ) -> None:
         self.max_block_bytes = max_block_bytes
-        self.threads = default_threads() if threads is None else threads
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = worker_threads(threads)
         self._gemm = MklBfloat16Gemm()
 
     def search(

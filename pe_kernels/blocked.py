@@ -169,6 +169,18 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def worker_threads(threads: int | None) -> int:
+    """A blocked backend's worker threads: ``threads``, or the usable cores when None.
+
+    Raises:
+        ValueError: fewer than 1.
+    """
+    chosen = default_threads() if threads is None else threads
+    if chosen < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return chosen
+
+
 def _augmented(synthetic: NDArray[np.float32]) -> NDArray[np.float32]:
     """(m, d + 1) rows [y, ||y||^2], so one GEMM with rows [-2x, 1] gives ||y||^2 - 2 x.y.
 
@@ -307,9 +319,7 @@ class NumpyBlockedBackend:
         self, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES, threads: int | None = None
     ) -> None:
         self.max_block_bytes = max_block_bytes
-        self.threads = default_threads() if threads is None else threads
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = worker_threads(threads)
 
     def search(
         self, private: NDArray[np.float32], synthetic: NDArray[np.float32], k: int
