@@ -48,8 +48,6 @@ from service.db import (
     Job,
     Shard,
     finish_shard,
-    open_shards,
-    shard_rows,
 )
 from service.keys import job_prefix
 from service.storage import Storage
@@ -57,9 +55,9 @@ from workers.fanout import (
     Fanout,
     await_shards,
     claim_in_task,
+    dispatch,
     holding,
     read_npz,
-    send_task,
     write_npz,
 )
 from workers.jobs import JobContext, cached_api, cached_embedder, job_spec
@@ -123,13 +121,14 @@ class ShardedGeneration:
         prefix = _call_prefix(self.job, t, step, digest)
         if not storage.exists(f"{prefix}/call.npz"):
             _write_call(storage, prefix, chunks, self.api.label_names, inputs)
-        with self.context.sessions() as session:
-            open_shards(session, self.job.id, t, len(chunks), digest, step=step)
-            rows = shard_rows(session, self.job.id, t, step=step)
-        for row in rows:
-            if row.done_at is None:
-                args = (self.job.id, t, step, row.shard)
-                send_task(self.fanout, GENERATE_CHUNK_TASK, args, self.job)
+        rows = dispatch(
+            self.context,
+            self.fanout,
+            self.job,
+            (t, step, len(chunks), digest),
+            GENERATE_CHUNK_TASK,
+            lambda shard: (self.job.id, t, step, shard),
+        )
 
         def make_here(row: Shard) -> None:
             chunk = chunks[row.shard]

@@ -208,20 +208,20 @@ class ShardedVotes:
     def counts(
         self, iteration: int, synthetic: NDArray[np.float32], labels: NDArray[np.int64]
     ) -> NDArray[np.int64]:
-        sessions, storage = self.context.sessions, self.context.storage
+        storage = self.context.storage
         digest = synthetic_digest(synthetic, labels)
         key = f"{_iteration_prefix(self.job, iteration, digest)}/synthetic.npz"
         if not storage.exists(key):
             write_npz(storage, key, {"synthetic": synthetic, "labels": labels})
         self.held.synthetic = (digest, synthetic, labels)
-        with sessions() as session:
-            open_shards(session, self.job.id, iteration, self.shards, digest)
-            rows = shard_rows(session, self.job.id, iteration)
-        for row in rows:
-            if row.done_at is None:
-                send_task(
-                    self.fanout, VOTE_SHARD_TASK, (self.job.id, iteration, row.shard), self.job
-                )
+        rows = dispatch(
+            self.context,
+            self.fanout,
+            self.job,
+            (iteration, VOTE, self.shards, digest),
+            VOTE_SHARD_TASK,
+            lambda shard: (self.job.id, iteration, shard),
+        )
         rows = await_shards(
             self.context,
             self.fanout,
@@ -263,7 +263,27 @@ class ShardedVotes:
         self.context.storage.delete_prefix(f"{votes_prefix(self.job)}/{iteration}")
 
 
-def send_task(fanout: Fanout, task: str, args: tuple[object, ...], job: Job) -> None:
+def dispatch(
+    context: JobContext,
+    fanout: Fanout,
+    job: Job,
+    shards: tuple[int, int, int, str],
+    task: str,
+    args: Callable[[int], tuple[object, ...]],
+) -> list[Shard]:
+    """Opens the shards of one step, ``(iteration, step, count, digest of their input)``, and
+    sends ``task`` with ``args(shard)`` for each shard not done yet; returns their rows."""
+    iteration, step, count, digest = shards
+    with context.sessions() as session:
+        open_shards(session, job.id, iteration, count, digest, step=step)
+        rows = shard_rows(session, job.id, iteration, step=step)
+    for row in rows:
+        if row.done_at is None:
+            _send_task(fanout, task, args(row.shard), job)
+    return rows
+
+
+def _send_task(fanout: Fanout, task: str, args: tuple[object, ...], job: Job) -> None:
     """Sends a shard's task on the job's queue; a broker that does not take it only slows the
     job, since the job's worker takes the shard itself once it has waited for a worker."""
     try:
