@@ -206,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="mnist")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 10.0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="the first seed (default 0): seeds S .. S+N-1"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -216,8 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or any(not math.isfinite(e) or e <= 0 for e in args.epsilons):
-        parser.error("--seeds must be at least 1 and every epsilon finite and positive")
+    bad_epsilon = any(not math.isfinite(e) or e <= 0 for e in args.epsilons)
+    if args.seeds < 1 or args.first_seed < 0 or bad_epsilon:
+        parser.error(
+            "--seeds must be at least 1, --first-seed at least 0, and every epsilon finite and "
+            "positive"
+        )
     setting = SETTINGS[args.setting]
     try:
         overrides = {key: yaml.safe_load(value) for key, value in map(_key_value, args.set)}
@@ -233,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = len(args.epsilons) * args.seeds
     with tempfile.TemporaryDirectory(prefix="privevo-quality-") as workdir:
         for epsilon in args.epsilons:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 done = sum(len(runs) for runs in by_epsilon.values())
                 eta = (time.monotonic() - started) / done * (total - done) if done else None
                 print(
@@ -250,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.seeds} seeds (NOT DP evaluation)",
         "",
         f"Private `{setting.data}`, held out `{setting.eval_data}`, options "
-        f"`{dict(setting.options)}`; mean +- sd over seeds 0-{args.seeds - 1}, production noise.",
+        f"`{dict(setting.options)}`; mean +- sd over seeds "
+        f"{args.first_seed}-{args.first_seed + args.seeds - 1}, production noise.",
         "",
         "## Summary",
         "",
