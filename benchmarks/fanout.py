@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -212,12 +212,7 @@ def main() -> None:
         }
         workers: list[subprocess.Popen[bytes]] = []
         if args.workers and _redis_answers(args.broker_url):
-            app = make_celery(Settings(home=root, broker_url=args.broker_url))
-
-            def send(task: str, args: tuple[object, ...], queue: str) -> None:
-                app.send_task(task, args=list(args), queue=queue)
-
-            remote = counter(context, job_id, private, args.shards, send)
+            remote = counter(context, job_id, private, args.shards, celery_send(root, args))
             ways[f"{args.shards} shards on {args.workers} workers"] = partial(
                 vote, remote, synthetic, labels
             )
@@ -228,15 +223,7 @@ def main() -> None:
             # Each vote is a new iteration (its own shard rows), as in a job.
             iterations = itertools.count(1)
             expected = local.counts(0, synthetic, labels)
-            for count in ways.values():  # warm-up: embeddings cached, workers ready
-                count(next(iterations))
-            times: dict[str, list[float]] = {name: [] for name in ways}
-            for round_ in range(args.rounds):
-                load = os.getloadavg()[0]
-                for name, count in ways.items():
-                    times[name].append(timed(count, next(iterations)))
-                print(f"round {round_ + 1}: load {load:.1f}, "
-                      + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))  # fmt: skip
+            times = rounds(ways, args.rounds, iterations)
             # The fan-out must count what the single process does.
             assert np.array_equal(here.counts(next(iterations), synthetic, labels), expected)
         finally:
@@ -296,26 +283,14 @@ def generation(args: argparse.Namespace) -> None:
         }
         workers: list[subprocess.Popen[bytes]] = []
         if args.workers and _redis_answers(args.broker_url):
-            app = make_celery(Settings(home=root, broker_url=args.broker_url))
-
-            def send(task: str, task_args: tuple[object, ...], queue: str) -> None:
-                app.send_task(task, args=list(task_args), queue=queue)
-
-            ways[f"chunks of {args.chunk} on {args.workers} workers + here"] = chunked(send)
+            ways[f"chunks of {args.chunk} on {args.workers} workers + here"] = chunked(
+                celery_send(root, args)
+            )
             workers = start_workers(root, args.workers, args.broker_url)
         elif args.workers:
             print(f"no Redis at {args.broker_url}: the workers' row is skipped")
         try:
-            seeds = itertools.count(1)
-            for make in ways.values():  # warm-up: models loaded, workers ready
-                make(next(seeds))
-            times: dict[str, list[float]] = {name: [] for name in ways}
-            for round_ in range(args.rounds):
-                load = os.getloadavg()[0]
-                for name, make in ways.items():
-                    times[name].append(timed(make, next(seeds)))
-                print(f"round {round_ + 1}: load {load:.1f}, "
-                      + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))  # fmt: skip
+            times = rounds(ways, args.rounds, itertools.count(1))
         finally:
             for worker in workers:
                 worker.terminate()
@@ -325,6 +300,34 @@ def generation(args: argparse.Namespace) -> None:
         f"{args.rounds} rounds, {os.cpu_count()} CPUs\n"
     )
     table(times, "direct")
+
+
+def celery_send(root: Path, args: argparse.Namespace) -> fanout.Send:
+    """Sends tasks through Redis at ``--broker-url``, as a worker's app does."""
+    app = make_celery(Settings(home=root, broker_url=args.broker_url))
+
+    def send(task: str, task_args: tuple[object, ...], queue: str) -> None:
+        app.send_task(task, args=list(task_args), queue=queue)
+
+    return send
+
+
+def rounds(
+    ways: dict[str, Callable[[int], object]], count: int, numbers: Iterator[int]
+) -> dict[str, list[float]]:
+    """A warm-up call of each way (models loaded, caches filled, workers ready), then ``count``
+    rounds timing each way in turn; each call gets the next of ``numbers`` (an iteration or a
+    seed of its own). Prints each round; returns every way's seconds."""
+    for make in ways.values():
+        make(next(numbers))
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for round_ in range(count):
+        load = os.getloadavg()[0]
+        for name, make in ways.items():
+            times[name].append(timed(make, next(numbers)))
+        print(f"round {round_ + 1}: load {load:.1f}, "
+              + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))  # fmt: skip
+    return times
 
 
 def table(times: dict[str, list[float]], peer: str) -> None:
