@@ -12,7 +12,7 @@ LOCK ?= requirements/cpu.txt
 EXTRAS := engine,faiss,text,diffusers,service,triton,dev
 LATEST ?= .venv-latest
 
-.PHONY: demo test test-reliability lint typecheck install fonts chromium data lock test-latest clean
+.PHONY: demo test test-reliability lint typecheck install fonts chromium data fortunes lock test-latest clean
 
 demo: install fonts $(DATA)/mnist/test.npz
 	$(VENV)/bin/privevo run --config configs/demo-mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
@@ -61,7 +61,22 @@ chromium:
 	    echo "chromium: not installed (needs root and apt-get); tests/browser skip outside CI" >&2; \
 	  fi; }
 
-data: $(DATA)/mnist/test.npz $(DATA)/bbc/private.jsonl
+data: $(DATA)/mnist/test.npz $(DATA)/bbc/private.jsonl fortunes
+
+# The second text set (benchmarks/quality.py --setting fortunes-llm) comes from Debian's
+# fortunes package; no test needs it, so without root it is skipped with a note.
+fortunes: | install
+	@test -f $(DATA)/fortunes/private.jsonl || { \
+	  if [ ! -d /usr/share/games/fortunes ] && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "fortunes: installing Debian's package"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null; \
+	  fi; \
+	  if [ -d /usr/share/games/fortunes ]; then \
+	    $(PY) scripts/prepare_data.py --data-dir $(DATA) --only fortunes; \
+	  else \
+	    echo "fortunes: Debian's fortunes package is not installed (needs root and apt-get); skipped" >&2; \
+	  fi; }
 
 $(DATA)/mnist/test.npz: | install
 	$(PY) scripts/prepare_data.py --data-dir $(DATA) --only mnist

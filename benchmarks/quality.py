@@ -21,6 +21,8 @@ defaults must not rest on one lucky run, hence the seeds.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
 import statistics
 import sys
@@ -54,58 +56,58 @@ class Setting:
     quoted: Mapping[float, str] = field(default_factory=dict)
 
 
-# The demo (configs/demo-mnist.yaml): MNIST's test split private, its validation split held out;
-# drawtext, raw pixels, 2,000 samples, lookahead 8.
-MNIST = Setting(
-    data="data/mnist/test.npz",
-    eval_data="data/mnist/val.npz",
-    options={
-        "api": "drawtext",
-        "embedding": "raw-pixels",
-        "iterations": 4,
-        "num_samples": 2000,
-        "lookahead": 8,
-        "delta": 1e-6,
-    },
+def from_config(path: str, **quoted: str) -> Setting:
+    """The setting of a shipped job config (its data, held-out data and options; the epsilon
+    and seed come from the benchmark). ``quoted`` maps an epsilon, written ``eps1``, to a
+    figure quoted from elsewhere."""
+    options = yaml.safe_load((REPO / path).read_text("utf-8"))
+    data, eval_data = options.pop("data"), options.pop("eval_data")
+    for key in ("epsilon", "seed", "out"):
+        options.pop(key, None)
+    figures = {float(key.removeprefix("eps")): text for key, text in quoted.items()}
+    return Setting(data=data, eval_data=eval_data, options=options, quoted=figures)
+
+
+MNIST = from_config(
+    "configs/demo-mnist.yaml",
+    eps1="reference PE library 0.563 (quoted in the Quality issue, 1 seed, on a held-out digits "
+    "set of 1,497 records, not this data)",
+    eps10="reference PE library 0.780-0.803 (quoted in the Quality issue, 2 seeds, same digits "
+    "set, threshold 1)",
 )
 
 SETTINGS: dict[str, Setting] = {
-    "mnist": replace(
-        MNIST,
-        quoted={
-            1.0: "reference PE library 0.563 (quoted in the Quality issue, 1 seed, on a held-out "
-            "digits set of 1,497 records, not this data)",
-            10.0: "reference PE library 0.780-0.803 (quoted in the Quality issue, 2 seeds, same "
-            "digits set, threshold 1)",
-        },
-    ),
+    # The demo: MNIST's test split private, its validation split held out; drawtext, raw
+    # pixels, 2,000 samples, lookahead 8.
+    "mnist": MNIST,
     # The Speed issue's digits setting at threshold 1 on all of MNIST's test split.
-    "mnist-threshold-1": replace(MNIST, options={**MNIST.options, "threshold": 1.0}),
-    # configs/bbc-grammar.yaml: BBC News private and held out, the grammar simulator, MiniLM.
-    "bbc-grammar": Setting(
-        data="data/bbc/private.jsonl",
-        eval_data="data/bbc/eval.jsonl",
-        options={
-            "api": "grammar",
-            "api_config": {"grammar": "bbc_news"},
-            "embedding": "minilm",
-            "metric": "cosine",
-            "iterations": 4,
-            "num_samples": 500,
-            "delta": 1e-6,
-        },
-    ),
+    "mnist-threshold-1": replace(MNIST, options={**MNIST.options, "threshold": 1.0}, quoted={}),
+    # BBC News private and held out, the grammar simulator, MiniLM.
+    "bbc-grammar": from_config("configs/bbc-grammar.yaml"),
+    # Five topics of Debian's fortunes, SmolLM2 on the CPU, MiniLM.
+    "fortunes-llm": from_config("configs/fortunes-llm.yaml"),
 }
 
 
 @dataclass(frozen=True)
 class Run:
-    """One run's NOT DP scores per iteration, and what it cost."""
+    """One run's NOT DP scores per iteration, what it cost, and for texts the share of the
+    synthetic texts that repeat another (None for images)."""
 
     epsilon: float
     seed: int
     rows: tuple[Mapping[str, float], ...]
     seconds: float
+    duplicates: float | None = None
+
+
+def duplicate_share(out: Path) -> float | None:
+    """The share of a run's synthetic texts that equal an earlier one (None without texts)."""
+    path = out / "synthetic" / "texts.jsonl"
+    if not path.exists():
+        return None
+    texts = [json.loads(line)["text"] for line in path.read_text("utf-8").splitlines()]
+    return 1 - len(set(texts)) / len(texts) if texts else 0.0
 
 
 def run_once(setting: Setting, epsilon: float, seed: int, workdir: Path) -> Run:
@@ -120,7 +122,7 @@ def run_once(setting: Setting, epsilon: float, seed: int, workdir: Path) -> Run:
         seed=seed,
         **setting.options,
     )
-    return Run(epsilon, seed, tuple(result.evaluation), result.seconds)
+    return Run(epsilon, seed, tuple(result.evaluation), result.seconds, duplicate_share(out))
 
 
 def majority_baseline(setting: Setting) -> tuple[float, float]:
@@ -167,8 +169,9 @@ def summary_table(
 ) -> list[str]:
     lines = [
         "| epsilon | accuracy, iteration 0 | accuracy, last | macro-F1, iteration 0 "
-        "| macro-F1, last | last recall / iteration 1's | minutes per run | quoted |",
-        "|---|---|---|---|---|---|---|---|",
+        "| macro-F1, last | last recall / iteration 1's | duplicate texts | minutes per run "
+        "| quoted |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for epsilon, runs in by_epsilon.items():
 
@@ -181,11 +184,13 @@ def summary_table(
             for run in runs
             if len(run.rows) > 1 and run.rows[1]["recall"] > 0
         ]
+        duplicates = [run.duplicates for run in runs if run.duplicates is not None]
         minutes = statistics.fmean(run.seconds for run in runs) / 60
         lines.append(
             f"| {epsilon:g} | {mean_sd(at('accuracy', 'first'))} | "
             f"{mean_sd(at('accuracy', 'last'))} | {mean_sd(at('macro_f1', 'first'))} | "
-            f"{mean_sd(at('macro_f1', 'last'))} | {mean_sd(kept)} | {minutes:.1f} | "
+            f"{mean_sd(at('macro_f1', 'last'))} | {mean_sd(kept)} | {mean_sd(duplicates)} | "
+            f"{minutes:.1f} | "
             f"{setting.quoted.get(epsilon, '-')} |"
         )
     lines.append(
@@ -195,11 +200,22 @@ def summary_table(
     return lines
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
-    return key, value
+def with_overrides(options: Mapping[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """The options with each ``KEY=VALUE`` (a YAML value) set; a dotted key sets a nested
+    option (``api_config.temperature=0.7``) and keeps its siblings."""
+    result = copy.deepcopy(dict(options))
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
+        *parents, leaf = key.split(".")
+        target = result
+        for name in parents:
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {key}: {name} is not a mapping")
+        target[leaf] = yaml.safe_load(value)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one of the setting's job options (YAML value), e.g. iterations=8",
+        help="override one of the setting's job options (YAML value), e.g. iterations=8 or "
+        "api_config.temperature=0.7",
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args(argv)
@@ -227,10 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     setting = SETTINGS[args.setting]
     try:
-        overrides = {key: yaml.safe_load(value) for key, value in map(_key_value, args.set)}
+        setting = replace(setting, options=with_overrides(setting.options, args.set))
     except ValueError as exc:
         parser.error(str(exc))
-    setting = replace(setting, options={**setting.options, **overrides})
     for path in (setting.data, setting.eval_data):
         if not (REPO / path).exists():
             parser.error(f"{path} is missing: `make data` writes it")

