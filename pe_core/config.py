@@ -68,6 +68,11 @@ class PeJob(BaseModel):
     selection: Literal["sample", "systematic", "rank"] = "sample"
     keep_selected: bool = False
     folds: int = Field(1, ge=1, le=64, description="Variations made of each selected sample")
+    vary_last: bool = Field(
+        True,
+        description="False: the last iteration outputs its best-voted num_samples candidates "
+        "instead of their variations (needs candidates > num_samples)",
+    )
     degrees: list[float] | None = Field(
         None, description="Variation degree per iteration, each in [0, 1]"
     )
@@ -133,6 +138,12 @@ class PeJob(BaseModel):
             raise ValueError(
                 f"degrees has {len(self.degrees)} entries but iterations is {self.iterations}"
             )
+        if not self.vary_last and self.voted_samples <= self.num_samples:
+            raise ValueError(
+                "vary_last false outputs the best-voted num_samples of the last iteration's "
+                f"candidates, so candidates ({self.voted_samples}) must exceed num_samples "
+                f"({self.num_samples}); set candidates, e.g. to {2 * self.num_samples}"
+            )
         if self.no_privacy and self.label_fractions == "dp":
             raise ValueError("label_fractions 'dp' needs noise; give fractions or 'uniform'")
         return self
@@ -140,7 +151,8 @@ class PeJob(BaseModel):
     @property
     def voted_samples(self) -> int:
         """Size of each population that is voted on: ``candidates``, or ``num_samples``. The
-        last iteration's variations make the ``num_samples`` output from the last vote."""
+        last iteration's variations make the ``num_samples`` output from the last vote (or,
+        without ``vary_last``, its best-voted candidates do)."""
         return self.num_samples if self.candidates is None else self.candidates
 
     @property

@@ -35,6 +35,7 @@ from pe_core.generation import Direct, Generation
 from pe_core.histogram import prepare_embeddings, user_label_counts
 from pe_core.nn import AUTO, ResolvedBackend, resolve_backend
 from pe_core.population import (
+    SelectionMethod,
     allocate,
     next_population,
     select,
@@ -332,19 +333,35 @@ class PrivateEvolution:
         callbacks.on_phase(t, "select")
         scores = threshold_counts(noisy, self.threshold)
         parts, fallbacks, picks, distinct = [], [], 0, 0
+        # Without vary_last, the last release picks the output itself: each label's best-voted
+        # candidates, distinct, no variation after the last vote (post-processing of the release
+        # like any selection). Allocation rounding may leave a label fewer candidates than its
+        # target; it then outputs all of them.
+        output_voted = t == job.iterations and not job.vary_last
         for label, n_target in enumerate(targets.tolist()):
             members = np.flatnonzero(population.labels == label)
-            n_select = selection_size(n_target, folds=job.folds, keep_selected=job.keep_selected)
-            chosen = select(scores[members], n_select, job.selection, rng)
+            if output_voted:
+                n_select = min(n_target, len(members))
+                how: SelectionMethod = "rank"
+            else:
+                n_select = selection_size(
+                    n_target, folds=job.folds, keep_selected=job.keep_selected
+                )
+                how = job.selection
+            chosen = select(scores[members], n_select, how, rng)
             picks += len(chosen.indices)
             distinct += len(np.unique(chosen.indices))
             if chosen.fallback:
                 fallbacks.append(population.label_names[label])
+            selected = population.take(members[chosen.indices])
+            if output_voted:
+                parts.append(selected)
+                continue
             callbacks.on_phase(t, "vary")
             parts.append(
                 next_population(
                     self.generation,
-                    population.take(members[chosen.indices]),
+                    selected,
                     n_target,
                     folds=job.folds,
                     keep_selected=job.keep_selected,

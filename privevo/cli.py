@@ -161,6 +161,14 @@ def run(
     keep_selected: Annotated[
         bool | None, typer.Option("--keep-selected/--no-keep-selected")
     ] = None,
+    vary_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--vary-last/--no-vary-last",
+            help="--no-vary-last: output the last vote's best --num-samples of --candidates "
+            "(needs more candidates than samples) instead of their variations",
+        ),
+    ] = None,
     metric: Annotated[str | None, typer.Option(help="l2 | cosine [default: l2]")] = None,
     labels: Annotated[
         str | None, typer.Option(help="Public label set, comma-separated [default: from data]")
@@ -240,6 +248,7 @@ def run(
         "selection": selection,
         "folds": folds,
         "keep_selected": keep_selected,
+        "vary_last": vary_last,
         "metric": metric,
         "labels": None if labels is None else [s.strip() for s in labels.split(",") if s.strip()],
         "label_fractions": None if label_fractions is None else _parse_fractions(label_fractions),

@@ -261,6 +261,42 @@ def test_candidates_size_the_voted_populations_and_num_samples_the_output(tmp_pa
     assert result.calibration is not None and result.calibration.releases == 3
 
 
+class Populations:
+    def __init__(self) -> None:
+        self.seen: dict[int, object] = {}
+
+    def on_phase(self, iteration: int, phase: str) -> None:
+        pass
+
+    def on_iteration(self, report) -> None:
+        self.seen[report.iteration] = report.population
+
+
+def test_without_vary_last_the_output_is_the_last_votes_best_candidates(tmp_path, private_digits):
+    job = JOB.model_copy(update={"candidates": 60, "num_samples": 30, "vary_last": False})
+    engine, noise = _engine(tmp_path, private_digits, job=job)
+    seen = Populations()
+    result = engine.run(private_digits, callbacks=seen)
+    voted, output = seen.seen[2], result.population
+    assert noise.draws == [histogram_key(t) for t in (1, 2, 3)]  # no extra release
+    last = np.load(tmp_path / "releases" / str(result.ledger[-1].release_path))["values"]
+    scores = np.maximum(last - result.threshold, 0)
+    position = {sid: i for i, sid in enumerate(voted.ids.tolist())}
+    assert len(set(output.ids.tolist())) == len(output) == 30
+    for label in range(10):
+        members = np.flatnonzero(voted.labels == label)
+        kept = [position[sid] for sid in output.ids[output.labels == label].tolist()]
+        assert len(kept) == 3  # taken from the voted candidates, not varied
+        dropped = sorted(set(members.tolist()) - set(kept))
+        assert scores[kept].min() >= scores[dropped].max()
+
+
+def test_vary_last_false_needs_more_candidates_than_samples():
+    with pytest.raises(ValueError, match="candidates \\(100\\) must exceed num_samples"):
+        PeJob.model_validate({**JOB.model_dump(), "vary_last": False})
+    PeJob.model_validate({**JOB.model_dump(), "vary_last": False, "candidates": 101})
+
+
 def test_fewer_candidates_than_labels_keep_one_per_label(tmp_path, private_digits):
     job = JOB.model_copy(update={"candidates": 3, "num_samples": 50, "iterations": 1})
     seen = PopulationSizes()
