@@ -24,6 +24,7 @@ defaults that ``templates`` can override, as a YAML file or inline strings::
     paraphrase: "Rewrite this {label} text in about {words} words.\\n\\nText: {text}"
 
 Placeholders: ``random`` may use {label} (required), {topic}, {style} and {words};
+{label} is the label's description where ``descriptions`` gives one, else its name;
 ``paraphrase`` and ``blanks`` may use {label}, {words} and {text} (required); ``system`` none.
 Literal braces are written ``{{`` and ``}}``.
 
@@ -338,6 +339,9 @@ class LlmApi:
             and ``model`` for ``openai``). Never put secrets here: job configs are persisted.
         templates: prompt templates: None (defaults), a YAML file path, or a mapping of inline
             strings; see :func:`load_templates`.
+        descriptions: per label, how every prompt names it (the {label} placeholder), e.g.
+            ``{computers: "jokes and quotations about computers"}``; a label without one is
+            named by itself. Every key must be a label of ``label_names``.
         topics: per label, keywords or subcategories one of which each random prompt draws
             (Aug-PE's diversity fills); a label without a list uses its own name. Every key
             must be a label of ``label_names``.
@@ -363,7 +367,8 @@ class LlmApi:
     Raises:
         ValueError: a number is out of range.
         PromptTemplateError: the templates are invalid.
-        PrivevoError: ``topics`` names labels outside ``label_names`` or has an empty list.
+        PrivevoError: ``topics`` or ``descriptions`` names labels outside ``label_names``, or
+            gives a label an empty list or text.
         UnknownNameError: ``backend`` is not registered.
 
     The caps count per instance: the CLI builds one per run, and a worker, which keeps the
@@ -374,7 +379,8 @@ class LlmApi:
     uses_accelerator: ClassVar[bool] = True
     public_data: ClassVar[str] = (
         "the language model's own training data (SmolLM2's corpus by default, or the chosen "
-        "model's), and the prompt templates, topics and styles in api_config"
+        "model's), and the prompt templates, label descriptions, topics and styles in "
+        "api_config"
     )
 
     def __init__(
@@ -383,6 +389,7 @@ class LlmApi:
         backend: str = "transformers",
         backend_config: Mapping[str, Any] | None = None,
         templates: str | Path | Mapping[str, Any] | None = None,
+        descriptions: Mapping[str, str] | None = None,
         topics: Mapping[str, Sequence[str]] | None = None,
         styles: Sequence[str] = DEFAULT_STYLES,
         random_words: Sequence[int] = (20, 60),
@@ -423,6 +430,7 @@ class LlmApi:
             raise ValueError("styles must be a non-empty list of strings")
         self.templates = load_templates(templates)
         self.topics = self._check_topics(topics or {})
+        self.descriptions = self._check_descriptions(descriptions or {})
         self.styles = tuple(styles)
         self.random_words = (int(random_words[0]), int(random_words[1]))
         self.max_words = max_words
@@ -444,13 +452,28 @@ class LlmApi:
         fresh.usage = LlmUsage()
         return fresh
 
-    def _check_topics(self, topics: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
-        unknown = sorted(str(k) for k in topics if k not in self.label_names)
+    def _check_labels(self, setting: str, keys: Sequence[Any]) -> None:
+        unknown = sorted(str(k) for k in keys if k not in self.label_names)
         if unknown:
             raise PrivevoError(
-                f"topics names labels {unknown} that are not in the label set "
+                f"{setting} names labels {unknown} that are not in the label set "
                 f"{list(self.label_names)}; fix the spelling or remove them"
             )
+
+    def _check_descriptions(self, descriptions: Mapping[str, str]) -> dict[str, str]:
+        self._check_labels("descriptions", list(descriptions))
+        for label, text in descriptions.items():
+            if not isinstance(text, str) or not text.strip():
+                raise PrivevoError(f"descriptions.{label} must be a non-empty string")
+        return dict(descriptions)
+
+    def _named(self, label: int) -> str:
+        """What the prompts call a label: its description, or its name."""
+        name = self.label_names[label]
+        return self.descriptions.get(name, name)
+
+    def _check_topics(self, topics: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+        self._check_labels("topics", list(topics))
         checked = {}
         for label, words in topics.items():
             if isinstance(words, str) or not words or not all(isinstance(w, str) for w in words):
@@ -550,7 +573,7 @@ class LlmApi:
         for _ in range(n):
             words = int(rng.integers(self.random_words[0], self.random_words[1] + 1))
             fills = {
-                "label": name,
+                "label": self._named(label),
                 "topic": topics[int(rng.integers(len(topics)))],
                 "style": self.styles[int(rng.integers(len(self.styles)))],
                 "words": words,
@@ -603,7 +626,7 @@ class LlmApi:
                 continue
             spread = rng.uniform(1 - self.length_spread, 1 + self.length_spread)
             words = int(np.clip(round(len(source) * spread), 1, self.max_words))
-            fills = {"label": self.label_names[label], "words": words}
+            fills = {"label": self._named(label), "words": words}
             if paraphrase:
                 masks.append(None)
                 prompts.append(self.templates.paraphrase.format_map({**fills, "text": text}))

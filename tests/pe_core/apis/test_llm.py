@@ -271,6 +271,17 @@ class TestPrompts:
         prompts, _ = api.random_prompts(0, 3, np.random.default_rng(1))
         assert all("about business, written as" in p for p in prompts)
 
+    def test_descriptions_name_their_labels_in_every_prompt(self, server: ChatServer) -> None:
+        api = http_api(server, descriptions={"tech": "jokes about computers"})
+        prompts, _ = api.random_prompts(4, 5, np.random.default_rng(0))
+        assert all('category "jokes about computers"' in p for p in prompts)
+        for degree in (0.3, 0.9):  # fill in the blanks, then paraphrase
+            asked, _, _ = api.variation_prompts(texts(4, SOURCE), degree, np.random.default_rng(1))
+            assert 'category "jokes about computers"' in str(asked[0])
+        # A label without a description is named by itself.
+        prompts, _ = api.random_prompts(0, 3, np.random.default_rng(1))
+        assert all('category "business"' in p for p in prompts)
+
     def test_variation_prompts_follow_the_degree(self, server: ChatServer) -> None:
         api = http_api(server, paraphrase_above=0.7, length_spread=0.2)
         sources = texts(4, *[SOURCE] * 200)
@@ -414,6 +425,10 @@ def test_topics_must_name_labels(server: ChatServer) -> None:
         http_api(server, topics={"sports": ["tennis"]})
     with pytest.raises(PrivevoError, match=r"topics\.sport must be a non-empty list"):
         http_api(server, topics={"sport": []})
+    with pytest.raises(PrivevoError, match=r"descriptions names labels \['sports'\]"):
+        http_api(server, descriptions={"sports": "games"})
+    with pytest.raises(PrivevoError, match=r"descriptions\.sport must be a non-empty string"):
+        http_api(server, descriptions={"sport": " "})
 
 
 def test_registered_and_unknown_backends_are_named() -> None:
