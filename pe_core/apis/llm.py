@@ -24,9 +24,9 @@ defaults that ``templates`` can override, as a YAML file or inline strings::
     paraphrase: "Rewrite this {label} text in about {words} words.\\n\\nText: {text}"
 
 Placeholders: ``random`` may use {label} (required), {topic}, {style} and {words};
-{label} is the label's description where ``descriptions`` gives one, else its name;
 ``paraphrase`` and ``blanks`` may use {label}, {words} and {text} (required); ``system`` none.
-Literal braces are written ``{{`` and ``}}``.
+{label} is the label's description where ``descriptions`` gives one, else its name. Literal
+braces are written ``{{`` and ``}}``.
 
 The generator is a :class:`~pe_core.apis.llm_backends.TextGenerator` chosen by name
 (``transformers`` by default, ``vllm``, ``openai``).
