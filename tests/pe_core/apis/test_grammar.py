@@ -196,6 +196,30 @@ def test_resampled_share_grows_with_degree() -> None:
     assert np.mean(fresh_roots == old_roots) < 0.5
 
 
+def test_a_variation_gives_another_text_than_its_parent() -> None:
+    api = GrammarApi(BBC_LABELS, grammar="bbc_news")
+    rng = np.random.default_rng(7)
+    parents = api.random(0, 300, rng)
+    grammar = api.grammar
+    # A single draw at a small degree gives the parent's text back about a third of the time.
+    single = [
+        tree_text(grammar, vary_tree(grammar, decode_tree(grammar, "BUSINESS", d), 0.2, rng))
+        for d in parents.params["derivation"].tolist()
+    ]
+    assert np.mean([a == b for a, b in zip(single, parents.texts or (), strict=True)]) > 0.15
+    varied = api.variation(parents, 0.2, rng)
+    assert all(a != b for a, b in zip(varied.texts or (), parents.texts or (), strict=True))
+    assert api.variation(parents, 0.0, rng).texts == parents.texts
+
+
+def test_a_label_with_one_text_is_varied_without_looping() -> None:
+    api = GrammarApi(["a", "b"], grammar=toy(rules={"S": ["only"], "T": ["{Y}"], "Y": ["x", "y"]}))
+    varied = api.variation(
+        api.random(0, 5, np.random.default_rng(8)), 0.5, np.random.default_rng(9)
+    )
+    assert varied.texts == ("Only",) * 5
+
+
 def test_texts_are_the_tidied_yield() -> None:
     grammar = parse_grammar(
         toy(rules={"S": ["  {X} ,  said {X} ( today ) ."], "T": ["t"], "X": ["they"]})
