@@ -23,7 +23,7 @@ rest). The text is the tree's yield with whitespace tidied and sentence starts c
 Variation is structure-aware, in the spirit of Struct-Bench (arXiv:2509.10696), which describes
 datasets by context-free grammars: it re-samples whole subtrees from their symbols and keeps the
 rest of the tree, so every variation stays in the grammar's language for its label, and draws
-again while it gives back the parent's text.
+again while it repeats a text that the same call has made.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pe_core.errors import DataError, PrivevoError
 from pe_core.samples import Modality, Samples, new_ids
 
 DEFAULT_MAX_DEPTH = 16
-REDRAWS = 16  # draws of a variation that keeps giving back its parent's text (see vary_text)
+REDRAWS = 16  # draws of a variation that keeps repeating a text (see vary_text)
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE = re.compile(r"\{([^{}]*)\}")
 _TOP_LEVEL_KEYS = {"start", "rules", "max_depth", "description"}
@@ -394,20 +394,28 @@ def vary_tree(grammar: Grammar, tree: Node, degree: float, rng: np.random.Genera
 
 
 def vary_text(
-    grammar: Grammar, tree: Node, degree: float, rng: np.random.Generator, tries: int = REDRAWS
+    grammar: Grammar,
+    tree: Node,
+    degree: float,
+    rng: np.random.Generator,
+    taken: set[str],
+    tries: int = REDRAWS,
 ) -> Node:
-    """:func:`vary_tree`, drawn again while the text is the parent's, at most ``tries`` times.
+    """:func:`vary_tree`, drawn again while its text is in ``taken``, at most ``tries`` times.
 
-    On the BBC News grammar a third of single draws at degree 0.2 give the parent's text
-    back, so a parent selected twice often yielded the same text twice: BBC runs ended with
-    7-15% duplicate texts. A variation whose text is still the parent's
-    after ``tries`` draws (a label whose language has one text) is returned as it is.
-    Degree 0 changes nothing and draws once.
+    On the BBC News grammar a third of single draws at degree 0.2 give the parent's text back,
+    so a parent selected several times yielded its own text several times: BBC runs ended with
+    7-15% duplicate texts. :meth:`GrammarApi.variation` passes the texts its call has made so
+    far, so one variation of a parent may still be the parent's text, but no second one. A text
+    still taken after ``tries`` draws (a label whose language is that small) is returned as it
+    is. Degree 0 changes nothing and draws once. The text is added to ``taken``.
     """
-    parent = tree_text(grammar, tree)
     varied, draws = vary_tree(grammar, tree, degree, rng), 1
-    while degree > 0 and draws < tries and tree_text(grammar, varied) == parent:
+    text = tree_text(grammar, varied)
+    while degree > 0 and draws < tries and text in taken:
         varied, draws = vary_tree(grammar, tree, degree, rng), draws + 1
+        text = tree_text(grammar, varied)
+    taken.add(text)
     return varied
 
 
@@ -472,7 +480,8 @@ class GrammarApi:
         return self._samples(np.full(n, label, dtype=np.int64), trees, new_ids(rng, n))
 
     def variation(self, samples: Samples, degree: float, rng: np.random.Generator) -> Samples:
-        """Re-samples subtrees of each derivation until its text changes (see :func:`vary_text`).
+        """Re-samples subtrees of each derivation, each to a text no other one took (see
+        :func:`vary_text`).
 
         Args:
             samples: texts made by this API (``params["derivation"]`` holds their trees).
@@ -483,12 +492,14 @@ class GrammarApi:
             One variation per sample, same order and labels, new ids.
         """
         check_variation_input("grammar", samples, degree, self.label_names, ["derivation"])
+        taken: set[str] = set()
         trees = [
             vary_text(
                 self.grammar,
                 decode_tree(self.grammar, self.grammar.start[self.label_names[label]], encoded),
                 degree,
                 rng,
+                taken,
             )
             for label, encoded in zip(
                 samples.labels.tolist(), samples.params["derivation"].tolist(), strict=True
