@@ -84,6 +84,8 @@ SETTINGS: dict[str, Setting] = {
     "mnist-threshold-1": replace(MNIST, options={**MNIST.options, "threshold": 1.0}, quoted={}),
     # BBC News private and held out, the grammar simulator, MiniLM.
     "bbc-grammar": from_config("configs/bbc-grammar.yaml"),
+    # BBC News private and held out, SmolLM2 on the CPU, MiniLM.
+    "bbc-llm": from_config("configs/bbc-llm.yaml"),
     # Five topics of Debian's fortunes, SmolLM2 on the CPU, MiniLM.
     "fortunes-llm": from_config("configs/fortunes-llm.yaml"),
 }
