@@ -405,7 +405,7 @@ def vary_text(
 
     On the BBC News grammar a third of single draws at degree 0.2 give the parent's text back,
     so a parent selected several times yielded its own text several times: BBC runs ended with
-    7-15% duplicate texts. :meth:`GrammarApi.variation` passes the texts its call has made so
+    7-16% duplicate texts. :meth:`GrammarApi.variation` passes the texts its call has made so
     far, so one variation of a parent may still be the parent's text, but no second one. A text
     still taken after ``tries`` draws (a label whose language is that small) is returned as it
     is. Degree 0 changes nothing and draws once. The text is added to ``taken``.
