@@ -2,8 +2,9 @@
 
 By default it answers like a tiny, deterministic language model that follows the ``llm`` API's
 default prompts: random prompts get ``{words}`` words seeded by the request's ``seed``; fill-in
-prompts get every blank replaced by one word; paraphrase prompts get all-new words of the same
-count, wrapped in a chat preamble and quotes; anything else gets "an answer to {prompt}".
+prompts get every blank replaced by one word; paraphrase prompts get a share of their words
+replaced, the request's temperature (all of them at 1 and above), wrapped in a chat preamble
+and quotes; anything else gets "an answer to {prompt}".
 Tests can queue other replies (status codes, ``Retry-After``, delays, broken bodies) that are
 served first, in order.
 """
@@ -63,7 +64,11 @@ def model_answer(body: dict[str, Any]) -> str:
         source = prompt.split("Text:", 1)[1].split()
         if SEEN_BLANK in source:
             return " ".join(rng.choice(VOCAB) if w == SEEN_BLANK else w for w in source)
-        rewritten = " ".join(rng.choice(VOCAB) for _ in source)
+        # Like a sampler, the hotter it runs the more words it changes: all at temperature 1.
+        changed = rng.sample(
+            range(len(source)), max(1, round(min(1, body.get("temperature", 1.0)) * len(source)))
+        )
+        rewritten = " ".join(rng.choice(VOCAB) if i in changed else w for i, w in enumerate(source))
         return f'Sure! Here is the rewritten text: "{rewritten}"'
     words = re.search(r"about (\d+) words", prompt)
     label = re.search(r'category "([^"]+)"', prompt)

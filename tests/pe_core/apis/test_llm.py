@@ -28,6 +28,7 @@ from pe_core.apis.llm import (
     fill_blanks,
     load_templates,
     mask_words,
+    paraphrase_temperature,
 )
 from pe_core.apis.llm_backends import GenerationError, TransformersGenerator, create_generator
 from pe_core.errors import MissingDependencyError, PrivevoError
@@ -191,6 +192,16 @@ def test_clean_output(raw: str, expected: str) -> None:
     assert clean_output(raw) == expected
 
 
+@pytest.mark.parametrize(
+    ("temperature", "degree", "expected"),
+    [(1.0, 1.0, 1.0), (1.0, 0.2, 0.6), (0.8, 0.0, 0.4), (0.8, 0.5, 0.6), (0.0, 0.7, 0.0)],
+)
+def test_paraphrase_temperature_falls_to_half_with_the_degree(
+    temperature: float, degree: float, expected: float
+) -> None:
+    assert paraphrase_temperature(temperature, degree) == pytest.approx(expected)
+
+
 class TestMasking:
     WORDS = SOURCE.split()
 
@@ -272,7 +283,7 @@ class TestPrompts:
         assert all("about business, written as" in p for p in prompts)
 
     def test_descriptions_name_their_labels_in_every_prompt(self, server: ChatServer) -> None:
-        api = http_api(server, descriptions={"tech": "jokes about computers"})
+        api = http_api(server, descriptions={"tech": "jokes about computers"}, paraphrase_above=0.7)
         prompts, _ = api.random_prompts(4, 5, np.random.default_rng(0))
         assert all('category "jokes about computers"' in p for p in prompts)
         for degree in (0.3, 0.9):  # fill in the blanks, then paraphrase
@@ -310,8 +321,24 @@ class TestPrompts:
         assert prompts == [None, None]
         varied = api.variation(texts(0, SOURCE, ""), 0.5, np.random.default_rng(0))
         assert varied.texts is not None and varied.texts[1] == ""
-        assert varied.params[OP_PARAM].tolist() == ["blanks", "copy"]
+        assert varied.params[OP_PARAM].tolist() == ["paraphrase", "copy"]
         assert len(server.requests) == 1
+
+    def test_every_variation_is_a_paraphrase_by_default(self, server: ChatServer) -> None:
+        api = http_api(server)
+        for degree in (0.05, 0.5, 1.0):
+            prompts, masks, _ = api.variation_prompts(
+                texts(0, SOURCE), degree, np.random.default_rng(0)
+            )
+            assert masks == [None] and str(prompts[0]).endswith(SOURCE)
+
+    def test_a_paraphrase_samples_cooler_at_smaller_degrees(self, server: ChatServer) -> None:
+        api = http_api(server, temperature=0.8, paraphrase_above=0.5)
+        api.random(0, 1, np.random.default_rng(0))
+        for degree in (1.0, 0.75, 0.5):  # paraphrase, paraphrase, fill-in
+            api.variation(texts(0, SOURCE), degree, np.random.default_rng(0))
+        sent = [body["temperature"] for _, body in server.requests]
+        assert sent == pytest.approx([0.8, 0.8, 0.7, 0.8])
 
     def test_the_token_limit_follows_the_asked_length(self, server: ChatServer) -> None:
         api = http_api(server, random_words=[10, 10], tokens_per_word=2.0, max_new_tokens=100)

@@ -273,6 +273,7 @@ def test_the_llm_api_over_http_cleans_answers_and_keeps_unmasked_words(
         label_names=LABELS,
         backend="openai",
         backend_config={"base_url": chat_server.base_url, "model": "fake"},
+        paraphrase_above=0.7,
     )
     population = api.random(3, 6, np.random.default_rng(0))
     assert population.texts is not None
