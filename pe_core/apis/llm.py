@@ -74,15 +74,18 @@ OP_PARAM = "llm_op"
 (degree 0) or fallback (the model's answers stayed empty, so the source text was kept)."""
 
 DEFAULT_STYLES = (
-    "a short news report",
-    "a newspaper column",
-    "a press release",
-    "a blog post",
-    "an expert's comment",
-    "an interview summary",
-    "a radio bulletin",
-    "a magazine feature",
+    "a short, plain text",
+    "a casual, conversational text",
+    "a formal text",
+    "a concise text",
+    "a detailed, descriptive text",
+    "a text with a concrete example",
+    "a lively text",
+    "a text in simple, everyday words",
 )
+"""Writing styles that vary the register and the detail but name no genre (news styles such as
+"a press release" made off-genre texts for other data); the genre belongs in ``descriptions``
+or ``styles``."""
 
 
 def paraphrase_temperature(temperature: float, degree: float) -> float:
