@@ -71,7 +71,8 @@ PARAPHRASE_TEMPERATURE_FLOOR = 0.5
 :func:`paraphrase_temperature`)."""
 OP_PARAM = "llm_op"
 """``Samples.params`` column saying how each text was made: random, blanks, paraphrase, copy
-(degree 0) or fallback (the model's answers stayed empty, so the source text was kept)."""
+(degree 0) or fallback (the model's answers stayed empty or, for a paraphrase, gave the source's
+words back, so the source text was kept)."""
 
 DEFAULT_STYLES = (
     "a short, plain text",
@@ -291,6 +292,11 @@ def _key(word: str) -> str:
     return "".join(ch for ch in word.lower() if ch.isalnum())
 
 
+def _same_words(a: str, b: str) -> bool:
+    """Whether two texts have the same words, case and punctuation ignored."""
+    return [k for k in map(_key, a.split()) if k] == [k for k in map(_key, b.split()) if k]
+
+
 def fill_blanks(masked: MaskedText, answer: str) -> str:
     """The masked text with its blanks filled from a model's answer.
 
@@ -382,9 +388,10 @@ class LlmApi:
         top_p: nucleus sampling mass.
         paraphrase_above: degrees above this paraphrase; degrees up to it fill in blanks
             (default 0: every variation is a paraphrase).
-        empty_retries: how often a prompt whose cleaned answer is empty is asked again (with
-            a new seed). A random prompt still empty then fails the call; a variation still
-            empty keeps its source text (``llm_op`` "fallback").
+        empty_retries: how often a prompt whose cleaned answer is empty, or a paraphrase
+            whose answer has its source's words, is asked again (with a new seed). A random
+            prompt still empty then fails the call; a variation still empty or unchanged keeps
+            its source text (``llm_op`` "fallback").
         max_requests: cap on the requests this API instance sends (None: no cap).
         max_generated_tokens: cap on the tokens it generates; each call reserves its requests'
             full ``max_new_tokens`` before it starts, so the cap is never passed (None: no
@@ -573,19 +580,28 @@ class LlmApi:
         words: Sequence[int],
         rng: np.random.Generator,
         temperature: float,
+        sources: Sequence[str | None] | None = None,
     ) -> list[str]:
-        """:meth:`_complete`, asking again (new seeds) for answers that came back empty."""
+        """:meth:`_complete`, asking again (new seeds) for answers that came back empty or, where
+        ``sources`` gives the prompt's source text, with that text's words; "" for an answer
+        still so after ``empty_retries``."""
+        sources = sources or [None] * len(prompts)
+
+        def failed(i: int, text: str) -> bool:
+            source = sources[i]
+            return not text or (source is not None and _same_words(text, source))
+
         texts = self._complete(prompts, words, rng, temperature)
         for _ in range(self.empty_retries):
-            empty = [i for i, text in enumerate(texts) if not text]
-            if not empty:
+            redo = [i for i, text in enumerate(texts) if failed(i, text)]
+            if not redo:
                 break
             again = self._complete(
-                [prompts[i] for i in empty], [words[i] for i in empty], rng, temperature
+                [prompts[i] for i in redo], [words[i] for i in redo], rng, temperature
             )
-            for i, text in zip(empty, again, strict=True):
+            for i, text in zip(redo, again, strict=True):
                 texts[i] = text
-        return texts
+        return ["" if failed(i, text) else text for i, text in enumerate(texts)]
 
     def _samples(
         self, labels: NDArray[np.int64], texts: list[str], ops: list[str], rng: np.random.Generator
@@ -683,7 +699,8 @@ class LlmApi:
         Degree 0 keeps every text (no request). Above ``paraphrase_above`` the model
         paraphrases at :func:`paraphrase_temperature`; up to it a share ``degree`` of the words
         is masked and the model fills the blanks (:func:`fill_blanks` keeps the other words).
-        An answer that stays empty after ``empty_retries`` retries keeps the source text.
+        A paraphrase that gives its source's words back is asked again, as is an empty
+        answer; one still so after ``empty_retries`` retries keeps the source text.
 
         Args:
             samples: texts (any source: the llm API keeps no per-sample state it needs).
@@ -704,7 +721,11 @@ class LlmApi:
             else self.temperature
         )
         answers = self._complete_retrying(
-            [p for _, p in asked], [lengths[i] for i, _ in asked], rng, temperature
+            [p for _, p in asked],
+            [lengths[i] for i, _ in asked],
+            rng,
+            temperature,
+            [samples.texts[i] if masks[i] is None else None for i, _ in asked],
         )
         texts = list(samples.texts)
         ops = ["copy"] * len(texts)

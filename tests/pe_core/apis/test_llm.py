@@ -373,6 +373,32 @@ class TestEmptyAnswers:
         assert varied.texts == ("Stars met.",)
         assert varied.params[OP_PARAM].tolist() == ["paraphrase"]
 
+    def test_a_paraphrase_that_gives_its_source_back_is_asked_again(
+        self, server: ChatServer
+    ) -> None:
+        api = http_api(server, empty_retries=2)
+        answers = ['"film STARS met!"', "Stars met at the film.", "Film stars met."]
+        server.script += [Reply(body=completion(answer)) for answer in answers]
+        varied = api.variation(texts(1, "Film stars met."), 1.0, np.random.default_rng(0))
+        assert varied.texts == ("Stars met at the film.",)
+        assert varied.params[OP_PARAM].tolist() == ["paraphrase"]
+        assert len(server.requests) == 2
+        # Given back on every try: the source is kept, and marked as such.
+        server.reset()
+        server.script += [Reply(body=completion("Film stars, met.")) for _ in range(3)]
+        varied = api.variation(texts(1, "Film stars met."), 1.0, np.random.default_rng(0))
+        assert varied.texts == ("Film stars met.",)
+        assert varied.params[OP_PARAM].tolist() == ["fallback"]
+        assert len(server.requests) == 3
+
+    def test_a_fill_in_that_keeps_every_word_is_not_asked_again(self, server: ChatServer) -> None:
+        api = http_api(server, paraphrase_above=0.7)
+        server.script += [Reply(body=completion("Film stars met."))]
+        varied = api.variation(texts(1, "Film stars met."), 0.4, np.random.default_rng(0))
+        assert varied.texts == ("Film stars met.",)
+        assert varied.params[OP_PARAM].tolist() == ["blanks"]
+        assert len(server.requests) == 1
+
     def test_random_retries_empty_answers(self, server: ChatServer) -> None:
         api = http_api(server, empty_retries=2)
         server.script += [Reply(body=completion("")), Reply(body=completion("A text."))]
