@@ -715,17 +715,14 @@ class LlmApi:
             raise ValueError("the llm API varies texts, but got image samples")
         prompts, masks, lengths = self.variation_prompts(samples, degree, rng)
         asked = [(i, prompt) for i, prompt in enumerate(prompts) if prompt is not None]
-        temperature = (
-            paraphrase_temperature(self.temperature, degree)
-            if degree > self.paraphrase_above
-            else self.temperature
-        )
+        paraphrase = degree > self.paraphrase_above
         answers = self._complete_retrying(
             [p for _, p in asked],
             [lengths[i] for i, _ in asked],
             rng,
-            temperature,
-            [samples.texts[i] if masks[i] is None else None for i, _ in asked],
+            paraphrase_temperature(self.temperature, degree) if paraphrase else self.temperature,
+            # A paraphrase must change its source's words; a fill-in may keep them all.
+            [samples.texts[i] for i, _ in asked] if paraphrase else None,
         )
         texts = list(samples.texts)
         ops = ["copy"] * len(texts)
