@@ -100,7 +100,7 @@ def _plugin(
 
 def _modality_hint(role: str, modality: Modality) -> str:
     names = {
-        ("api", "image"): "drawtext or diffusion",
+        ("api", "image"): "drawtext, strokes or diffusion",
         ("api", "text"): "grammar or llm",
         ("embedding", "image"): "raw-pixels or inception",
         ("embedding", "text"): "minilm",

@@ -5,11 +5,13 @@ from pe_core.apis.diffusion import DiffusionApi
 from pe_core.apis.drawtext import DrawText
 from pe_core.apis.grammar import GrammarApi
 from pe_core.apis.llm import LlmApi
+from pe_core.apis.strokes import Strokes
 
 register_api("diffusion", DiffusionApi)
 register_api("drawtext", DrawText)
 register_api("grammar", GrammarApi)
 register_api("llm", LlmApi)
+register_api("strokes", Strokes)
 
 __all__ = [
     "API_REGISTRY",
@@ -17,6 +19,7 @@ __all__ = [
     "DrawText",
     "GrammarApi",
     "LlmApi",
+    "Strokes",
     "VariationApi",
     "create_api",
     "register_api",

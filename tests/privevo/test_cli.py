@@ -301,7 +301,7 @@ def test_a_run_whose_ledger_was_deleted_does_not_resume(tmp_path, image_run):
     ("args", "message"),
     [
         (["--data", "/nonexistent/data"], "/nonexistent/data"),
-        (["--api", "dalle"], "valid names: diffusion, drawtext, grammar, llm"),
+        (["--api", "dalle"], "valid names: diffusion, drawtext, grammar, llm, strokes"),
         (["--epsilon", "0"], "epsilon"),
         (["--iterations", "0"], "iterations"),
         (["--label-fractions", "a=b"], "--label-fractions"),
