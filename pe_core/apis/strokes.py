@@ -7,7 +7,8 @@ with or without its flag and base, ...), each as strokes through spline knots in
 A sample moves every knot a little, slants, widens and turns the whole, and draws the strokes
 (Catmull-Rom splines through the knots) with a round pen. Like MNIST (LeCun et al., 1998), the
 digit is then scaled so that the longer side of its ink box is ``box`` px (20 of 28) and placed
-with its centre of mass at the canvas centre, plus a small offset.
+with its centre of mass on the centre pixel (14, 14 of 28), plus an offset of at most half a
+pixel by default.
 
 Every sample carries its parameters in ``Samples.params``; variation perturbs them, not the
 pixels (as Sim-PE's simulators do, arXiv:2502.05505):
@@ -22,8 +23,8 @@ pen         float64         pen width in px
 slant       float64         x moves by -slant * y (y downwards), so > 0 leans right
 rotation    float64         counter-clockwise rotation in degrees
 aspect      float64         width factor applied before the slant
-offset_x    float64         centre of mass right of the canvas centre, px
-offset_y    float64         centre of mass below the canvas centre, px
+offset_x    float64         centre of mass right of the centre pixel's centre, px
+offset_y    float64         centre of mass below the centre pixel's centre, px
 ==========  ==============  ==============================================================
 
 Rendering is a pure function of a row: the strokes are drawn with PIL at ``_SUPER`` times the
@@ -274,7 +275,8 @@ class Strokes:
         pen_range: pen widths in px; default 1.5-4 scaled to the canvas.
         max_jitter: each knot moves by up to this much in x and in y (the unit box is 1).
         max_slant, max_rotation, aspect_range, max_offset: ranges of the slant, the rotation
-            (degrees), the width factor and the centre-of-mass offset (px; default 1 scaled).
+            (degrees), the width factor and the centre-of-mass offset (px; default 0.5
+            scaled, as MNIST's whole-pixel translation left it).
         style_redraw_prob, jitter_step, pen_step, slant_step, rotation_step, aspect_step,
         offset_step: the degree schedule at degree 1 (see :class:`StrokesSettings`).
 
@@ -352,14 +354,14 @@ class Strokes:
             max_slant=max_slant,
             max_rotation=max_rotation,
             aspect_range=(float(aspect_range[0]), float(aspect_range[1])),
-            max_offset=1.0 * scale if max_offset is None else max_offset,
+            max_offset=0.5 * scale if max_offset is None else max_offset,
             style_redraw_prob=style_redraw_prob,
             jitter_step=jitter_step,
             pen_step=1.0 * scale if pen_step is None else pen_step,
             slant_step=slant_step,
             rotation_step=rotation_step,
             aspect_step=aspect_step,
-            offset_step=1.0 * scale if offset_step is None else offset_step,
+            offset_step=0.5 * scale if offset_step is None else offset_step,
         )
         self.styles = tuple(
             tuple(_Style.of(style) for style in DIGIT_STYLES[name]) for name in self.label_names
@@ -394,21 +396,24 @@ class Strokes:
         size = s.image_size * _SUPER
         canvas = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(canvas)
-        radius = pen * _SUPER / 2
+        width = max(1, round(pen * _SUPER))
+        # PIL's ellipse spans its box's end pixels too: this box draws a disc `width` across.
+        r = (width - 1) / 2
         for line in lines:
             xy = ((line - (lo + hi) / 2) * scale + size / 2).tolist()
-            draw.line([tuple(p) for p in xy], fill=255, width=max(1, round(2 * radius)))
+            draw.line([tuple(p) for p in xy], fill=255, width=width)
             for x, y in xy:  # a round pen: round ends and joints
-                draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
         ink = np.asarray(canvas, dtype=np.float64)
         centres = np.arange(size) + 0.5  # pixel centres sit at +0.5
         total = ink.sum()
         cx = ink.sum(axis=0) @ centres / total
         cy = ink.sum(axis=1) @ centres / total
-        # Cut the window whose centre is the centre of mass minus the offset (to a quarter
-        # pixel), so that the centre of mass lands on the image centre plus the offset.
-        x0 = round(cx - size / 2 - float(row["offset_x"]) * _SUPER)
-        y0 = round(cy - size / 2 - float(row["offset_y"]) * _SUPER)
+        # Cut the window that puts the centre of mass on the centre of pixel (n/2, n/2) plus
+        # the offset, to a quarter pixel: MNIST translated each digit by whole pixels to put
+        # its centre of mass on pixel (14, 14), so its digits' lie within half a pixel of it.
+        x0 = round(cx - size / 2 - (0.5 + float(row["offset_x"])) * _SUPER)
+        y0 = round(cy - size / 2 - (0.5 + float(row["offset_y"])) * _SUPER)
         window = np.zeros((size, size))
         ys, yd = slice(max(y0, 0), min(y0 + size, size)), slice(max(-y0, 0), min(size - y0, size))
         xs, xd = slice(max(x0, 0), min(x0 + size, size)), slice(max(-x0, 0), min(size - x0, size))
