@@ -1,9 +1,10 @@
 """The README's audit table: `privevo audit` on the MNIST stand-in at eps 1, 4 and 10, without
 noise, and with the injected bug (noise at sigma / 4, NOT PRIVATE); one black-box row.
 
-Each row is one audit of the demo job (configs/demo-mnist.yaml: T 4, 2,000 samples, lookahead
-8, delta 1e-6) with m 2,000 canaries and r 200 guesses, through the same path as the command
-(``privevo.audit.audit_local``), with OS-entropy noise. Needs `make data` first.
+Each row is one audit of the drawtext MNIST job (configs/mnist-drawtext.yaml: T 4, 2,000
+samples, lookahead 8, delta 1e-6) with m 2,000 canaries and r 200 guesses, through the same
+path as the command (``privevo.audit.audit_local``), with OS-entropy noise. Needs `make data`
+first.
 
     .venv/bin/python benchmarks/audit.py [--canary-seed 1] [--seed 7]
 """
@@ -35,7 +36,7 @@ ROWS: list[tuple[str, dict[str, Any], str, float | None]] = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/demo-mnist.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("configs/mnist-drawtext.yaml"))
     parser.add_argument("--canary-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7, help="seed of the runs' generation")
     args = parser.parse_args()

@@ -379,7 +379,7 @@ def _drawtext(api: VariationApi) -> DrawText:
     if not isinstance(api, DrawText):
         raise PrivevoError(
             f"the audit's canaries are drawtext renders, but the job's API is "
-            f"{type(api).__name__}; audit a drawtext job (e.g. the MNIST stand-in)"
+            f"{type(api).__name__}; audit a drawtext job (e.g. configs/mnist-drawtext.yaml)"
         )
     return api
 

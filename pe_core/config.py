@@ -77,7 +77,12 @@ class PeJob(BaseModel):
         None, description="Variation degree per iteration, each in [0, 1]"
     )
     degree_start: float = Field(1.0, ge=0, le=1)
-    degree_end: float = Field(0.2, ge=0, le=1)
+    degree_end: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The last iteration's degree; default: the API's (1.0 for strokes, else 0.2)",
+    )
     labels: list[str] | None = Field(None, description="The public label set (declared)")
     label_fractions: dict[str, float] | Literal["uniform", "dp"] = Field(
         "uniform", description="Public class proportions, 'uniform', or 'dp' (estimated, charged)"
@@ -174,11 +179,13 @@ class PeJob(BaseModel):
         labels = self.label_count_releases if self.label_fractions == "dp" else 0
         return self.releases_per_iteration * self.iterations + labels
 
-    def degree_schedule(self) -> list[float]:
-        """Degree of iteration t = 1..T: given, or linear from degree_start to degree_end."""
+    def degree_schedule(self, api_degree_end: float) -> list[float]:
+        """Degree of iteration t = 1..T: given, or linear from degree_start to degree_end (the
+        API's ``api_degree_end`` when the job names none)."""
         if self.degrees is not None:
             return list(self.degrees)
         if self.iterations == 1:
             return [self.degree_start]
-        step = (self.degree_end - self.degree_start) / (self.iterations - 1)
+        end = api_degree_end if self.degree_end is None else self.degree_end
+        step = (end - self.degree_start) / (self.iterations - 1)
         return [round(self.degree_start + step * t, 9) for t in range(self.iterations)]

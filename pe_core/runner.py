@@ -222,7 +222,7 @@ class PrivateEvolution:
         )
         self.sigma = 0.0 if self.calibration is None else self.calibration.sigma
         self.threshold = 2.0 * self.sigma if job.threshold is None else job.threshold
-        self.degrees = job.degree_schedule()
+        self.degrees = job.degree_schedule(api.default_degree_end)
         # The releases this run has used so far, by key: each checkpoint lists them.
         self.used: dict[str, LedgerEntry] = {}
         self.pinned = pinned

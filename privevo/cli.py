@@ -366,7 +366,7 @@ def audit(
     run. The default data is the MNIST stand-in, which is public: audit there.
 
     Example (a row of the README's table, about 20 s on 2 cores):
-    privevo audit --config configs/demo-mnist.yaml --epsilon 4 --out runs/audit-eps4
+    privevo audit --config configs/mnist-drawtext.yaml --epsilon 4 --out runs/audit-eps4
     """
     from pe_core.audit import AuditPlan
     from pe_core.checks import JobRefused

@@ -25,6 +25,10 @@ class VariationApi(Protocol):
     uses_accelerator: ClassVar[bool]
     """True for neural generators (diffusion and language models), whose jobs go to GPU
     workers; False for simulators, which run on CPU workers."""
+    default_degree_end: ClassVar[float]
+    """The last iteration's degree when the job names none (``degree_end``): the schedule then
+    falls linearly from ``degree_start`` to it. 0.2 (vary finely at the end) for all but
+    ``strokes``, whose small late variations copy their parents (see its module)."""
     label_names: tuple[str, ...]
 
     @property

@@ -392,6 +392,7 @@ class DrawText:
 
     modality: ClassVar[Modality] = "image"
     uses_accelerator: ClassVar[bool] = False
+    default_degree_end: ClassVar[float] = 0.2
     public_data: ClassVar[str] = "none: a simulator that renders local fonts"
 
     @classmethod

@@ -51,10 +51,17 @@ def test_total_releases_counts_k_per_iteration_and_dp_fractions():
 
 
 def test_degree_schedule_linear_and_explicit():
-    assert PeJob(iterations=3, degree_start=1.0, degree_end=0.0).degree_schedule() == [
+    assert PeJob(iterations=3, degree_start=1.0, degree_end=0.0).degree_schedule(0.2) == [
         1.0,
         0.5,
         0.0,
     ]
-    assert PeJob(iterations=1).degree_schedule() == [1.0]
-    assert PeJob(iterations=2, degrees=[0.3, 0.1]).degree_schedule() == [0.3, 0.1]
+    assert PeJob(iterations=1).degree_schedule(0.2) == [1.0]
+    assert PeJob(iterations=2, degrees=[0.3, 0.1]).degree_schedule(0.2) == [0.3, 0.1]
+
+
+def test_degree_end_defaults_to_the_apis():
+    assert PeJob(iterations=5).degree_schedule(0.2) == [1.0, 0.8, 0.6, 0.4, 0.2]
+    assert PeJob(iterations=3).degree_schedule(1.0) == [1.0, 1.0, 1.0]
+    # A job's own degree_end wins over the API's.
+    assert PeJob(iterations=3, degree_end=0.0).degree_schedule(1.0) == [1.0, 0.5, 0.0]

@@ -302,3 +302,19 @@ def test_fewer_candidates_than_labels_keep_one_per_label(tmp_path, private_digit
     seen = PopulationSizes()
     _engine(tmp_path, private_digits, job=job)[0].run(private_digits, callbacks=seen)
     assert seen.sizes[0] == [1] * 10 and seen.sizes[1] == [5] * 10
+
+
+@pytest.mark.parametrize(
+    ("api", "degree_end", "degrees"),
+    [
+        ("drawtext", None, [1.0, 0.6, 0.2]),
+        ("strokes", None, [1.0, 1.0, 1.0]),
+        ("strokes", 0.4, [1.0, 0.7, 0.4]),
+    ],
+)
+def test_the_degree_schedule_ends_at_the_apis_degree_unless_the_job_names_one(
+    tmp_path, private_digits, api, degree_end, degrees
+):
+    job = JOB.model_copy(update={"api": api, "degree_end": degree_end, "num_samples": 40})
+    result = _engine(tmp_path, private_digits, job=job)[0].run(private_digits)
+    assert [d["degree"] for d in result.diagnostics] == degrees
