@@ -398,7 +398,8 @@ def canary_design(api_name: str) -> CanaryDesign:
     if api_name not in CANARY_DESIGNS.names():
         raise PrivevoError(
             f"the audit has no canaries for the {api_name!r} API; it audits "
-            f"{', '.join(CANARY_DESIGNS.names())} jobs (e.g. the MNIST stand-in)"
+            f"{', '.join(CANARY_DESIGNS.names())} jobs (e.g. configs/mnist-drawtext.yaml on the "
+            "MNIST stand-in)"
         )
     return CANARY_DESIGNS.create(api_name)
 
