@@ -53,7 +53,10 @@ class PeJob(BaseModel):
     )
     lookahead: int = Field(0, ge=0, le=64, description="Variations averaged per embedding")
     threshold: float | None = Field(
-        None, ge=0, description="H in votes; None: 2 sigma (0 without noise)"
+        None,
+        ge=0,
+        description="H in votes; None: the API's multiple of sigma, 2 (1 for strokes); 0 "
+        "without noise",
     )
     k: int = Field(1, ge=1, le=64, description="Nearest neighbours each record votes for")
     privacy_unit: Literal["record", "user"] = Field(

@@ -221,7 +221,9 @@ class PrivateEvolution:
             else calibrate_sigma(job.epsilon, job.delta, releases=job.total_releases)
         )
         self.sigma = 0.0 if self.calibration is None else self.calibration.sigma
-        self.threshold = 2.0 * self.sigma if job.threshold is None else job.threshold
+        self.threshold = (
+            api.default_threshold_sigmas * self.sigma if job.threshold is None else job.threshold
+        )
         self.degrees = job.degree_schedule(api.default_degree_end)
         # The releases this run has used so far, by key: each checkpoint lists them.
         self.used: dict[str, LedgerEntry] = {}

@@ -151,7 +151,7 @@ def run(
     ] = None,
     lookahead: LookaheadOption = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Vote threshold H [default: 2 sigma]")
+        float | None, typer.Option(help="Vote threshold H [default: 2 sigma; strokes 1 sigma]")
     ] = None,
     k: KOption = None,
     selection: Annotated[

@@ -29,6 +29,10 @@ class VariationApi(Protocol):
     """The last iteration's degree when the job names none (``degree_end``): the schedule then
     falls linearly from ``degree_start`` to it. 0.2 (vary finely at the end) for all but
     ``strokes``, whose small late variations copy their parents (see its module)."""
+    default_threshold_sigmas: ClassVar[float]
+    """The vote threshold H, in standard deviations of the noise, when the job names none: 2
+    for all but ``strokes`` (1), whose random samples are close enough to the data that
+    dropping weakly voted ones cost more than it saved on small data (see its module)."""
     label_names: tuple[str, ...]
 
     @property

@@ -357,6 +357,7 @@ class DiffusionApi:
     modality: ClassVar[Modality] = "image"
     uses_accelerator: ClassVar[bool] = True
     default_degree_end: ClassVar[float] = 0.2
+    default_threshold_sigmas: ClassVar[float] = 2.0
 
     @classmethod
     def refusals(cls, config: dict[str, Any], data: DataShape) -> list[str]:

@@ -393,6 +393,7 @@ class DrawText:
     modality: ClassVar[Modality] = "image"
     uses_accelerator: ClassVar[bool] = False
     default_degree_end: ClassVar[float] = 0.2
+    default_threshold_sigmas: ClassVar[float] = 2.0
     public_data: ClassVar[str] = "none: a simulator that renders local fonts"
 
     @classmethod

@@ -436,6 +436,7 @@ class GrammarApi:
     modality: ClassVar[Modality] = "text"
     uses_accelerator: ClassVar[bool] = False
     default_degree_end: ClassVar[float] = 0.2
+    default_threshold_sigmas: ClassVar[float] = 2.0
     public_data: ClassVar[str] = "none: a simulator that expands the user's grammar"
 
     def __init__(

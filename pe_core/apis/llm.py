@@ -411,6 +411,7 @@ class LlmApi:
     modality: ClassVar[Modality] = "text"
     uses_accelerator: ClassVar[bool] = True
     default_degree_end: ClassVar[float] = 0.2
+    default_threshold_sigmas: ClassVar[float] = 2.0
     public_data: ClassVar[str] = (
         "the language model's own training data (SmolLM2's corpus by default, or the chosen "
         "model's), and the prompt templates, label descriptions, topics and styles in "

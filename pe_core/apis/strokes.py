@@ -298,6 +298,8 @@ class Strokes:
     uses_accelerator: ClassVar[bool] = False
     # Variations as strong at the end as at the start: see the module docstring.
     default_degree_end: ClassVar[float] = 1.0
+    # A threshold of one noise standard deviation: see the module docstring.
+    default_threshold_sigmas: ClassVar[float] = 1.0
     public_data: ClassVar[str] = (
         "none: a simulator of pen strokes, with hand-made shapes of the digits 0-9"
     )

@@ -318,3 +318,17 @@ def test_the_degree_schedule_ends_at_the_apis_degree_unless_the_job_names_one(
     job = JOB.model_copy(update={"api": api, "degree_end": degree_end, "num_samples": 40})
     result = _engine(tmp_path, private_digits, job=job)[0].run(private_digits)
     assert [d["degree"] for d in result.diagnostics] == degrees
+
+
+@pytest.mark.parametrize(
+    ("api", "threshold", "sigmas"),
+    [("drawtext", None, 2.0), ("strokes", None, 1.0), ("strokes", 3.0, None)],
+)
+def test_the_threshold_is_the_apis_multiple_of_sigma_unless_the_job_names_one(
+    tmp_path, private_digits, api, threshold, sigmas
+):
+    job = JOB.model_copy(update={"api": api, "threshold": threshold, "num_samples": 40})
+    result = _engine(tmp_path, private_digits, job=job)[0].run(private_digits)
+    assert result.sigma > 1.0
+    expected = threshold if sigmas is None else sigmas * result.sigma
+    assert result.threshold == pytest.approx(expected, rel=1e-12)
