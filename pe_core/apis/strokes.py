@@ -389,7 +389,7 @@ class Strokes:
         )
         self.max_knots = max(len(style.knots) for styles in self.styles for style in styles)
 
-    def polylines(self, label: int, row: dict[str, Any]) -> list[NDArray[np.float64]]:
+    def _polylines(self, label: int, row: dict[str, Any]) -> list[NDArray[np.float64]]:
         """The strokes of one sample as polylines, centred on the unit box's centre, before
         scaling to the canvas."""
         style = self.styles[label][int(row["style"])]
@@ -407,7 +407,7 @@ class Strokes:
 
     def _render_one(self, label: int, row: dict[str, Any]) -> NDArray[np.uint8]:
         s = self.settings
-        lines = self.polylines(label, row)
+        lines = self._polylines(label, row)
         points = np.concatenate(lines)
         lo, hi = points.min(axis=0), points.max(axis=0)
         pen = float(row["pen"])
