@@ -9,7 +9,7 @@ import numpy as np
 
 from pe_core.errors import PrivevoError
 from pe_core.registry import Registry
-from pe_core.samples import Modality, Samples
+from pe_core.samples import DataShape, Modality, Samples
 
 
 @runtime_checkable
@@ -103,6 +103,23 @@ def check_variation_input(
             f"samples lack the {api} parameter columns {missing}; variation needs samples "
             f"made by the {api} API"
         )
+
+
+def square_grayscale_refusals(
+    api: str, config: dict[str, Any], data: DataShape, otherwise: str
+) -> list[str]:
+    """The refusal of a simulator that draws ``image_size`` x ``image_size`` grayscale images
+    (28 by default) for a dataset of another shape: the fix is the canvas size when the
+    dataset's images are square and grayscale, else ``otherwise``. None for texts or a match."""
+    size = config.get("image_size", 28)
+    if data.image_shape is None or data.image_shape == (size, size, 1):
+        return []
+    height, width, channels = data.image_shape
+    fix = f"set api_config.image_size: {height}" if height == width and channels == 1 else otherwise
+    return [
+        f"api: {api} draws {size}x{size} grayscale images but the dataset's are {height}x"
+        f"{width} with {channels} channel(s): {fix}"
+    ]
 
 
 API_REGISTRY: Registry[VariationApi] = Registry("variation API")

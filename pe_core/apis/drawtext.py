@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from pe_core.apis.base import check_variation_input
+from pe_core.apis.base import check_variation_input, square_grayscale_refusals
 from pe_core.apis.fonts import FontInfo, discover_fonts
 from pe_core.errors import PrivevoError
 from pe_core.samples import DataShape, Modality, Samples, new_ids
@@ -400,20 +400,13 @@ class DrawText:
     def refusals(cls, config: dict[str, Any], data: DataShape) -> list[str]:
         """What drawtext cannot draw for ``data``: images of another size or with colour, and
         label names that are words (a label without ``texts_per_label`` draws its name)."""
-        problems = []
-        size = config.get("image_size", 28)
-        if data.image_shape is not None and data.image_shape != (size, size, 1):
-            height, width, channels = data.image_shape
-            problems.append(
-                f"api: drawtext draws {size}x{size} grayscale images but the dataset's are "
-                f"{height}x{width} with {channels} channel(s): "
-                + (
-                    f"set api_config.image_size: {height}"
-                    if height == width and channels == 1
-                    else "use square grayscale images, or an API that makes these (diffusion "
-                    "with a model of that size)"
-                )
-            )
+        problems = square_grayscale_refusals(
+            "drawtext",
+            config,
+            data,
+            "use square grayscale images, or an API that makes these (diffusion with a model of "
+            "that size)",
+        )
         texts = config.get("texts_per_label") or {}
         words = [label for label in data.labels if label not in texts and len(label) > 2]
         if words:

@@ -58,7 +58,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
-from pe_core.apis.base import check_variation_input
+from pe_core.apis.base import check_variation_input, square_grayscale_refusals
 from pe_core.samples import DataShape, Modality, Samples, new_ids
 
 Point = tuple[float, float]
@@ -315,19 +315,7 @@ class Strokes:
     def refusals(cls, config: dict[str, Any], data: DataShape) -> list[str]:
         """What strokes cannot draw for ``data``: images of another size or with colour, and
         labels that are not the digits 0-9."""
-        problems = []
-        size = config.get("image_size", 28)
-        if data.image_shape is not None and data.image_shape != (size, size, 1):
-            height, width, channels = data.image_shape
-            problems.append(
-                f"api: strokes draws {size}x{size} grayscale images but the dataset's are "
-                f"{height}x{width} with {channels} channel(s): "
-                + (
-                    f"set api_config.image_size: {height}"
-                    if height == width and channels == 1
-                    else "use square grayscale images"
-                )
-            )
+        problems = square_grayscale_refusals("strokes", config, data, "use square grayscale images")
         others = [label for label in data.labels if label not in DIGIT_STYLES]
         if others:
             problems.append(
