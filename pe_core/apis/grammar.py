@@ -400,7 +400,7 @@ def vary_text(
     rng: np.random.Generator,
     taken: set[str],
     tries: int = REDRAWS,
-) -> Node:
+) -> tuple[Node, str]:
     """:func:`vary_tree`, drawn again while its text is in ``taken``, at most ``tries`` times.
 
     On the BBC News grammar a third of single draws at degree 0.2 give the parent's text back,
@@ -408,7 +408,8 @@ def vary_text(
     7-16% duplicate texts. :meth:`GrammarApi.variation` passes the texts its call has made so
     far, so one variation of a parent may still be the parent's text, but no second one. A text
     still taken after ``tries`` draws (a label whose language is that small) is returned as it
-    is. Degree 0 changes nothing and draws once. The text is added to ``taken``.
+    is. Degree 0 changes nothing and draws once. The text is added to ``taken``; the tree and
+    its text are returned.
     """
     varied, draws = vary_tree(grammar, tree, degree, rng), 1
     text = tree_text(grammar, varied)
@@ -416,7 +417,7 @@ def vary_text(
         varied, draws = vary_tree(grammar, tree, degree, rng), draws + 1
         text = tree_text(grammar, varied)
     taken.add(text)
-    return varied
+    return varied, text
 
 
 class GrammarApi:
@@ -460,12 +461,14 @@ class GrammarApi:
                 f"start defines {sorted(self.grammar.start)}"
             )
 
-    def _samples(self, labels: NDArray[np.int64], trees: list[Node], ids: NDArray) -> Samples:
+    def _samples(
+        self, labels: NDArray[np.int64], trees: list[Node], texts: list[str], ids: NDArray
+    ) -> Samples:
         return Samples(
             ids=ids,
             labels=labels,
             label_names=self.label_names,
-            texts=tuple(tree_text(self.grammar, tree) for tree in trees),
+            texts=tuple(texts),
             params={
                 "derivation": np.array([encode_tree(t) for t in trees], dtype=np.str_).reshape(
                     len(trees)
@@ -479,7 +482,8 @@ class GrammarApi:
             raise ValueError(f"label must lie in [0, {len(self.label_names)}), got {label}")
         symbol = self.grammar.start[self.label_names[label]]
         trees = [sample_tree(self.grammar, symbol, 0, rng) for _ in range(n)]
-        return self._samples(np.full(n, label, dtype=np.int64), trees, new_ids(rng, n))
+        texts = [tree_text(self.grammar, tree) for tree in trees]
+        return self._samples(np.full(n, label, dtype=np.int64), trees, texts, new_ids(rng, n))
 
     def variation(self, samples: Samples, degree: float, rng: np.random.Generator) -> Samples:
         """Re-samples subtrees of each derivation, each to a text no other one took (see
@@ -495,7 +499,7 @@ class GrammarApi:
         """
         check_variation_input("grammar", samples, degree, self.label_names, ["derivation"])
         taken: set[str] = set()
-        trees = [
+        varied = [
             vary_text(
                 self.grammar,
                 decode_tree(self.grammar, self.grammar.start[self.label_names[label]], encoded),
@@ -507,4 +511,6 @@ class GrammarApi:
                 samples.labels.tolist(), samples.params["derivation"].tolist(), strict=True
             )
         ]
-        return self._samples(samples.labels, trees, new_ids(rng, len(samples)))
+        trees = [tree for tree, _ in varied]
+        texts = [text for _, text in varied]
+        return self._samples(samples.labels, trees, texts, new_ids(rng, len(samples)))
